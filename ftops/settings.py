@@ -1,0 +1,72 @@
+"""Where ftops keeps its state, and how it reaches MLflow.
+
+Embedded defaults need no server: MLflow tracking and registry in SQLite at ``.ftops/mlflow.db`` and artifacts
+under ``.ftops/artifacts/``, both below the working directory. ``FTOPS_HOME`` moves that folder;
+``MLFLOW_TRACKING_URI`` (and MLflow's other usual variables) point the same code at a real MLflow server.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+EXPERIMENT_NAME = "ftops"
+
+
+def home() -> Path:
+    """The state folder: ``$FTOPS_HOME`` or ``./.ftops``."""
+    return Path(os.environ.get("FTOPS_HOME", ".ftops")).resolve()
+
+
+def models_dir() -> Path:
+    """Imported base models: ``$FTOPS_MODELS`` or ``<home>/models``."""
+    env = os.environ.get("FTOPS_MODELS")
+    return Path(env).resolve() if env else home() / "models"
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` or the embedded SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def artifact_root() -> str:
+    """Where new experiments put artifacts when the store is the embedded one."""
+    return (home() / "artifacts").as_uri()
+
+
+def is_embedded() -> bool:
+    return "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def configure_mlflow() -> str:
+    """Point MLflow's fluent API and clients at the configured store; returns the tracking URI.
+
+    Idempotent. With the embedded store, creates ``<home>`` and the ``ftops`` experiment with its artifacts under
+    ``<home>/artifacts`` (MLflow would otherwise put them in ``./mlruns``).
+    """
+    import logging
+
+    import mlflow
+
+    # Alembic's migration chatter on every new SQLite store says nothing a user can act on.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    uri = tracking_uri()
+    if is_embedded():
+        home().mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    return uri
+
+
+def experiment_id() -> str:
+    """The id of the ``ftops`` experiment (``$MLFLOW_EXPERIMENT_NAME`` overrides the name), created on first use."""
+    import mlflow
+
+    configure_mlflow()
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = artifact_root() if is_embedded() else None
+    return client.create_experiment(name, artifact_location=location)
