@@ -47,7 +47,7 @@ def _stage_modules() -> list:
     import importlib
 
     modules = []
-    for name in ("expectations.cli", "training.cli", "registry.cli", "serving.cli", "ftops.demo"):
+    for name in ("ftops.data_cli", "training.cli", "registry.cli", "serving.cli", "serving.cost_cli", "ftops.demo"):
         try:
             modules.append(importlib.import_module(name))
         except ModuleNotFoundError as e:
