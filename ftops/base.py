@@ -191,7 +191,7 @@ def import_base(source: str | Path, name: str | None = None, models: Path | None
     """
     models = models or settings.models_dir()
     if str(source) == SMOLLM2:
-        path, name = smollm2_gguf(), name or SMOLLM2_NAME
+        path, name = smollm2_gguf(), SMOLLM2_NAME if name is None else name
     else:
         path = Path(source).expanduser().resolve()
         if not path.exists():
@@ -200,7 +200,8 @@ def import_base(source: str | Path, name: str | None = None, models: Path | None
             raise FtopsError(f"{source}: the folder is empty; expected a Hugging Face model folder (config.json + *.safetensors)")
         if path.is_file() and not _is_gguf(path):
             raise FtopsError(f"{source}: not a model: expected a GGUF file (magic 'GGUF') or a Hugging Face folder")
-        name = name or (path.stem if path.is_file() else path.name).lower()
+        if name is None:
+            name = (path.stem if path.is_file() else path.name).lower()
     check_name(name, "base model name")
     source_digest = _source_digest(path)
     record = record_path(name, models)
