@@ -1,0 +1,243 @@
+"""``ftops demo``: the whole flow, end to end, on embedded defaults.
+
+data (generate, validate, split) -> train (QLoRA) -> gate (eval adapter and base, register @staging) -> promote
+(@production) -> serve (BentoML + vLLM, real HTTP) -> ask adapter and base the same questions -> cost report.
+Each step calls the same public function its own subcommand calls; nothing here is special to the demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftops import settings
+from ftops.errors import FtopsError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class DemoConfig:
+    """What the demo runs; the defaults are the documented demo."""
+
+    base: str = "smollm2-135m-instruct"
+    """Imported base model to fine-tune (``smollm2`` is imported automatically when missing)."""
+    examples: int = 400
+    """Demo tickets to generate (split 80/10/10)."""
+    seed: int = 0
+    """Seed of the ticket generator."""
+    train_config: Path = REPO / "configs" / "demo.yaml"
+    """Training job YAML."""
+    overrides: list[str] = field(default_factory=list)
+    """``key=value`` overrides for the training job."""
+    policy: Path | None = None
+    """Gate policy YAML (default: registry/policies/default.yaml)."""
+    model_name: str = "ticket-extractor"
+    """Registered model name of the adapter."""
+    questions: int = 3
+    """Held-out tickets to ask the served adapter and base."""
+    serve: bool = True
+    """Start the service and send real requests (off: stop after promotion)."""
+    port: int = 0
+    """Port of the demo service (0: a free one)."""
+    serve_timeout_s: float = 600.0
+    """How long to wait for the service to be ready."""
+
+    def __post_init__(self) -> None:
+        if self.examples < 30:
+            raise FtopsError(f"--examples {self.examples}: the demo needs at least 30 tickets for a 80/10/10 split")
+        if self.questions < 1:
+            raise FtopsError("--questions must be at least 1")
+
+
+def _step(n: int, total: int, text: str) -> None:
+    print(f"\n[{n}/{total}] {text}", flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare_data(config: DemoConfig, work: Path, base) -> dict[str, Path]:
+    from transformers import AutoTokenizer
+
+    from expectations.demo_data import write_tickets
+    from expectations.split import split_file
+    from expectations.validate import validate_file
+
+    tickets = write_tickets(work / "tickets.jsonl", n=config.examples, seed=config.seed)
+    report = validate_file(tickets, tokenizer=AutoTokenizer.from_pretrained(base.path),
+                           context_length=base.context_length)
+    print(f"validated {tickets}: {len(report.examples)} examples, {len(report.errors)} errors, "
+          f"{len(report.warnings)} warnings (format {report.format})")
+    if not report.valid:
+        raise FtopsError(f"{tickets}: demo data failed validation: {report.errors[0].message}")
+    splits = split_file(tickets, work / "data")
+    sizes = {k: sum(1 for _ in open(p)) for k, p in splits.items()}
+    print("split: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + f" -> {work / 'data'}")
+    return splits
+
+
+def train_adapter(config: DemoConfig, splits: dict[str, Path]) -> str:
+    from training.config import load_config
+    from training.job import train
+
+    overrides = [f"base={config.base}", *(f"data.{k}={v}" for k, v in splits.items()), *config.overrides]
+    job = load_config(config.train_config, overrides)
+    run_id = train(job)
+    print(f"MLflow run {run_id}")
+    return run_id
+
+
+def gate_and_promote(config: DemoConfig, run_id: str) -> str:
+    from registry.gate import gate
+    from registry.lifecycle import promote
+
+    report = gate(run_id, config.policy, config.model_name)
+    print(report.markdown())
+    if report.verdict != "pass":
+        raise FtopsError(f"the gate refused run {run_id}; see the report above (nothing was registered)")
+    print(f"registered {config.model_name} version {report.version} at @staging")
+    move = promote(config.model_name, to="production")
+    print(f"promoted: {json.dumps(move.as_dict())}")
+    return str(report.version)
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    import httpx
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            raise FtopsError(f"the service exited with code {proc.returncode} before it was ready; see its log above")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise FtopsError(f"the service was not ready after {timeout:.0f} s")
+
+
+def serve_and_ask(config: DemoConfig, work: Path, base, test_split: Path) -> None:
+    import yaml
+    from openai import OpenAI
+
+    port = config.port or _free_port()
+    serve_config = work / "serve.yaml"
+    serve_config.write_text(yaml.safe_dump({"base": base.name, "adapters": [f"{config.model_name}@production"],
+                                             "require_adapters": True}))
+    api_key = "ftops-demo-" + os.urandom(12).hex()
+    env = {**os.environ, "FTOPS_API_KEY": api_key, "FTOPS_ADMIN_KEY": api_key, "FTOPS_HOME": str(settings.home())}
+    cmd = [sys.executable, "-m", "ftops.cli", "serve", "--port", str(port), "--config", str(serve_config)]
+    print("$ " + " ".join(cmd[2:]), flush=True)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, proc, config.serve_timeout_s)
+        client = OpenAI(base_url=url + "/v1", api_key=api_key)
+        models = client.models.list().data
+        print("served models: " + ", ".join(m.id for m in models))
+        rows = [json.loads(line) for line in test_split.read_text().splitlines() if line.strip()]
+        for i, row in enumerate(rows[: config.questions], 1):
+            messages = [m for m in row["messages"] if m["role"] != "assistant"]
+            reference = row["messages"][-1]["content"]
+            print(f"\n--- held-out ticket {i}: {messages[-1]['content']}")
+            print(f"expected : {reference}")
+            for model in (config.model_name, base.name):
+                reply = client.chat.completions.create(model=model, messages=messages, max_tokens=96, temperature=0)
+                text = (reply.choices[0].message.content or "").strip().replace("\n", " ")
+                print(f"{'adapter' if model == config.model_name else 'base':9}: {text}")
+                print(f"{'':9}  ({reply.usage.prompt_tokens} prompt + {reply.usage.completion_tokens} completion tokens)")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def cost_report(work: Path) -> None:
+    from serving.cost_cli import print_report
+
+    print_report(plot=work / "cost.png")
+
+
+def run(config: DemoConfig) -> int:
+    from ftops.base import SMOLLM2, SMOLLM2_NAME, import_base, load_base
+
+    settings.configure_mlflow()
+    work = settings.home() / "demo"
+    work.mkdir(parents=True, exist_ok=True)
+    total = 6 if config.serve else 4
+    started = time.monotonic()
+
+    _step(1, total, f"base model {config.base}")
+    if config.base == SMOLLM2_NAME:
+        base, _ = import_base(SMOLLM2)
+    else:
+        base = load_base(config.base)
+    print(f"{base.name}: {base.num_parameters / 1e6:.1f}M parameters, sha256 {base.sha256[:12]}")
+
+    _step(2, total, "data: generate demo tickets, validate, split 80/10/10")
+    splits = prepare_data(config, work, base)
+
+    _step(3, total, f"train: {config.train_config.name} {' '.join(config.overrides)}".rstrip())
+    run_id = train_adapter(config, splits)
+
+    _step(4, total, "gate: evaluate adapter and base, register on pass, promote to production")
+    gate_and_promote(config, run_id)
+
+    if config.serve:
+        _step(5, total, "serve: BentoML + vLLM, asking the adapter and the base through the openai client")
+        serve_and_ask(config, work, base, splits["test"])
+        _step(6, total, "cost report")
+        cost_report(work)
+
+    print(f"\ndemo finished in {time.monotonic() - started:.0f} s. MLflow UI: `make ui` (http://127.0.0.1:5000); "
+          f"state under {settings.home()}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the whole flow end to end (data -> train -> gate -> promote -> serve -> cost)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Run the whole flow on embedded defaults: generate and validate the demo ticket data set, train a QLoRA adapter on
+SmolLM2-135M-Instruct, evaluate it against the base, register it through the promotion gate, promote it to
+production, serve it with vLLM behind the OpenAI-compatible API, ask the adapter and the base the same held-out
+questions, and print the cost report. State goes to ./.ftops (FTOPS_HOME).
+
+examples:
+  ftops demo
+  ftops demo --examples 200 --set max_steps=20 --no-serve""",
+    )
+    p.add_argument("--base", default=DemoConfig.base, help="imported base model (default %(default)s)")
+    p.add_argument("--examples", type=int, default=DemoConfig.examples, help="tickets to generate (default %(default)s)")
+    p.add_argument("--seed", type=int, default=DemoConfig.seed, help="data generator seed (default %(default)s)")
+    p.add_argument("--config", type=Path, default=DemoConfig.train_config, help="training YAML (default configs/demo.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="training config override, repeatable (e.g. --set max_steps=20)")
+    p.add_argument("--policy", type=Path, help="gate policy YAML (default registry/policies/default.yaml)")
+    p.add_argument("--name", dest="model_name", default=DemoConfig.model_name,
+                   help="registered model name (default %(default)s)")
+    p.add_argument("--questions", type=int, default=DemoConfig.questions, help="held-out tickets to ask (default 3)")
+    p.add_argument("--no-serve", dest="serve", action="store_false", help="stop after promotion")
+    p.add_argument("--port", type=int, default=0, help="port of the demo service (default: a free one)")
+    p.set_defaults(func=lambda args: run(DemoConfig(
+        base=args.base, examples=args.examples, seed=args.seed, train_config=args.config, overrides=args.overrides,
+        policy=args.policy, model_name=args.model_name, questions=args.questions, serve=args.serve, port=args.port,
+    )))
