@@ -12,6 +12,15 @@ from pathlib import Path
 
 EXPERIMENT_NAME = "ftops"
 
+#: URIs that configure_mlflow set: MLflow copies them into os.environ (for subprocesses), where they must not be
+#: mistaken for the user's own MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI once FTOPS_HOME changes.
+_SET_BY_FTOPS: dict[str, str] = {}
+
+
+def _user_env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return None if value is not None and _SET_BY_FTOPS.get(name) == value else value
+
 
 def home() -> Path:
     """The state folder: ``$FTOPS_HOME`` or ``./.ftops``."""
@@ -26,7 +35,7 @@ def models_dir() -> Path:
 
 def tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI`` or the embedded SQLite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+    return _user_env("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
 
 
 def artifact_root() -> str:
@@ -35,7 +44,7 @@ def artifact_root() -> str:
 
 
 def is_embedded() -> bool:
-    return "MLFLOW_TRACKING_URI" not in os.environ
+    return _user_env("MLFLOW_TRACKING_URI") is None
 
 
 def configure_mlflow() -> str:
@@ -51,10 +60,16 @@ def configure_mlflow() -> str:
     # Alembic's migration chatter on every new SQLite store says nothing a user can act on.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     uri = tracking_uri()
-    if is_embedded():
+    embedded = is_embedded()
+    if embedded:
         home().mkdir(parents=True, exist_ok=True)
+    registry = _user_env("MLFLOW_REGISTRY_URI") or uri
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    mlflow.set_registry_uri(registry)
+    if embedded:
+        _SET_BY_FTOPS["MLFLOW_TRACKING_URI"] = uri
+    if registry == uri:
+        _SET_BY_FTOPS["MLFLOW_REGISTRY_URI"] = registry
     return uri
 
 

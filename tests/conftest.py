@@ -58,3 +58,97 @@ def ftops_home(tmp_path, monkeypatch, models_dir):
     monkeypatch.setenv("FTOPS_MODELS", str(models_dir))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home
+
+
+# --- registry: training runs with an adapter, built here until training/job.py makes them (registry tests use it) ---
+
+def build_adapter(base, out: Path, *, b_init: float = 0.0, r: int = 8, targets=("q_proj", "v_proj"), seed: int = 0) -> Path:
+    """A PEFT LoRA on ``base`` saved with ``ftops.adapter.save_adapter`` into ``out``; deterministic in ``seed``.
+    ``b_init=0`` leaves LoRA B at zero (exactly "learning rate 0"); otherwise B ~ N(0, b_init) moves the outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftops import adapter as fa
+
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets)))
+    if b_init:
+        gen = torch.Generator().manual_seed(seed)
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.data = torch.randn(p.shape, generator=gen) * b_init
+    fa.save_adapter(peft_model, tokenizer, out, base.name, base.sha256, "none")
+    return out
+
+
+def log_adapter_run(base, test_rows: list[dict], *, b_init: float = 0.0, r: int = 8, targets=("q_proj", "v_proj"),
+                    seed: int = 0, tags: dict | None = None) -> str:
+    """A finished MLflow run shaped like one of ``ftops train``: :func:`build_adapter` as artifact ``adapter/``, the
+    held-out split as ``data/test.jsonl`` and the lineage tags. Returns the run id."""
+    import json
+    import tempfile
+
+    import mlflow
+
+    from ftops import adapter as fa
+    from ftops import settings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = build_adapter(base, Path(tmp) / "adapter", b_init=b_init, r=r, targets=targets, seed=seed)
+        data = Path(tmp) / "data"
+        data.mkdir()
+        with open(data / "test.jsonl", "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in test_rows)
+        lineage = {fa.TAG_BASE_NAME: base.name, fa.TAG_BASE_SHA256: base.sha256, fa.TAG_QUANTIZATION: "none",
+                   fa.TAG_LORA_R: str(r), fa.TAG_LORA_TARGETS: ",".join(sorted(targets)),
+                   fa.TAG_DATASET_PREFIX + "test.digest": "0" * 64, **(tags or {})}
+        with mlflow.start_run(experiment_id=settings.experiment_id(), tags=lineage) as run:
+            mlflow.log_artifacts(str(out), fa.ARTIFACT_PATH)
+            mlflow.log_artifacts(str(data), "data")
+    return run.info.run_id
+
+
+LEARNED_ADAPTER = {"b_init": 0.5, "seed": 1}  # registry tests: an adapter whose answers differ from its base's
+
+
+@pytest.fixture(scope="session")
+def learned_rows(tiny_base, tmp_path_factory) -> list[dict]:
+    """Held-out rows whose reference answers are what the ``LEARNED_ADAPTER`` adapter answers greedily (and the base
+    does not): a candidate that really beats its base on them, without a training run. ``log_adapter_run(tiny_base,
+    learned_rows, **LEARNED_ADAPTER)`` logs that same adapter (it is deterministic in its seed)."""
+    from registry.eval import TransformersEngine
+
+    adapter = build_adapter(tiny_base, tmp_path_factory.mktemp("learned") / "adapter", **LEARNED_ADAPTER)
+    prompts = [[{"role": "user", "content": f"Ticket {i}: the {item} arrived broken."}]
+               for i, item in enumerate(("kettle", "lamp", "toaster", "scarf"))]
+    engine = TransformersEngine(tiny_base.path)
+    cand = engine.chat(prompts, adapter, 8)
+    base = engine.chat(prompts, None, 8)
+    assert all(c.text != b.text for c, b in zip(cand, base)), "the learned adapter must answer unlike its base"
+    return [{"messages": [*p, {"role": "assistant", "content": c.text}]} for p, c in zip(prompts, cand)]
+
+
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store with its schema migrated once per session (a fresh store's migrations take
+    5-10 s here); :func:`fast_ftops_home` copies it into each test's home."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()
+    mlflow.MlflowClient(tracking_uri=uri).search_experiments()
+    return path
+
+
+@pytest.fixture
+def fast_ftops_home(ftops_home, migrated_mlflow_db) -> Path:
+    """``ftops_home`` whose MLflow store starts as a copy of the session's migrated empty store."""
+    import shutil
+
+    ftops_home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(migrated_mlflow_db, ftops_home / "mlflow.db")
+    return ftops_home

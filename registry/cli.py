@@ -1,0 +1,219 @@
+"""``ftops eval|gate|promote|rollback|models``: evaluation, the promotion gate and the registry lifecycle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+
+def _eval_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--engine", choices=["vllm", "transformers"], default="vllm",
+                   help="vllm: batched offline engine, the one that serves (default); transformers: generate, the fallback")
+    g.add_argument("--max-new-tokens", type=int, default=128, help="greedy decoding budget per answer (default 128)")
+    g.add_argument("--max-examples", type=int, help="evaluate only the first N held-out examples")
+    g.add_argument("--no-regression", dest="regression", action="store_false",
+                   help="skip the general-skill regression suite (no regression_score/retention)")
+    g.add_argument("--regression-limit", type=int, help="score only the first N regression items")
+    g.add_argument("--schema", help="JSON schema for format compliance: a .json file or 'ticket' (default: derived "
+                   "from the reference answers)")
+    g.add_argument("--max-model-len", type=int, default=2048, help="vLLM context length (default 2048)")
+    g.add_argument("--judge-url", help="LLM-as-judge: an OpenAI-compatible base URL (off by default), e.g. "
+                   "https://api.openai.com/v1 or http://127.0.0.1:3000/v1 (ftops serve)")
+    g.add_argument("--judge-model", default="gpt-4o-mini", help="the judge's model name (default gpt-4o-mini)")
+    g.add_argument("--judge-key-env", default="OPENAI_API_KEY",
+                   help="environment variable with the judge's API key (default OPENAI_API_KEY)")
+
+
+def _eval_config(args: argparse.Namespace):
+    from registry.eval import EvalConfig
+
+    return EvalConfig(engine=args.engine, max_new_tokens=args.max_new_tokens, max_examples=args.max_examples,
+                      regression=args.regression, regression_limit=args.regression_limit, schema=args.schema,
+                      max_model_len=args.max_model_len, judge_base_url=args.judge_url, judge_model=args.judge_model,
+                      judge_api_key_env=args.judge_key_env)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="evaluate a run's adapter and its base (held-out + regression suite)", formatter_class=_RAW,
+        description="""\
+Evaluate the LoRA adapter of training run RUN_ID against its base model, with greedy decoding:
+  held-out split (artifact data/test.jsonl): exact-match accuracy; for JSON answers also per-field accuracy and
+    format compliance (valid JSON object + schema); improvement = candidate accuracy - base accuracy
+  regression suite (expectations.regression): regression_score of both; retention = candidate / base
+  answer length (tokens), latency (s per answer at batch throughput); optional LLM-as-judge score 0-10
+
+Metrics are logged on the run as eval.* (eval.accuracy, eval.base.accuracy, eval.retention ...), per-example
+answers as the MLflow table eval/examples.json.
+
+examples:
+  ftops eval 3f2a...c9
+  ftops eval 3f2a...c9 --engine transformers --max-examples 20 --json
+  OPENAI_API_KEY=... ftops eval 3f2a...c9 --judge-url https://api.openai.com/v1""",
+    )
+    p.add_argument("run_id", metavar="RUN_ID", help="the MLflow run id `ftops train` printed")
+    _eval_options(p)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser(
+        "gate", help="judge a run against a policy; register it at @staging if it passes", formatter_class=_RAW,
+        description="""\
+Evaluate RUN_ID if it has no eval.* metrics yet, then judge every rule of the policy (registry/policies/*.yaml):
+absolute floors (accuracy >= 0.8), relative rules (retention >= 0.95, improvement >= 0.05) and rules against
+the current production version (max_drop_vs_production). Each rule is printed pass/fail with its values.
+
+pass (exit 0): the adapter is checked against its base (name, sha256, rank, target modules, safetensors sha256),
+  a model version is registered with lineage tags and the report as its description, alias 'staging' moves to it.
+fail (exit 1): nothing is registered and no alias moves; the report is printed and logged on the run
+  (gate/report.md, gate/report.json, tag ftops.gate.verdict=fail).
+
+examples:
+  ftops gate 3f2a...c9
+  ftops gate 3f2a...c9 --policy my-policy.yaml --name support-tickets --json""",
+    )
+    p.add_argument("run_id", metavar="RUN_ID", help="the MLflow run id `ftops train` printed")
+    p.add_argument("--policy", help="policy YAML (default: registry/policies/default.yaml)")
+    p.add_argument("--name", help="registered model name (default: run tag ftops.model_name, else <base>-lora)")
+    p.add_argument("--reevaluate", action="store_true", help="evaluate again even if the run has eval.* metrics")
+    _eval_options(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_gate)
+
+    p = sub.add_parser(
+        "promote", help="move alias production to the staging version", formatter_class=_RAW,
+        description="""\
+Move alias 'production' of model NAME to its 'staging' version (or --version N), after re-checking it: it passed
+the gate, adapts the same base as the current production version, and is not worse than it by more than the
+policy's max_drop_vs_production rules. The previous production version is recorded (registered-model tag
+ftops.production.history) so that `ftops rollback NAME` is exact. Serving follows the alias.
+Moving the alias in the MLflow UI is a promotion too.
+
+examples:
+  ftops promote support-tickets --to production
+  ftops promote support-tickets --to production --version 3 --json""",
+    )
+    p.add_argument("name", metavar="NAME", help="registered model name")
+    p.add_argument("--to", required=True, choices=["production"], help="the alias to move (production)")
+    p.add_argument("--version", help="promote this version instead of the one at staging")
+    p.add_argument("--policy", help="re-check with this policy instead of the rules the version passed")
+    p.add_argument("--json", action="store_true", help="print what moved as JSON")
+    p.set_defaults(func=_promote)
+
+    p = sub.add_parser(
+        "rollback", help="return production to the previous production version", formatter_class=_RAW,
+        description="""\
+Move alias 'production' of model NAME back to the version that held it before the current one (from the
+registered-model tag ftops.production.history; a move made in the MLflow UI counts).
+
+example:
+  ftops rollback support-tickets""",
+    )
+    p.add_argument("name", metavar="NAME", help="registered model name")
+    p.add_argument("--json", action="store_true", help="print what moved as JSON")
+    p.set_defaults(func=_rollback)
+
+    p = sub.add_parser(
+        "models", help="list registered models, versions, aliases and gate verdicts", formatter_class=_RAW,
+        description="List registered models (or one, NAME) with every version's aliases, gate verdict, policy, "
+        "run and key metrics, newest first.\n\nexamples:\n  ftops models\n  ftops models support-tickets --json",
+    )
+    p.add_argument("name", nargs="?", metavar="NAME", help="only this registered model")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=_models)
+
+
+def _quiet(models: bool = False) -> None:
+    """No progress bars on stderr: the CLI prints results and one-line errors."""
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if models:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from registry.eval import evaluate
+
+    _quiet(models=True)
+    result = evaluate(args.run_id, _eval_config(args))
+    if args.json:
+        print(json.dumps({"run_id": result.run_id, "metrics": result.metrics}, indent=2, sort_keys=True))
+    else:
+        print(f"run {result.run_id}: logged {len(result.metrics)} metrics (eval.*) and table eval/examples.json")
+        for k, v in sorted(result.metrics.items()):
+            print(f"  {k:<24} {v:.4g}")
+    return 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from registry.gate import gate
+
+    _quiet(models=True)
+    report = gate(args.run_id, args.policy, args.name, _eval_config(args), reevaluate=args.reevaluate)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+    else:
+        print(report.markdown())
+        if report.verdict == "pass":
+            print(f"registered {report.model_name} version {report.version} at @staging; "
+                  f"`ftops promote {report.model_name} --to production` to deploy it")
+        else:
+            failed = ", ".join(r.rule for r in report.rules if not r.passed)
+            print(f"gate FAILED ({failed}): nothing registered", file=sys.stderr)
+    return 0 if report.verdict == "pass" else 1
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from registry.lifecycle import promote
+
+    _quiet()
+    move = promote(args.name, args.to, args.version, args.policy)
+    if args.json:
+        print(json.dumps(move.as_dict(), indent=2))
+    elif move.previous == move.version:
+        print(f"{move.name} version {move.version} is already at @production (no change)")
+    else:
+        print(f"{move.name}@production: version {move.previous or 'none'} -> {move.version}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from registry.lifecycle import rollback
+
+    _quiet()
+    move = rollback(args.name)
+    if args.json:
+        print(json.dumps(move.as_dict(), indent=2))
+    else:
+        print(f"{move.name}@production rolled back: version {move.previous} -> {move.version}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from registry.lifecycle import list_models
+
+    _quiet()
+    models = list_models(args.name)
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
+    if not models:
+        print("no registered models; `ftops gate RUN_ID` registers the first")
+    for m in models:
+        print(f"{m['name']}  (production history: {m['production_history'] or 'none'})")
+        for v in m["versions"]:
+            aliases = ",".join("@" + a for a in v["aliases"]) or "-"
+            acc = v["metrics"].get("accuracy")
+            ret = v["metrics"].get("retention")
+            print(f"  v{v['version']:<4} {aliases:<22} gate={v['verdict'] or '-':<5} policy={v['policy'] or '-':<10} "
+                  f"accuracy={'-' if acc is None else f'{acc:.3f}'} retention={'-' if ret is None else f'{ret:.3f}'} "
+                  f"run={v['run_id']}")
+    return 0

@@ -1,0 +1,489 @@
+"""``ftops eval RUN_ID``: evaluate a training run's adapter and its base on the held-out split and the regression suite.
+
+The candidate (base + the run's LoRA adapter) and the base alone answer the same prompts with greedy decoding, batched
+through vLLM's offline engine (the engine that serves) or transformers ``generate`` (``engine="transformers"``).
+Metrics go on the run with the ``eval.`` prefix (``eval.accuracy``, ``eval.base.accuracy``, ``eval.retention`` ...,
+see :data:`METRICS`), per-example results as the MLflow table ``eval/examples.json``, and the resolved config and all
+metrics as ``eval/config.json`` / ``eval/metrics.json``.
+
+Metrics, for the candidate and (``base.`` prefix) for the base:
+
+- ``accuracy``: exact match with the reference (the last assistant message); JSON answers compare as parsed objects.
+- ``field_accuracy``: JSON tasks (every reference is a JSON object): share of reference fields the answer got right.
+- ``format_compliance``: JSON tasks: share of answers that are a JSON object valid against the schema (``schema``
+  in the config, else one derived from the references: the keys every reference has are required).
+- ``regression_score``: share of the general-skill regression suite (``expectations.regression``) answered right.
+- ``answer_tokens``: mean generated tokens; ``latency_s``: seconds per answer at batch throughput; ``tokens_per_s``.
+- ``judge_score``: optional LLM-as-judge, 0-10 on a rubric, through any OpenAI-compatible endpoint.
+
+And relative to the base: ``improvement`` (accuracy - base accuracy), ``field_improvement``, and ``retention``
+(regression score / base's regression score; 1.0 when the base scores 0).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from ftops.errors import FtopsError, UsageError
+
+PREFIX = "eval."
+TEST_SPLIT_ARTIFACT = "data/test.jsonl"
+TABLE_ARTIFACT = "eval/examples.json"
+
+_SIDE = ("accuracy", "field_accuracy", "format_compliance", "regression_score", "answer_tokens", "latency_s",
+         "tokens_per_s", "judge_score")
+#: Every metric name evaluation can produce (without the ``eval.`` prefix); policies may name only these.
+METRICS = frozenset(
+    [*_SIDE, *(f"base.{m}" for m in _SIDE), "improvement", "field_improvement", "retention", "judge_improvement",
+     "examples", "regression_items"]
+)
+
+DEFAULT_RUBRIC = (
+    "You grade an assistant's answer against a reference answer. Score 0-10: 10 means it says the same as the "
+    "reference (wording may differ), 5 means partly right, 0 means wrong, empty or off-topic. "
+    "Reply with the integer score only."
+)
+
+
+@dataclass
+class EvalConfig:
+    """How to evaluate one run."""
+
+    engine: Literal["vllm", "transformers"] = "vllm"
+    """``vllm``: batched through vLLM's offline engine (bf16); ``transformers``: ``generate`` (fp32), the fallback."""
+    max_new_tokens: int = 128
+    """Greedy decoding stops at EOS or after this many tokens."""
+    max_examples: int | None = None
+    """Evaluate only the first N held-out examples (None: all)."""
+    regression: bool = True
+    """Also score candidate and base on the regression suite (``expectations.regression``), giving ``retention``."""
+    regression_limit: int | None = None
+    """Score only the first N regression items (None: all)."""
+    schema: str | None = None
+    """JSON schema for format compliance: a path to a ``.json`` schema, ``ticket`` for the demo task's
+    ``expectations.demo_data.TICKET_SCHEMA``, or None to derive one from the reference answers."""
+    max_model_len: int = 2048
+    """vLLM context length (small on CPU: it sizes the KV cache)."""
+    batch_size: int = 16
+    """transformers engine: prompts per ``generate`` call."""
+    judge_base_url: str | None = None
+    """LLM-as-judge: an OpenAI-compatible base URL (``https://api.openai.com/v1`` or ftops' own server). Off if None."""
+    judge_model: str = "gpt-4o-mini"
+    """The judge's model name at that endpoint."""
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the judge's API key (``none`` is sent if unset, as local servers accept)."""
+    judge_rubric: str = DEFAULT_RUBRIC
+    """The judge's system prompt; it must ask for one integer 0-10."""
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("vllm", "transformers"):
+            raise UsageError(f"eval engine {self.engine!r}: use 'vllm' or 'transformers'")
+        for name in ("max_new_tokens", "max_model_len", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"eval {name} must be >= 1 (got {getattr(self, name)})")
+
+
+@dataclass
+class Generation:
+    """One answer."""
+
+    text: str
+    tokens: int
+    latency_s: float
+    """Wall time of the batch divided by its size: seconds per answer at the batch's throughput."""
+
+
+class Engine(Protocol):
+    """What evaluation needs from an inference engine: greedy chat answers, with or without a LoRA adapter."""
+
+    def chat(self, conversations: list[list[dict]], adapter: Path | None, max_new_tokens: int) -> list[Generation]: ...
+
+
+class VllmEngine:
+    """vLLM's offline engine on a base model with LoRA enabled; one per process (start-up is ~30 s on CPU)."""
+
+    def __init__(self, base_path: str, max_lora_rank: int = 64, max_model_len: int = 2048):
+        from vllm import LLM
+
+        self.base_path = base_path
+        self.llm = LLM(model=base_path, enable_lora=True, max_lora_rank=max_lora_rank, max_loras=2,
+                       max_model_len=max_model_len, dtype="bfloat16", seed=0)
+        self._lora_ids: dict[str, int] = {}
+
+    def chat(self, conversations: list[list[dict]], adapter: Path | None, max_new_tokens: int) -> list[Generation]:
+        from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
+
+        lora = None
+        if adapter is not None:
+            key = str(adapter)
+            lora_id = self._lora_ids.setdefault(key, len(self._lora_ids) + 1)
+            lora = LoRARequest(f"candidate-{lora_id}", lora_id, key)
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        start = time.perf_counter()
+        outputs = self.llm.chat(conversations, params, lora_request=lora, use_tqdm=False)
+        per = (time.perf_counter() - start) / max(len(conversations), 1)
+        return [Generation(o.outputs[0].text, len(o.outputs[0].token_ids), per) for o in outputs]
+
+    def close(self) -> None:
+        """Stop the engine's worker processes now (rather than whenever garbage collection gets to them)."""
+        import gc
+
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            core = getattr(llm.llm_engine, "engine_core", None)
+            if core is not None:
+                core.shutdown()
+            del llm
+            gc.collect()
+
+
+class TransformersEngine:
+    """transformers ``generate`` on the base (fp32, CPU), with a PEFT adapter attached for the candidate."""
+
+    def __init__(self, base_path: str, batch_size: int = 16):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(base_path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        self.model.eval()
+        self.batch_size = batch_size
+
+    def chat(self, conversations: list[list[dict]], adapter: Path | None, max_new_tokens: int) -> list[Generation]:
+        from peft import PeftModel
+
+        if adapter is None:
+            return self._generate(self.model, conversations, max_new_tokens)
+        model = PeftModel.from_pretrained(self.model, str(adapter))
+        try:
+            return self._generate(model, conversations, max_new_tokens)
+        finally:
+            self.model = model.unload()  # remove the LoRA layers: the base is the base again
+
+    def _generate(self, model, conversations: list[list[dict]], max_new_tokens: int) -> list[Generation]:
+        import torch
+
+        out: list[Generation] = []
+        for i in range(0, len(conversations), self.batch_size):
+            batch = conversations[i : i + self.batch_size]
+            texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in batch]
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            start = time.perf_counter()
+            with torch.no_grad():
+                ids = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                                     pad_token_id=self.tokenizer.pad_token_id)
+            per = (time.perf_counter() - start) / len(batch)
+            for row in ids[:, enc["input_ids"].shape[1] :]:
+                tokens = [t for t in row.tolist() if t != self.tokenizer.pad_token_id]
+                out.append(Generation(self.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), per))
+        return out
+
+
+def make_engine(config: EvalConfig, base_path: str, max_lora_rank: int) -> Engine:
+    """The engine ``config.engine`` names, for one base model."""
+    if config.engine == "vllm":
+        rank = next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= max_lora_rank)  # vLLM accepts these
+        return VllmEngine(base_path, rank, config.max_model_len)
+    return TransformersEngine(base_path, config.batch_size)
+
+
+# ----------------------------------------------------------------------------------------------------------- scoring
+
+
+def parse_json_object(text: str) -> dict | None:
+    """The answer as a JSON object, tolerating a surrounding Markdown code fence; None if it is not one."""
+    s = text.strip()
+    fence = re.match(r"^```(?:json)?\s*(.*?)\s*```$", s, re.DOTALL)
+    if fence:
+        s = fence.group(1)
+    try:
+        value = json.loads(s)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _normalize(text: str) -> str:
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, reference: str, json_task: bool) -> bool:
+    if json_task:
+        pred = parse_json_object(prediction)
+        return pred is not None and pred == parse_json_object(reference)
+    return _normalize(prediction) == _normalize(reference)
+
+
+def field_accuracy(prediction: str, reference: str) -> float:
+    """Share of the reference object's fields that the predicted object has with an equal value."""
+    ref = parse_json_object(reference) or {}
+    pred = parse_json_object(prediction)
+    if not ref:
+        return 1.0 if pred == ref else 0.0
+    if pred is None:
+        return 0.0
+    return sum(1 for k, v in ref.items() if k in pred and pred[k] == v) / len(ref)
+
+
+def derive_schema(references: list[dict]) -> dict:
+    """A JSON schema from the reference objects: an object requiring the keys every reference has."""
+    required = set(references[0]) if references else set()
+    for ref in references[1:]:
+        required &= set(ref)
+    return {"type": "object", "required": sorted(required)}
+
+
+def load_schema(spec: str | None, references: list[dict]) -> dict:
+    if spec is None:
+        return derive_schema(references)
+    if spec == "ticket":
+        try:
+            from expectations.demo_data import TICKET_SCHEMA
+        except ImportError as e:
+            raise FtopsError(f"schema 'ticket' needs expectations.demo_data.TICKET_SCHEMA ({e})") from e
+        return TICKET_SCHEMA
+    path = Path(spec)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise FtopsError(f"{spec}: cannot read the JSON schema ({e}); give a .json schema file or 'ticket'") from e
+
+
+def format_ok(prediction: str, schema: dict) -> bool:
+    import jsonschema
+
+    pred = parse_json_object(prediction)
+    if pred is None:
+        return False
+    return jsonschema.Draft202012Validator(schema).is_valid(pred)
+
+
+def judge_scores(config: EvalConfig, prompts: list[list[dict]], references: list[str], answers: list[str]) -> list[float]:
+    """Score each answer 0-10 with an LLM judge at ``config.judge_base_url`` through the ``openai`` client."""
+    import os
+
+    import openai
+
+    client = openai.OpenAI(base_url=config.judge_base_url, api_key=os.environ.get(config.judge_api_key_env) or "none",
+                           max_retries=2, timeout=60)
+    scores = []
+    for prompt, ref, answer in zip(prompts, references, answers):
+        question = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+        user = f"Question:\n{question}\n\nReference answer:\n{ref}\n\nAssistant's answer:\n{answer}\n\nScore (0-10):"
+        try:
+            reply = client.chat.completions.create(
+                model=config.judge_model, temperature=0, max_tokens=8,
+                messages=[{"role": "system", "content": config.judge_rubric}, {"role": "user", "content": user}],
+            )
+        except openai.OpenAIError as e:
+            raise FtopsError(f"LLM judge at {config.judge_base_url}: {type(e).__name__}: {e}") from e
+        match = re.search(r"\d+(?:\.\d+)?", reply.choices[0].message.content or "")
+        scores.append(min(max(float(match.group()), 0.0), 10.0) if match else 0.0)
+    return scores
+
+
+# --------------------------------------------------------------------------------------------------------- the job
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` logged."""
+
+    run_id: str
+    metrics: dict[str, float]
+    """Metric names without the ``eval.`` prefix."""
+    examples: list[dict] = field(default_factory=list)
+    """Per-example rows (the MLflow table)."""
+
+
+def _client():
+    import mlflow
+
+    from ftops import settings
+
+    settings.configure_mlflow()
+    return mlflow.MlflowClient()
+
+
+def get_run(run_id: str):
+    """The MLflow run, or a clear error for an unknown id."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    if not re.fullmatch(r"[0-9a-fA-F]{32}|[A-Za-z0-9_-]{1,64}", run_id or ""):
+        raise FtopsError(f"run id {run_id!r} is malformed; copy it from `ftops train` or the MLflow UI")
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as e:
+        raise FtopsError(f"no MLflow run {run_id!r} at {client.tracking_uri}; check the id (`ftops train` prints it)") from e
+    if run.info.lifecycle_stage == "deleted":
+        raise FtopsError(f"run {run_id} is deleted; restore it in the MLflow UI or train again")
+    return run
+
+
+def fetch_adapter(run_id: str, dst: Path) -> tuple[Path, dict]:
+    """Download and verify the run's ``adapter/`` artifact; a clear error when the run has none."""
+    from ftops.adapter import ARTIFACT_PATH, download_adapter
+
+    names = {Path(f.path).name for f in _client().list_artifacts(run_id, ARTIFACT_PATH)}
+    if "manifest.json" not in names:
+        raise FtopsError(f"run {run_id} has no adapter artifact ({ARTIFACT_PATH}/manifest.json); "
+                         "only runs made by `ftops train` can be evaluated or gated")
+    return download_adapter(f"runs:/{run_id}/{ARTIFACT_PATH}", dst)
+
+
+def load_test_split(run_id: str, dst: Path) -> list[dict]:
+    """The run's held-out split ``data/test.jsonl``: chat rows whose last message is the assistant's reference."""
+    import mlflow
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TEST_SPLIT_ARTIFACT,
+                                                         dst_path=str(dst)))
+    except Exception as e:  # MlflowException / OSError for a missing artifact
+        raise FtopsError(f"run {run_id} has no held-out split {TEST_SPLIT_ARTIFACT} ({e}); it is logged by `ftops train`") from e
+    rows = []
+    for n, line in enumerate(local.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            messages = row["messages"]
+            if messages[-1]["role"] != "assistant" or len(messages) < 2:
+                raise ValueError("the last message must be the assistant's reference answer")
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise FtopsError(f"{TEST_SPLIT_ARTIFACT} line {n} of run {run_id}: not a chat example ({e})") from e
+        rows.append(row)
+    if not rows:
+        raise FtopsError(f"{TEST_SPLIT_ARTIFACT} of run {run_id} is empty; nothing to evaluate")
+    return rows
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _side_metrics(prefix: str, gens: list[Generation], refs: list[str], json_task: bool, schema: dict | None) -> dict:
+    m = {
+        f"{prefix}accuracy": _mean([float(exact_match(g.text, r, json_task)) for g, r in zip(gens, refs)]),
+        f"{prefix}answer_tokens": _mean([g.tokens for g in gens]),
+        f"{prefix}latency_s": _mean([g.latency_s for g in gens]),
+        f"{prefix}tokens_per_s": sum(g.tokens for g in gens) / max(sum(g.latency_s for g in gens), 1e-9),
+    }
+    if json_task:
+        m[f"{prefix}field_accuracy"] = _mean([field_accuracy(g.text, r) for g, r in zip(gens, refs)])
+        m[f"{prefix}format_compliance"] = _mean([float(format_ok(g.text, schema)) for g in gens])
+    return m
+
+
+def _regression(engine: Engine, adapter: Path, config: EvalConfig) -> tuple[dict, list[dict]]:
+    try:
+        from expectations import regression
+    except ImportError as e:
+        raise FtopsError(f"the regression suite (expectations.regression) is unavailable ({e}); "
+                         "evaluate with --no-regression to skip retention") from e
+    items = list(regression.load_suite())[: config.regression_limit]
+    if not items:
+        return {}, []
+    prompts = [item["messages"] for item in items]
+    cand = engine.chat(prompts, adapter, config.max_new_tokens)
+    base = engine.chat(prompts, None, config.max_new_tokens)
+    cand_ok = [bool(regression.score(item, g.text)) for item, g in zip(items, cand)]
+    base_ok = [bool(regression.score(item, g.text)) for item, g in zip(items, base)]
+    score, base_score = _mean([float(x) for x in cand_ok]), _mean([float(x) for x in base_ok])
+    rows = [{"split": "regression", "id": str(item["id"]), "prompt": item["messages"][-1]["content"],
+             "reference": str(item.get("answer", "")), "candidate": c.text, "base": b.text,
+             "candidate_correct": co, "base_correct": bo}
+            for item, c, b, co, bo in zip(items, cand, base, cand_ok, base_ok)]
+    retention = score / base_score if base_score > 0 else 1.0  # the base knew nothing: nothing to lose
+    return {"regression_score": score, "base.regression_score": base_score, "retention": retention,
+            "regression_items": float(len(items))}, rows
+
+
+def _run(engine: Engine, config: EvalConfig, adapter: Path, rows: list[dict], json_task: bool,
+         schema: dict | None) -> tuple[list[dict], dict[str, float]]:
+    """Answer the held-out prompts (and the regression suite) with candidate and base; score them."""
+    prompts = [r["messages"][:-1] for r in rows]
+    refs = [str(r["messages"][-1]["content"]) for r in rows]
+    cand = engine.chat(prompts, adapter, config.max_new_tokens)
+    base_gens = engine.chat(prompts, None, config.max_new_tokens)
+    metrics = {"examples": float(len(rows))}
+    metrics |= _side_metrics("", cand, refs, json_task, schema)
+    metrics |= _side_metrics("base.", base_gens, refs, json_task, schema)
+    metrics["improvement"] = metrics["accuracy"] - metrics["base.accuracy"]
+    if json_task:
+        metrics["field_improvement"] = metrics["field_accuracy"] - metrics["base.field_accuracy"]
+    examples = [
+        {"split": "test", "id": str(i), "prompt": p[-1]["content"], "reference": ref, "candidate": c.text,
+         "base": b.text, "candidate_correct": exact_match(c.text, ref, json_task),
+         "base_correct": exact_match(b.text, ref, json_task)}
+        for i, (p, ref, c, b) in enumerate(zip(prompts, refs, cand, base_gens))
+    ]
+    if config.judge_base_url:
+        cj = judge_scores(config, prompts, refs, [g.text for g in cand])
+        bj = judge_scores(config, prompts, refs, [g.text for g in base_gens])
+        metrics |= {"judge_score": _mean(cj), "base.judge_score": _mean(bj), "judge_improvement": _mean(cj) - _mean(bj)}
+        for row, c, b in zip(examples, cj, bj):
+            row |= {"candidate_judge": c, "base_judge": b}
+    if config.regression:
+        reg_metrics, reg_rows = _regression(engine, adapter, config)
+        metrics |= reg_metrics
+        examples += reg_rows
+    return examples, metrics
+
+
+def evaluate(run_id: str, config: EvalConfig | None = None, engine: Engine | None = None) -> EvalResult:
+    """Evaluate run ``run_id``'s adapter and its base; log metrics, the per-example table and the config on the run.
+
+    ``engine`` reuses a running engine (it must serve the run's base); by default one is started per call."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    from ftops.base import load_base
+
+    config = config or EvalConfig()
+    get_run(run_id)
+    client = _client()
+    with tempfile.TemporaryDirectory(prefix="ftops-eval-") as tmp:
+        adapter, manifest = fetch_adapter(run_id, Path(tmp) / "adapter")
+        base = load_base(manifest["base"]["name"])
+        if base.sha256 != manifest["base"]["sha256"]:
+            raise FtopsError(f"run {run_id}: its adapter was trained on base {base.name} sha256 "
+                             f"{manifest['base']['sha256'][:12]}, but the imported {base.name} is {base.sha256[:12]}")
+        rows = load_test_split(run_id, Path(tmp) / "data")[: config.max_examples]
+        ref_objects = [parse_json_object(str(r["messages"][-1]["content"])) for r in rows]
+        json_task = all(o is not None for o in ref_objects)
+        schema = load_schema(config.schema, ref_objects) if json_task else None
+
+        own_engine = engine is None
+        engine = engine or make_engine(config, base.path, int(manifest.get("lora", {}).get("r") or 8))
+        try:
+            examples, metrics = _run(engine, config, adapter, rows, json_task, schema)
+        finally:
+            if own_engine and hasattr(engine, "close"):
+                engine.close()  # one vLLM engine at a time on this machine: serving may start the next one
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(PREFIX + k, float(v), now, 0) for k, v in sorted(metrics.items())])
+    columns = sorted({k for row in examples for k in row})
+    mlflow.log_table({c: [row.get(c) for row in examples] for c in columns}, TABLE_ARTIFACT, run_id=run_id)
+    client.log_dict(run_id, {"engine": config.engine, **{k: v for k, v in asdict(config).items() if k != "judge_rubric"}},
+                    "eval/config.json")
+    client.log_dict(run_id, metrics, "eval/metrics.json")
+    client.set_tag(run_id, "ftops.eval.engine", config.engine)
+    return EvalResult(run_id, metrics, examples)
+
+
+def logged_metrics(run_id: str) -> dict[str, float]:
+    """The ``eval.*`` metrics already on the run (names without the prefix); empty if it was never evaluated."""
+    run = get_run(run_id)
+    return {k[len(PREFIX) :]: v for k, v in run.data.metrics.items() if k.startswith(PREFIX)}

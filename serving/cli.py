@@ -1,0 +1,81 @@
+"""``ftops serve``: the short form of ``bentoml serve serving.service:FtopsLLM`` with a pre-flight check."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the base model and the registry's adapters over an OpenAI-compatible API",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Start the BentoML + vLLM service: the base model and the adapters the config names as NAME@ALIAS (default: none),
+resolved through the MLflow registry, sha256-checked and loaded as LoRA. `model: NAME` follows the alias (moves
+within seconds, no restart), `model: NAME:VERSION` pins a version. Every /v1 route needs an API key
+(FTOPS_API_KEY or the config's api_keys_file); one is generated and printed when none is set.
+
+examples:
+  ftops serve --config configs/serve.yaml
+  FTOPS_API_KEY=sk-local-123456789 ftops serve --port 8000""",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=3000, help="port (default 3000)")
+    p.add_argument("--config", help="serving config YAML (serving/config.py; default: $FTOPS_SERVE_CONFIG)")
+    p.set_defaults(func=_serve)
+
+
+def preflight(config) -> list[str]:
+    """Check the base and every adapter the config names before the engine starts; returns lines to print."""
+    from ftops import settings
+    from ftops.base import load_base
+    from ftops.errors import FtopsError
+    from serving.adapters import alias_version, fetch_adapter
+
+    settings.configure_mlflow()
+    base = load_base(config.base)
+    lines = [f"base {base.name} ({base.sha256[:12]}) at {base.path}"]
+    for name, alias in config.adapter_specs():
+        version = alias_version(name, alias)
+        if version is None:
+            if config.require_adapters:
+                raise FtopsError(f"registered model {name!r} has no alias {alias!r}; promote a version first "
+                                 f"(ftops promote {name} --to {alias})")
+            lines.append(f"adapter {name}@{alias}: not set yet; served as soon as the alias exists")
+            continue
+        adapter = fetch_adapter(name, version, base)
+        lines.append(f"adapter {name}@{alias}: version {version}, LoRA r={adapter.lora_rank}, verified")
+    return lines
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import secrets
+    import shutil
+
+    from ftops import settings
+    from ftops.errors import UsageError
+    from serving.config import API_KEY_ENV, CONFIG_ENV, load_api_keys, load_config
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port {args.port}: not a TCP port (1-65535)")
+    config = load_config(args.config)
+    for line in preflight(config):
+        print(line, flush=True)
+    env = dict(os.environ)
+    if args.config:
+        env[CONFIG_ENV] = os.path.abspath(args.config)
+    if not load_api_keys(config):
+        env[API_KEY_ENV] = "ftops-" + secrets.token_urlsafe(24)
+        print(f"no API key configured: generated {API_KEY_ENV}={env[API_KEY_ENV]} for this run", flush=True)
+    env.setdefault("BENTOML_HOME", str(settings.home() / "bentoml"))
+    env["FTOPS_HOME"] = str(settings.home())
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.engine.kv_cache_gib))
+    bentoml = shutil.which("bentoml", path=os.path.dirname(sys.executable)) or "bentoml"
+    argv = [bentoml, "serve", "serving.service:FtopsLLM", "--host", args.host, "--port", str(args.port)]
+    print(f"serving on http://{args.host}:{args.port}/v1 (OpenAI-compatible; /readyz once loaded)", flush=True)
+    os.execve(bentoml, argv, env)
+    return 0  # not reached

@@ -1,0 +1,143 @@
+"""The serving config: which base, which registered adapters at which alias, engine settings, limits.
+
+Loaded from YAML (``ftops serve --config FILE`` or ``$FTOPS_SERVE_CONFIG``); every field has a default, so no file
+at all means "SmolLM2 with nothing registered yet". The bentoml worker reads the same file through
+``$FTOPS_SERVE_CONFIG``, so ``ftops serve`` and ``bentoml serve serving.service:FtopsLLM`` serve the same thing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ftops.errors import FtopsError, UsageError
+
+CONFIG_ENV = "FTOPS_SERVE_CONFIG"
+API_KEY_ENV = "FTOPS_API_KEY"
+ADMIN_KEY_ENV = "FTOPS_ADMIN_KEY"
+_ADAPTER = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)@([A-Za-z0-9][A-Za-z0-9_-]*)$")
+
+
+class EngineConfig(BaseModel):
+    """vLLM engine settings (the same code runs the ``vllm`` package on a GPU host)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_model_len: int = Field(2048, ge=16)
+    """Context length the engine serves; requests beyond it answer 400."""
+    max_lora_rank: int = Field(16, ge=1)
+    """Largest LoRA rank an adapter may have."""
+    max_loras: int = Field(2, ge=1)
+    """Adapters active in one batch (an alias move briefly has the old and new version side by side)."""
+    max_cpu_loras: int = Field(8, ge=1)
+    """Adapters kept loaded (current versions, pinned versions, the one before a move)."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    """Weights and activations dtype."""
+    kv_cache_gib: int = Field(1, ge=1)
+    """CPU KV cache size in GiB (``VLLM_CPU_KVCACHE_SPACE``); on a GPU host ``gpu_memory_utilization`` applies."""
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    """Share of device (or, on CPU, host) memory vLLM may reserve."""
+    max_num_seqs: int = Field(64, ge=1)
+    """Sequences the scheduler batches at once."""
+    extra_args: list[str] = Field(default_factory=list)
+    """More vLLM engine CLI arguments, e.g. ``["--enforce-eager"]``."""
+
+
+class LimitsConfig(BaseModel):
+    """Request limits enforced before anything reaches the engine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    """Largest request body; more answers 413."""
+    max_concurrency: int = Field(64, ge=1)
+    """Requests in flight at once; more answers 429 with Retry-After."""
+    retry_after_s: int = Field(1, ge=1)
+    """The Retry-After a 429 carries."""
+
+
+class ServeConfig(BaseModel):
+    """What ``ftops serve`` serves. Loaded from YAML; unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str = "smollm2-135m-instruct"
+    """Imported base model name (``ftops base list``); adapters must have been trained on exactly these weights."""
+    adapters: list[str] = Field(default_factory=list)
+    """Registered models to serve, as ``NAME@ALIAS`` (e.g. ``ticket-extractor@production``); ``model: NAME`` follows
+    the alias, ``model: NAME:VERSION`` pins a version."""
+    poll_interval_s: float = Field(2.0, gt=0, le=60)
+    """How often the registry is polled for alias moves."""
+    require_adapters: bool = False
+    """Refuse to start when an alias does not exist yet (otherwise the service starts and picks it up once set)."""
+    api_keys_file: str | None = None
+    """YAML mapping ``key id -> key``; ``$FTOPS_API_KEY`` adds the key id ``default``."""
+    ledger_url: str | None = None
+    """Cost ledger database URL; None: SQLite under ``$FTOPS_HOME``."""
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    """vLLM engine settings."""
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    """Request limits."""
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_specs(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            if not _ADAPTER.match(spec):
+                raise ValueError(f"{spec!r} is not NAME@ALIAS (e.g. ticket-extractor@production)")
+        names = [s.split("@")[0] for s in value]
+        if len(set(names)) != len(names):
+            raise ValueError("each registered model may appear once")
+        return value
+
+    def adapter_specs(self) -> list[tuple[str, str]]:
+        """``[(name, alias), ...]``."""
+        return [tuple(s.split("@", 1)) for s in self.adapters]  # type: ignore[misc]
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> ServeConfig:
+    """Read ``path`` (or ``$FTOPS_SERVE_CONFIG``; none: defaults) and apply ``overrides``; one clear error if bad."""
+    path = path or os.environ.get(CONFIG_ENV)
+    data: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"{path}: no such serving config file")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UsageError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        if not isinstance(data, dict):
+            raise UsageError(f"{path}: expected a mapping of settings at the top level")
+    data.update(overrides or {})
+    try:
+        return ServeConfig(**data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "config"
+        raise UsageError(f"{path or 'serving config'}: {where}: {first['msg']}") from e
+
+
+def load_api_keys(config: ServeConfig) -> dict[str, str]:
+    """``{key_id: key}`` from ``$FTOPS_API_KEY`` (id ``default``) and the keys file."""
+    keys: dict[str, str] = {}
+    if os.environ.get(API_KEY_ENV):
+        keys["default"] = os.environ[API_KEY_ENV]
+    if config.api_keys_file:
+        p = Path(config.api_keys_file)
+        try:
+            data = yaml.safe_load(p.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise FtopsError(f"{p}: cannot read the API keys file ({e})") from e
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            raise FtopsError(f"{p}: expected a YAML mapping of key id -> key (strings)")
+        for key_id, key in data.items():
+            if len(key) < 16:
+                raise FtopsError(f"{p}: key {key_id!r} is shorter than 16 characters; use a random key")
+        keys.update(data)
+    return keys

@@ -1,0 +1,253 @@
+"""``ftops cost report``: what every served token cost, against hosted APIs (formula: docs/cost.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from ftops.errors import UsageError
+
+# Hosted models drawn in the chart's monthly-cost panel when the price table has them (the table may hold more).
+PLOT_MODELS = ("openai/gpt-4o", "openai/ft:gpt-4o-mini", "openai/ft:gpt-4.1-mini", "openai/gpt-4.1-nano",
+               "together/llama-3.1-8b-instruct-turbo")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cost", help="cost of served tokens against hosted APIs",
+                       description="Cost of the tokens in the request ledger, against hosted APIs.")
+    csub = p.add_subparsers(dest="cost_command", metavar="ACTION", required=True)
+    rep = csub.add_parser(
+        "report",
+        help="per adapter and in total: tokens, self-hosted vs hosted cost, break-even, training cost",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Per adapter and in total: tokens, self-hosted cost (replica price x engine busy time), the hosted-equivalent cost
+for every model of the price table, savings, $ per million tokens both ways, the monthly token volume at which a
+fixed replica (730 h/month) beats per-token pricing, and each adapter's training run cost. The formula is in
+docs/cost.md; the figures are recomputed from the ledger rows and the two YAML tables.
+
+examples:
+  ftops cost report
+  ftops cost report --since 24h --json
+  ftops cost report --replica aws-g6.xlarge --plot cost.png""",
+    )
+    rep.add_argument("--since", help="only requests that ended at/after this: ISO date/time (UTC if no offset) "
+                     "or a duration back from now like 30m, 24h, 7d")
+    rep.add_argument("--json", action="store_true", help="print the report as JSON")
+    rep.add_argument("--plot", metavar="PATH", help="write a PNG chart here and log it to MLflow (run 'cost-report')")
+    rep.add_argument("--ledger", metavar="URL", help="ledger database URL (default sqlite:///$FTOPS_HOME/ledger.db)")
+    rep.add_argument("--prices", metavar="YAML", help="hosted price table (default serving/prices.yaml, $FTOPS_PRICES)")
+    rep.add_argument("--hardware", metavar="YAML",
+                     help="replica price table (default serving/hardware.yaml, $FTOPS_HARDWARE)")
+    rep.add_argument("--replica", help="hardware.yaml instance the replica runs on (default: the table's default, "
+                     "$FTOPS_REPLICA)")
+    rep.add_argument("--train-run", action="append", default=[], metavar="RUN_ID",
+                     help="also price this MLflow training run (repeatable); adapters' runs are found by version")
+    rep.set_defaults(func=_report)
+
+
+def parse_since(text: str | None, now: datetime | None = None) -> datetime | None:
+    """``30m``/``24h``/``7d`` back from ``now``, or an ISO date/time (UTC unless it has an offset)."""
+    if not text:
+        return None
+    now = now or datetime.now(UTC)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if m:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
+        return now - timedelta(**{unit: float(m.group(1))})
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--since {text!r}: expected an ISO date/time (2026-11-01, 2026-11-01T12:00) or a "
+                         f"duration like 30m, 24h, 7d") from None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
+def _report(args: argparse.Namespace) -> int:
+    from serving.costs import load_hardware, load_prices, training_cost, usage_report
+    from serving.ledger import Ledger
+
+    since = parse_since(args.since)
+    prices = load_prices(args.prices)
+    hardware = load_hardware(args.hardware)
+    if args.replica:
+        hardware.instance(args.replica)  # unknown name: one line naming the choices
+    with Ledger(args.ledger, prices=prices, hardware=hardware, replica=args.replica, create=False) as ledger:
+        report = usage_report(ledger, since, training=True)
+    usd_per_hour = report["replica"]["usd_per_hour"]
+    report["training_runs"] = [training_cost(run_id, prices, usd_per_hour) for run_id in args.train_run]
+    if args.plot:
+        path = plot_report(report, Path(args.plot))
+        report["plot"] = {"path": str(path), "mlflow_run_id": log_report_to_mlflow(report, path)}
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(format_report(report))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- text
+def _usd(x: float | None) -> str:
+    if x is None:
+        return "-"
+    sign, x = ("-" if x < 0 else ""), abs(x)
+    return f"{sign}${x:,.2f}" if x >= 100 else f"{sign}${x:.4g}"
+
+
+def _tok(x: float | None) -> str:
+    if x is None:
+        return "-"
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.0f}"
+
+
+def _block(title: str, s: dict, replica: str) -> list[str]:
+    st = s["by_status"]
+    lines = [title,
+             (f"  requests {s['requests']} (ok {st['ok']}, cancelled {st['cancelled']}, failed {st['failed']}); "
+              f"tokens {s['tokens']:,} (prompt {s['prompt_tokens']:,}, completion {s['completion_tokens']:,})"),
+             f"  self-hosted on {replica}: {_usd(s['self_hosted_usd'])}  = {_usd(s['self_hosted_usd_per_mtok'])}/M tokens"]
+    if not s["tokens"]:
+        return lines
+    lines.append(f"  {'hosted model':<40} {'cost':>10} {'$/M tok':>10} {'savings':>10} {'break-even tokens/month':>24}")
+    for key, usd in sorted(s["hosted_usd"].items(), key=lambda kv: kv[1]):
+        be = s["break_even"][key]
+        note = "" if be["within_replica_capacity"] is not False else " (beyond 1 replica's capacity)"
+        lines.append(f"  {key:<40} {_usd(usd):>10} {_usd(s['hosted_usd_per_mtok'][key]):>10} "
+                     f"{_usd(s['savings_usd'][key]):>10} {_tok(be['monthly_tokens']):>24}{note}")
+    return lines
+
+
+def _training_lines(t: dict) -> list[str]:
+    name = f"{t['registered_model']} v{t['version']}, " if "registered_model" in t else ""
+    if not t.get("available"):
+        return [f"  training ({name}run {t.get('run_id', '-')}): unknown: {t['reason']}"]
+    cheapest = min(t["hosted_usd"].items(), key=lambda kv: kv[1]) if t["hosted_usd"] else None
+    hosted = ", ".join(f"{k} {_usd(v)}" for k, v in sorted(t["hosted_usd"].items(), key=lambda kv: kv[1]))
+    return [f"  training ({name}run {t['run_id']}): {_tok(t['trained_tokens'])} tokens in {t['runtime_s']:.0f} s "
+            f"= {_usd(t['self_hosted_usd'])} on this hardware; hosted: {hosted or 'no training prices'}"
+            + (f" (cheapest {cheapest[0]})" if cheapest else "")]
+
+
+def format_report(report: dict) -> str:
+    r, t = report["replica"], report["total"]
+    lines = [(f"cost report{' since ' + report['since'] if report['since'] else ''} "
+              f"(prices as of {report['prices_as_of']}, hardware as of {report['hardware_as_of']})"),
+             f"replica {r['name']}: {_usd(r['usd_per_hour'])}/h = {_usd(r['monthly_usd'])}/month ({r['description']})"]
+    if not t["requests"]:
+        lines.append("the ledger has no requests in this window; serve some traffic with `ftops serve` first")
+        return "\n".join(lines + [x for tr in report.get("training_runs", []) for x in _training_lines(tr)])
+    util = f", utilization {t['utilization']:.0%}" if t["utilization"] is not None else ""
+    lines.append(f"engine busy {t['busy_s']:.1f} s over a {t['window_s']:.1f} s window{util}; measured throughput "
+                 f"{t['throughput_tokens_per_s'] or 0:.1f} tokens/s -> one replica serves up to "
+                 f"{_tok(t['replica_capacity_monthly_tokens'])} tokens/month; this traffic is "
+                 f"{_tok(t['projected_monthly_tokens'])} tokens/month")
+    lines.append("")
+    lines += _block("TOTAL", t, r["name"])
+    for a in report["adapters"]:
+        versions = f" (versions {', '.join(a['registry_versions'])})" if a["registry_versions"] else ""
+        lines.append("")
+        lines += _block(f"ADAPTER {a['adapter'] or '(base model)'} on {a['model']}{versions}", a, r["name"])
+        for tr in a.get("training", []):
+            lines += _training_lines(tr)
+    for tr in report.get("training_runs", []):
+        lines += _training_lines(tr)
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- chart
+def plot_report(report: dict, path: Path) -> Path:
+    """Two panels: $ per million tokens both ways; monthly cost against monthly volume with the break-evens."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t, r = report["total"], report["replica"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [1, 1.2]})
+    per_mtok = {k: v for k, v in t["hosted_usd_per_mtok"].items() if v is not None}
+    bars = sorted(per_mtok.items(), key=lambda kv: kv[1])
+    if t["self_hosted_usd_per_mtok"] is not None:
+        bars.append((f"self-hosted, busy time ({r['name']})", t["self_hosted_usd_per_mtok"]))
+        bars.sort(key=lambda kv: kv[1])
+    if bars:
+        names, values = zip(*bars, strict=True)
+        colors = ["tab:green" if n.startswith("self-hosted") else "tab:gray" for n in names]
+        ax1.barh(names, values, color=colors)
+        ax1.set_xscale("log")
+        for i, v in enumerate(values):
+            ax1.text(v, i, f" ${v:.3g}", va="center", fontsize=8)
+        ax1.set_xlim(min(values) / 2, max(values) * 8)
+    else:
+        ax1.text(0.5, 0.5, "no requests in the ledger", ha="center", transform=ax1.transAxes)
+    ax1.set_xlabel("USD per million tokens (log scale)")
+    ax1.set_title("Cost per million tokens, this traffic's prompt/completion mix", fontsize=10)
+    ax1.tick_params(axis="y", labelsize=8)
+
+    monthly = r["monthly_usd"]
+    capacity = t.get("replica_capacity_monthly_tokens")
+    bes = [b["monthly_tokens"] for b in t["break_even"].values() if b["monthly_tokens"]]
+    lo = 1e5
+    hi = max([1e9, *(b * 10 for b in bes)] + ([capacity * 3] if capacity else []))
+    hi = min(hi, 1e14)
+    xs = [10 ** (math.log10(lo) + i * (math.log10(hi) - math.log10(lo)) / 200) for i in range(201)]
+    replicas = [max(1, math.ceil(x / capacity)) if capacity else 1 for x in xs]
+    ax2.plot(xs, [n * monthly for n in replicas], color="tab:green", lw=2.5,
+             label=f"self-hosted: {r['name']} x replicas needed (${monthly:,.0f}/month each)")
+    keys = [k for k in PLOT_MODELS if k in per_mtok] or [k for k, _ in bars if k in per_mtok][:5]
+    for key, color in zip(keys, ("tab:red", "tab:blue", "tab:orange", "tab:purple", "tab:brown"), strict=False):
+        price = per_mtok[key] / 1e6
+        ax2.plot(xs, [x * price for x in xs], lw=1.2, color=color, label=f"{key} (${per_mtok[key]:.3g}/M)")
+        be = t["break_even"][key]
+        if be["monthly_tokens"] and be["within_replica_capacity"] is not False and lo <= be["monthly_tokens"] <= hi:
+            ax2.plot([be["monthly_tokens"]], [monthly], "o", color=color)
+    if t.get("projected_monthly_tokens"):
+        ax2.axvline(t["projected_monthly_tokens"], color="black", ls="--", lw=1, label="this traffic, per month")
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("tokens per month (log)")
+    ax2.set_ylabel("USD per month (log)")
+    ax2.set_title("Monthly cost: fixed replicas vs per-token APIs (dots: break-even within 1 replica)", fontsize=10)
+    ax2.legend(fontsize=7, loc="upper left")
+    ax2.grid(True, which="major", alpha=0.3)
+    fig.suptitle(f"ftops cost report: {t['requests']} requests, {t['tokens']:,} tokens; "
+                 f"prices as of {report['prices_as_of']}", fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def log_report_to_mlflow(report: dict, png: Path) -> str:
+    """Log the report (JSON), its headline figures and the chart as an MLflow run named ``cost-report``."""
+    import logging
+    import tempfile
+
+    import mlflow
+
+    from ftops import settings
+
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
+    exp = settings.experiment_id()
+    t = report["total"]
+    with mlflow.start_run(experiment_id=exp, run_name="cost-report") as run:
+        mlflow.set_tag("ftops.kind", "cost-report")
+        mlflow.log_params({"replica": report["replica"]["name"], "since": report["since"] or "all",
+                           "prices_as_of": report["prices_as_of"]})
+        metrics = {"requests": t["requests"], "tokens": t["tokens"], "self_hosted_usd": t["self_hosted_usd"]}
+        if t["self_hosted_usd_per_mtok"] is not None:
+            metrics["self_hosted_usd_per_mtok"] = t["self_hosted_usd_per_mtok"]
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(png))
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "cost_report.json").write_text(json.dumps(report, indent=2, default=str))
+            mlflow.log_artifact(str(Path(tmp) / "cost_report.json"))
+        return run.info.run_id

@@ -1,0 +1,351 @@
+"""The cost model: price tables, busy time, and the usage report recomputed from the ledger.
+
+The formula is stated in ``docs/cost.md``; in short, for the rows of a window:
+
+- engine busy time ``B`` = length of the union of the requests' intervals ``[ended - latency_s, ended]``;
+- measured throughput ``R = T / B`` with ``T`` = prompt + completion tokens of all rows;
+- self-hosted cost = ``usd_per_hour x B / 3600``; a request or an adapter gets ``tokens x usd_per_hour / 3600 / R``;
+- hosted-equivalent cost for model ``m`` = ``prompt x input_m + completion x output_m`` (per-million prices / 1e6);
+- break-even monthly volume for ``m`` = ``usd_per_hour x 730 / (hosted_usd_m / T)``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ftops.errors import FtopsError
+
+HERE = Path(__file__).resolve().parent
+PRICES_PATH = HERE / "prices.yaml"
+HARDWARE_PATH = HERE / "hardware.yaml"
+HOURS_PER_MONTH = 730
+MTOK = 1_000_000
+
+
+# --------------------------------------------------------------------------------------------- price tables
+class ModelPrice(BaseModel):
+    """One hosted model's per-token prices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str = Field(min_length=1)
+    """Who sells it: ``openai``, ``together``."""
+    model: str = Field(min_length=1)
+    """The provider's model name, e.g. ``gpt-4o-mini`` or ``ft:gpt-4o-mini``."""
+    fine_tuned: bool
+    """True for the price of serving a model fine-tuned on the provider."""
+    input_usd_per_mtok: float = Field(ge=0)
+    """USD per million prompt (input) tokens."""
+    output_usd_per_mtok: float = Field(ge=0)
+    """USD per million completion (output) tokens."""
+    training_usd_per_mtok: float | None = Field(default=None, ge=0)
+    """USD per million trained tokens (tokens x epochs) for fine-tuning this model; null if not offered."""
+    as_of: date
+    """The day this price was read from ``source``."""
+    source: str = Field(min_length=1)
+    """Where the price was read (URL)."""
+
+
+class PriceTable(BaseModel):
+    """``serving/prices.yaml``: hosted per-token prices, keyed ``provider/model``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    as_of: date
+    """When the table as a whole was last checked."""
+    currency: Literal["USD"]
+    """Every price is in US dollars."""
+    models: dict[str, ModelPrice] = Field(min_length=1)
+    """Keyed ``provider/model`` (the key is what reports and metrics show)."""
+
+    def hosted_cost(self, prompt_tokens: int, completion_tokens: int) -> dict[str, float]:
+        """``{key: prompt x input + completion x output}`` in USD for every model of the table."""
+        return {key: (prompt_tokens * p.input_usd_per_mtok + completion_tokens * p.output_usd_per_mtok) / MTOK
+                for key, p in self.models.items()}
+
+
+class Instance(BaseModel):
+    """One replica type and its on-demand hourly price."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field(min_length=1)
+    """What it is: vCPUs, memory, accelerators."""
+    usd_per_hour: float = Field(gt=0)
+    """On-demand USD per hour for one replica."""
+    as_of: date
+    """The day this price was read from ``source``."""
+    source: str = Field(min_length=1)
+    """Where the price was read (URL)."""
+
+
+class HardwareTable(BaseModel):
+    """``serving/hardware.yaml``: hourly prices of replica types."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    as_of: date
+    """When the table as a whole was last checked."""
+    currency: Literal["USD"]
+    """Every price is in US dollars."""
+    default: str
+    """The instance a replica runs on unless ``--replica``/``FTOPS_REPLICA`` says otherwise."""
+    instances: dict[str, Instance] = Field(min_length=1)
+    """Keyed by a short name, e.g. ``aws-g5.xlarge``."""
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> HardwareTable:
+        if self.default not in self.instances:
+            raise ValueError(f"default {self.default!r} is not one of the instances ({', '.join(self.instances)})")
+        return self
+
+    def instance(self, name: str) -> Instance:
+        if name not in self.instances:
+            raise FtopsError(f"unknown replica {name!r}: hardware.yaml lists {', '.join(sorted(self.instances))}")
+        return self.instances[name]
+
+
+def _load_yaml_table(path: Path, model: type[BaseModel], what: str) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise FtopsError(f"{path}: cannot read the {what} ({e.strerror}); give an existing YAML file") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise FtopsError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)}); fix the file") from e
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" (and {e.error_count() - 1} more problems)" if e.error_count() > 1 else ""
+        raise FtopsError(f"{path}: field {field}: {first['msg']}{more}; fix the {what} and restart") from e
+
+
+def load_prices(path: str | Path | None = None) -> PriceTable:
+    """Load and validate the hosted price table: ``path``, ``$FTOPS_PRICES`` or ``serving/prices.yaml``.
+
+    Raises :class:`FtopsError` naming the file and the field (missing field, negative price, bad date...)."""
+    return _load_yaml_table(Path(path or os.environ.get("FTOPS_PRICES") or PRICES_PATH), PriceTable,
+                            "hosted price table")
+
+
+def load_hardware(path: str | Path | None = None) -> HardwareTable:
+    """Load and validate the replica price table: ``path``, ``$FTOPS_HARDWARE`` or ``serving/hardware.yaml``."""
+    table = _load_yaml_table(Path(path or os.environ.get("FTOPS_HARDWARE") or HARDWARE_PATH), HardwareTable,
+                             "hardware price table")
+    if os.environ.get("FTOPS_REPLICA"):
+        table.instance(os.environ["FTOPS_REPLICA"])
+        table.default = os.environ["FTOPS_REPLICA"]
+    return table
+
+
+# --------------------------------------------------------------------------------------------- busy time
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of ``(start, end)`` intervals (seconds): the time the engine had work."""
+    total, cur_start, cur_end = 0.0, None, None
+    for start, end in sorted(intervals):
+        if cur_end is None or start > cur_end:
+            if cur_end is not None:
+                total += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    if cur_end is not None:
+        total += cur_end - cur_start
+    return total
+
+
+class BusyClock:
+    """Running union of request intervals and token count: the throughput a live server has measured so far.
+
+    Segments ending more than ``horizon_s`` before the newest end are folded into a scalar (a request that would
+    overlap them is older than the horizon), so memory stays bounded on a long-running server."""
+
+    def __init__(self, horizon_s: float = 3600.0) -> None:
+        self.horizon_s = horizon_s
+        self._starts: list[float] = []
+        self._ends: list[float] = []
+        self._folded_s = 0.0
+        self._open_s = 0.0
+        self.tokens = 0
+
+    def add(self, start: datetime, end: datetime, tokens: int) -> tuple[float, int]:
+        """Add one request; return ``(busy seconds, tokens)`` so far."""
+        s, e = start.timestamp(), end.timestamp()
+        i = bisect.bisect_left(self._ends, s)  # first segment that ends at or after s
+        j = bisect.bisect_right(self._starts, e)  # segments [i, j) overlap [s, e]
+        if i < j:
+            s, e = min(s, self._starts[i]), max(e, self._ends[j - 1])
+            self._open_s -= sum(b - a for a, b in zip(self._starts[i:j], self._ends[i:j], strict=True))
+        self._starts[i:j], self._ends[i:j] = [s], [e]
+        self._open_s += e - s
+        self.tokens += tokens
+        newest = self._ends[-1]
+        while len(self._ends) > 1 and self._ends[0] < newest - self.horizon_s:
+            self._folded_s += self._ends[0] - self._starts[0]
+            self._open_s -= self._ends[0] - self._starts[0]
+            del self._starts[0], self._ends[0]
+        return self._folded_s + self._open_s, self.tokens
+
+
+# --------------------------------------------------------------------------------------------- the report
+def summarize(rows: list[dict], prices: PriceTable, usd_per_token: float | None,
+              usd_per_hour: float, throughput: float | None) -> dict:
+    """Tokens and costs of ``rows``, with self-hosted cost at ``usd_per_token`` (the window's measured rate)."""
+    prompt = sum(r["prompt_tokens"] for r in rows)
+    completion = sum(r["completion_tokens"] for r in rows)
+    tokens = prompt + completion
+    self_hosted = tokens * usd_per_token if usd_per_token is not None else 0.0
+    hosted = prices.hosted_cost(prompt, completion)
+    by_status = {s: sum(1 for r in rows if r["status"] == s) for s in ("ok", "cancelled", "failed")}
+    capacity = throughput * 3600 * HOURS_PER_MONTH if throughput else None
+    replica_month = usd_per_hour * HOURS_PER_MONTH
+    break_even = {}
+    for key, usd in hosted.items():
+        hosted_per_token = usd / tokens if tokens else None
+        volume = replica_month / hosted_per_token if hosted_per_token else None
+        break_even[key] = {
+            "monthly_tokens": volume,
+            "within_replica_capacity": None if volume is None or capacity is None else volume <= capacity,
+        }
+    return {
+        "requests": len(rows),
+        "by_status": by_status,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "tokens": tokens,
+        "self_hosted_usd": self_hosted,
+        "self_hosted_usd_per_mtok": usd_per_token * MTOK if usd_per_token is not None else None,
+        "hosted_usd": hosted,
+        "hosted_usd_per_mtok": {k: (v / tokens * MTOK if tokens else None) for k, v in hosted.items()},
+        "savings_usd": {k: v - self_hosted for k, v in hosted.items()},
+        "break_even": break_even,
+    }
+
+
+def usage_report(ledger, since: datetime | None = None, *, prices: PriceTable | None = None,
+                 hardware: HardwareTable | None = None, replica: str | None = None,
+                 training: bool = False) -> dict:
+    """The cost report over the ledger's rows (all, or those that ended at/after ``since``), per adapter and in total.
+
+    Every figure follows from the rows and the two tables by the formula of ``docs/cost.md``; the stamped per-row
+    costs are not read. ``prices``/``hardware``/``replica`` default to the ledger's. ``training=True`` adds each
+    adapter's training run cost read from MLflow (see :func:`training_cost`)."""
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    prices = prices or ledger.prices
+    hardware = hardware or ledger.hardware
+    replica = replica or (ledger.replica if hardware is ledger.hardware else hardware.default)
+    instance = hardware.instance(replica)
+    rows = ledger.rows(since)
+    busy = busy_seconds([(r["ts"].timestamp() - r["latency_s"], r["ts"].timestamp()) for r in rows])
+    tokens = sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows)
+    throughput = tokens / busy if busy > 0 and tokens else None
+    usd_per_token = instance.usd_per_hour / 3600 / throughput if throughput else None
+    total = summarize(rows, prices, usd_per_token, instance.usd_per_hour, throughput)
+    total["self_hosted_usd"] = instance.usd_per_hour * busy / 3600 if usd_per_token is not None else 0.0
+    total["savings_usd"] = {k: v - total["self_hosted_usd"] for k, v in total["hosted_usd"].items()}
+    starts = [r["ts"].timestamp() - r["latency_s"] for r in rows]
+    window = (rows[-1]["ts"].timestamp() - (since.timestamp() if since else min(starts))) if rows else 0.0
+    total.update(busy_s=busy, window_s=window, throughput_tokens_per_s=throughput,
+                 utilization=busy / window if window > 0 else None,
+                 projected_monthly_tokens=tokens / window * 3600 * HOURS_PER_MONTH if window > 0 else None,
+                 replica_capacity_monthly_tokens=throughput * 3600 * HOURS_PER_MONTH if throughput else None)
+    groups: dict[tuple[str, str | None], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["adapter"]), []).append(r)
+    adapters = []
+    for (model, adapter), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        entry = {"model": model, "adapter": adapter,
+                 "registry_versions": sorted({r["registry_version"] for r in group if r["registry_version"]},
+                                             key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v)),
+                 **summarize(group, prices, usd_per_token, instance.usd_per_hour, throughput)}
+        if training:
+            entry["training"] = [training_cost_for_version(adapter, v, prices, instance.usd_per_hour)
+                                 for v in entry["registry_versions"]] if adapter else []
+        adapters.append(entry)
+    return {
+        "since": since.isoformat() if since else None,
+        "generated_at": datetime.now(UTC).isoformat(),
+        "replica": {"name": replica, "usd_per_hour": instance.usd_per_hour, "description": instance.description,
+                    "monthly_usd": instance.usd_per_hour * HOURS_PER_MONTH, "hours_per_month": HOURS_PER_MONTH},
+        "prices_as_of": prices.as_of.isoformat(),
+        "hardware_as_of": hardware.as_of.isoformat(),
+        "total": total,
+        "adapters": adapters,
+    }
+
+
+# --------------------------------------------------------------------------------------------- training runs
+# What a training run logs (metrics or params), by the names ftops' trainer and HF/TRL trainers use.
+# transformers logs num_input_tokens_seen (every epoch's tokens, as hosted training bills) and train_runtime (s);
+# TRL logs num_tokens. Without a runtime metric, a finished run's wall time (end - start) is used and said so.
+TRAIN_TOKEN_KEYS = ("train_tokens", "trained_tokens", "num_input_tokens_seen", "num_tokens", "train/num_tokens")
+TRAIN_RUNTIME_KEYS = ("train_runtime_s", "train_runtime", "train/train_runtime")
+
+
+def training_cost(run_id: str, prices: PriceTable, usd_per_hour: float) -> dict:
+    """A training run's cost both ways: ``trained tokens x training price`` for every price table entry that has one,
+    against ``runtime hours x usd_per_hour``. Reads the run's metrics and params; says what is missing if absent."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = _mlflow_client().get_run(run_id)
+    except (MlflowException, OSError) as e:  # an unknown id, an unreachable store
+        return {"run_id": run_id, "available": False, "reason": f"cannot read the run: {str(e).splitlines()[0]}"}
+    values = {**run.data.params, **run.data.metrics}
+    token_key = next((k for k in TRAIN_TOKEN_KEYS if k in values), None)
+    runtime_key = next((k for k in TRAIN_RUNTIME_KEYS if k in values), None)
+    tokens = float(values[token_key]) if token_key else None
+    runtime = float(values[runtime_key]) if runtime_key else None
+    if runtime is None and run.info.status == "FINISHED" and run.info.end_time and tokens is not None:
+        runtime, runtime_key = (run.info.end_time - run.info.start_time) / 1000, "run wall time (end - start)"
+    out: dict = {"run_id": run_id, "trained_tokens": tokens, "runtime_s": runtime,
+                 "tokens_from": token_key, "runtime_from": runtime_key}
+    missing = [what for what, v in (("trained tokens", tokens), ("runtime", runtime)) if v is None]
+    out["available"] = not missing
+    if missing:
+        out["reason"] = (f"run {run_id} logged no {' and no '.join(missing)} (looked for "
+                         f"{', '.join(TRAIN_TOKEN_KEYS if tokens is None else TRAIN_RUNTIME_KEYS)})")
+    out["self_hosted_usd"] = runtime / 3600 * usd_per_hour if runtime is not None else None
+    out["hosted_usd"] = ({k: tokens * p.training_usd_per_mtok / MTOK for k, p in prices.models.items()
+                          if p.training_usd_per_mtok is not None} if tokens is not None else {})
+    return out
+
+
+def training_cost_for_version(name: str, version: str, prices: PriceTable, usd_per_hour: float) -> dict:
+    """:func:`training_cost` of the run behind registered model ``name`` version ``version``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run_id = _mlflow_client().get_model_version(name, str(version)).run_id
+    except (MlflowException, OSError) as e:
+        return {"registered_model": name, "version": str(version), "available": False,
+                "reason": f"no registered model version {name}/{version} ({str(e).splitlines()[0]})"}
+    if not run_id:
+        return {"registered_model": name, "version": str(version), "available": False,
+                "reason": f"registered model version {name}/{version} records no training run"}
+    return {"registered_model": name, "version": str(version), **training_cost(run_id, prices, usd_per_hour)}
+
+
+def _mlflow_client():
+    import logging
+
+    import mlflow
+
+    from ftops import settings
+
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
+    settings.configure_mlflow()
+    return mlflow.MlflowClient()

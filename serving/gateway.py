@@ -1,0 +1,418 @@
+"""The ASGI front of the service: API keys, limits, model routing and bookkeeping around vLLM's own OpenAI app.
+
+Everything that speaks the OpenAI wire protocol is vLLM's (``vllm.entrypoints`` FastAPI app); this module only
+- checks the API key in constant time (every route but ``/livez``, ``/healthz``, ``/readyz``),
+- refuses oversize bodies (413), malformed JSON (400) and more requests in flight than allowed (429 + Retry-After),
+- maps ``model: NAME`` to the version its alias points at now (``NAME:VERSION``, which is also what pins),
+- lists base and adapters with their registry versions (``GET /v1/models``),
+- records every request in the cost ledger and the Prometheus series, with the ``usage`` the client received,
+- answers every error in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import Histogram
+
+log = logging.getLogger("ftops.serving")
+
+OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz"})
+GENERATE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+LATENCY = Histogram("ftops_request_latency_seconds", "End-to-end request latency, by model and adapter",
+                    ["model", "adapter"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
+TTFT = Histogram("ftops_time_to_first_token_seconds", "Time to the first streamed token, by model and adapter",
+                 ["model", "adapter"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
+
+Scope = dict
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
+
+
+async def send_error(send: Send, status: int, message: str, type_: str, code: str | None = None,
+                     param: str | None = None, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = error_body(message, type_, code, param)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Send, payload: object, status: int = 200) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def bearer(scope: Scope) -> str | None:
+    for k, v in scope.get("headers", []):
+        if k == b"authorization":
+            value = v.decode("latin-1")
+            if value[:7].lower() == "bearer ":
+                return value[7:].strip()
+    return None
+
+
+def match_key(presented: str | None, keys: dict[str, str]) -> str | None:
+    """The id of the key ``presented`` equals, compared in constant time against every key; None if none."""
+    if not presented:
+        return None
+    found = None
+    for key_id, key in keys.items():
+        if hmac.compare_digest(presented.encode(), key.encode()):
+            found = key_id
+    return found
+
+
+class ApiKeyMiddleware:
+    """ASGI middleware over the whole BentoML app: a valid ``Authorization: Bearer KEY`` on every route but health."""
+
+    def __init__(self, app, keys: Callable[[], dict[str, str]]) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        key_id = match_key(bearer(scope), self.keys())
+        if key_id is None:
+            message = ("Incorrect API key provided." if bearer(scope) else
+                       "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' (FTOPS_API_KEY).")
+            return await send_error(send, 401, message, "invalid_request_error", "invalid_api_key")
+        scope.setdefault("state", {})["ftops_key_id"] = key_id
+        return await self.app(scope, receive, send)
+
+
+@dataclass
+class Routing:
+    """What each served name means right now. Swapped atomically by the registry watcher."""
+
+    base: str
+    """The base model's served name."""
+    current: dict[str, str] = field(default_factory=dict)
+    """Registered model name -> version its alias points at (loaded)."""
+    loaded: dict[str, dict] = field(default_factory=dict)
+    """``NAME:VERSION`` -> {name, version, alias, path} of every loaded adapter version."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Registered model name -> the alias it follows."""
+
+
+@dataclass
+class Outcome:
+    """What happened to one generate request, for the ledger and metrics."""
+
+    status: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_token_at: float | None = None
+    done: bool = False
+    error_type: str | None = None
+    response_id: str | None = None
+    """The ``id`` the client received (``chatcmpl-...``): the ledger's request id."""
+
+
+class Gateway:
+    """The app mounted at ``/``: routes ``/v1/*`` to vLLM's app (``engine_app``) once the service is ready."""
+
+    def __init__(self, service) -> None:
+        self.service = service  # serving.service.FtopsLLM: .ready, .startup_error, .routing, .config, .ledger
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # BentoML runs the service's own startup hooks
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if path in GENERATE_PATHS:
+            if method != "POST":
+                return await send_error(send, 405, f"{method} {path}: use POST", "invalid_request_error",
+                                        "method_not_allowed")
+            return await self.generate(scope, receive, send)
+        if path == "/v1/models" and method == "GET":
+            return await self.models(send)
+        if path == "/v1/usage" and method == "GET":
+            return await self.usage(scope, send)
+        return await send_error(send, 404, f"Unknown request URL: {method} {path}.", "invalid_request_error",
+                                "unknown_url")
+
+    def _not_ready(self) -> tuple[int, str] | None:
+        svc = self.service
+        if svc.startup_error:
+            return 503, f"the service failed to start: {svc.startup_error}"
+        if not svc.ready:
+            return 503, "the engine is still loading; retry when /readyz answers 200"
+        return None
+
+    async def models(self, send: Send) -> None:
+        if (err := self._not_ready()) is not None:
+            return await send_error(send, err[0], err[1], "server_error", "not_ready",
+                                    headers=[(b"retry-after", b"5")])
+        svc, routing = self.service, self.service.routing
+        listed = (await svc.engine_state.openai_serving_models.show_available_models()).model_dump()
+        cards = []
+        for card in listed["data"]:
+            info = routing.loaded.get(card["id"])
+            if info is None and card["id"] != routing.base:
+                continue
+            if info is None:  # the base: its name and digest, not a path on this server
+                card.update(root=f"{routing.base}@sha256:{svc.base.sha256[:12]}")
+            if info is not None:
+                card.update(parent=routing.base, registry_name=info["name"], registry_version=info["version"],
+                            root=f"models:/{info['name']}/{info['version']}")
+            cards.append(card)
+        for name, version in sorted(routing.current.items()):
+            cards.append({"id": name, "object": "model", "created": int(time.time()), "owned_by": "ftops",
+                          "root": f"models:/{name}@{routing.aliases[name]}", "parent": routing.base,
+                          "registry_name": name, "registry_alias": routing.aliases[name],
+                          "registry_version": version, "max_model_len": svc.config.engine.max_model_len})
+        await send_json(send, {"object": "list", "data": cards})
+
+    async def usage(self, scope: Scope, send: Send) -> None:
+        import os
+
+        from serving.config import ADMIN_KEY_ENV
+
+        admin = os.environ.get(ADMIN_KEY_ENV)
+        presented = bearer(scope)
+        if not admin or not presented or not hmac.compare_digest(presented.encode(), admin.encode()):
+            return await send_error(send, 403, "GET /v1/usage needs the admin key (FTOPS_ADMIN_KEY).",
+                                    "invalid_request_error", "forbidden")
+        from serving import costs
+
+        if not hasattr(costs, "usage_report"):
+            return await send_error(send, 501, "the usage report is not available in this build", "server_error")
+        report = await asyncio.get_running_loop().run_in_executor(None, costs.usage_report, self.service.ledger)
+        await send_json(send, report)
+
+    def resolve(self, model: str) -> tuple[str, str | None, str | None] | None:
+        """``model`` -> (engine model name, registered name, version); None when unknown."""
+        routing = self.service.routing
+        if model == routing.base:
+            return model, None, None
+        if model in routing.current:
+            version = routing.current[model]
+            return f"{model}:{version}", model, version
+        if model in routing.loaded:
+            info = routing.loaded[model]
+            return model, info["name"], info["version"]
+        return None
+
+    async def generate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        svc = self.service
+        limits = svc.config.limits
+        started = time.perf_counter()
+        key_id = scope.get("state", {}).get("ftops_key_id")
+        request_id = f"req-{uuid.uuid4().hex}"
+        # 1. the body: refuse an oversize one before reading it all
+        for k, v in scope.get("headers", []):
+            if k == b"content-length" and v.isdigit() and int(v) > limits.max_body_bytes:
+                return await send_error(send, 413, f"Request body is {int(v)} bytes; the limit is "
+                                        f"{limits.max_body_bytes}.", "invalid_request_error", "request_too_large")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limits.max_body_bytes:
+                return await send_error(send, 413, f"Request body exceeds the limit of {limits.max_body_bytes} "
+                                        "bytes.", "invalid_request_error", "request_too_large")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        if (err := self._not_ready()) is not None:
+            return await send_error(send, err[0], err[1], "server_error", "not_ready",
+                                    headers=[(b"retry-after", b"5")])
+        # 2. concurrency
+        if self.inflight >= limits.max_concurrency:
+            return await send_error(send, 429, f"Too many requests in flight (limit {limits.max_concurrency}); "
+                                    f"retry after {limits.retry_after_s} s.", "rate_limit_exceeded",
+                                    "rate_limit_exceeded",
+                                    headers=[(b"retry-after", str(limits.retry_after_s).encode())])
+        self.inflight += 1
+        try:
+            await self._generate(scope, receive, send, b"".join(chunks), started, key_id, request_id)
+        finally:
+            self.inflight -= 1
+
+    async def _generate(self, scope: Scope, receive: Receive, send: Send, raw: bytes, started: float,
+                        key_id: str | None, request_id: str) -> None:
+        svc = self.service
+        # 3. JSON and model
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            return await send_error(send, 400, f"We could not parse the JSON body of your request ({e}).",
+                                    "invalid_request_error", "invalid_json")
+        if not isinstance(body, dict):
+            return await send_error(send, 400, "The request body must be a JSON object.", "invalid_request_error",
+                                    "invalid_json")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return await send_error(send, 400, "You must provide a model parameter.", "invalid_request_error",
+                                    "missing_model", "model")
+        resolved = self.resolve(model)
+        if resolved is None and ":" in model:
+            resolved = await svc.load_pinned(model)  # a registry version of a served model, loaded on first use
+        if resolved is None:
+            await self._record(request_id, key_id, model, None, None, Outcome(status=404), started)
+            return await send_error(send, 404, f"The model `{model}` does not exist or you do not have access to "
+                                    "it. GET /v1/models lists what this service serves.", "invalid_request_error",
+                                    "model_not_found", "model")
+        engine_model, adapter, version = resolved
+        body["model"] = engine_model
+        stream = bool(body.get("stream"))
+        opts = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+        want_usage, want_continuous = bool(opts.get("include_usage")), bool(opts.get("continuous_usage_stats"))
+        if stream:  # the ledger needs the tokens of every stream, also one cancelled half-way
+            body["stream_options"] = {**opts, "include_usage": True, "continuous_usage_stats": True}
+        new_raw = json.dumps(body).encode()
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+        headers.append((b"content-length", str(len(new_raw)).encode()))
+        inner_scope = {**scope, "headers": headers, "root_path": "", "path": scope["path"],
+                       "raw_path": scope["path"].encode()}
+        sent_body = False
+
+        async def inner_receive() -> dict:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": new_raw, "more_body": False}
+            return await receive()
+
+        outcome = Outcome()
+        buffer = bytearray()
+        is_sse = False
+
+        async def inner_send(message: dict) -> None:
+            nonlocal is_sse
+            if message["type"] == "http.response.start":
+                outcome.status = message["status"]
+                ctype = dict(message.get("headers", [])).get(b"content-type", b"")
+                is_sse = ctype.startswith(b"text/event-stream")
+                return await send(message)
+            if message["type"] != "http.response.body":
+                return await send(message)
+            chunk = message.get("body", b"")
+            if not is_sse:
+                buffer.extend(chunk)
+                if not message.get("more_body"):
+                    _usage_from_json(bytes(buffer), outcome)
+                    outcome.done = True
+                return await send(message)
+            buffer.extend(chunk)
+            out = bytearray()
+            while (cut := buffer.find(b"\n\n")) >= 0:
+                event = bytes(buffer[:cut + 2])
+                del buffer[:cut + 2]
+                out.extend(_rewrite_event(event, outcome, want_usage, want_continuous, started))
+            if not message.get("more_body"):
+                out.extend(buffer)
+                buffer.clear()
+            await send({**message, "body": bytes(out)})
+
+        try:
+            await svc.engine_app(inner_scope, inner_receive, inner_send)
+        except (OSError, asyncio.CancelledError):
+            outcome.error_type = "disconnected"
+            raise
+        finally:
+            await self._record(request_id, key_id, model, adapter, version, outcome, started)
+
+    async def _record(self, request_id: str, key_id: str | None, model: str, adapter: str | None,
+                      version: str | None, outcome: Outcome, started: float) -> None:
+        latency = time.perf_counter() - started
+        if outcome.status == 200 and outcome.done:
+            status = "ok"
+        elif outcome.status == 200:
+            status = "cancelled"  # the client went away mid-stream: the tokens produced so far are recorded
+        else:
+            status = "failed"
+        ttft = outcome.first_token_at - started if outcome.first_token_at is not None else None
+        if status == "ok" and ttft is None:
+            ttft = latency  # a non-streamed answer arrives whole
+        base = self.service.routing.base
+        label_model = adapter or (base if model == base else "unknown")  # a client's string is no label value
+        LATENCY.labels(model=label_model, adapter=adapter or "").observe(latency)
+        if ttft is not None and outcome.first_token_at is not None:
+            TTFT.labels(model=label_model, adapter=adapter or "").observe(ttft)
+        ledger = self.service.ledger
+        if ledger is None:
+            return
+        kwargs = dict(request_id=outcome.response_id or request_id, api_key_id=key_id,
+                      model=self.service.routing.base, adapter=adapter, registry_version=version,
+                      prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
+                      latency_s=latency, ttft_s=ttft, status=status)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, lambda: ledger.record(**kwargs))
+        except Exception as e:  # the answer is already sent; a ledger outage must be loud, not fatal
+            log.error("ledger: could not record %s: %s", request_id, e)
+
+
+def _usage_from_json(raw: bytes, outcome: Outcome) -> None:
+    try:
+        payload = json.loads(raw)
+        usage = payload.get("usage") or {}
+    except (ValueError, AttributeError):
+        return
+    if isinstance(payload.get("id"), str):
+        outcome.response_id = payload["id"]
+    outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    outcome.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+
+def _rewrite_event(event: bytes, outcome: Outcome, want_usage: bool, want_continuous: bool, started: float) -> bytes:
+    """Read usage from one SSE event and hide the usage fields the client did not ask for."""
+    text = event.strip()
+    if not text.startswith(b"data:"):
+        return event
+    data = text[5:].strip()
+    if data == b"[DONE]":
+        outcome.done = True
+        return event
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return event
+    if not isinstance(chunk, dict):
+        return event
+    if outcome.response_id is None and isinstance(chunk.get("id"), str):
+        outcome.response_id = chunk["id"]
+    usage = chunk.get("usage")
+    if isinstance(usage, dict):
+        outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        outcome.completion_tokens = int(usage.get("completion_tokens") or 0)
+    choices = chunk.get("choices")
+    if outcome.first_token_at is None and choices:
+        c = choices[0]
+        if (c.get("delta") or {}).get("content") or c.get("text"):
+            outcome.first_token_at = time.perf_counter()
+    if "error" in chunk:
+        outcome.error_type = "stream_error"
+    if not choices and usage is not None:  # the final usage-only chunk
+        return event if want_usage else b""
+    if usage is not None and not want_continuous:
+        chunk.pop("usage", None)
+        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+    return event

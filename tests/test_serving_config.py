@@ -1,0 +1,119 @@
+"""Serving without an engine: the config, the `ftops serve` pre-flight on bad input, adapter resolution against
+the real MLflow registry (temporary SQLite store), and the gateway's key check and stream rewriting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ftops.errors import FtopsError, UsageError
+from serving.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "serve.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_config_defaults_and_example_file_load():
+    config = load_config(REPO / "serving" / "serve.example.yaml")
+    assert config.adapter_specs() == [("ticket-extractor", "production")]
+    assert config.engine.max_model_len == 2048 and config.limits.max_concurrency == 64
+    assert (REPO / "serving" / "serve.example.yaml").read_text().startswith("# ftops serve --config")
+
+
+@pytest.mark.parametrize("text, where", [
+    ("adapters: [ticket-extractor]\n", "adapters"),
+    ("adapters: [a@production, a@staging]\n", "adapters"),
+    ("engine: {max_model_len: 0}\n", "engine.max_model_len"),
+    ("limts: {}\n", "limts"),
+    ("adapters: [../etc@production]\n", "adapters"),
+    ("- just a list\n", "mapping"),
+    ("base: [unclosed\n", "not valid YAML"),
+])
+def test_bad_config_is_one_clear_usage_error(tmp_path, text, where):
+    with pytest.raises(UsageError) as e:
+        load_config(write(tmp_path, text))
+    assert where in str(e.value) and str(tmp_path) in str(e.value)
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "ftops.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_serve_cli_bad_input_exits_with_one_line(tmp_path, ftops_home):
+    r = run_cli("serve", "--config", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such serving config" in r.stderr
+    r = run_cli("serve", "--port", "70000")
+    assert r.returncode == 2 and "not a TCP port" in r.stderr
+    r = run_cli("serve", "--config", str(write(tmp_path, "base: no-such-base\n")))
+    assert r.returncode == 1 and "is not imported" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_adapter_for_another_base_is_refused(tiny_base, smollm2, ftops_home, tmp_path):
+    from mlflow import MlflowClient
+
+    from serving.adapters import alias_version, fetch_adapter
+    from test_serving import make_adapter, register_version
+
+    version = register_version("wrong-base", make_adapter(tiny_base, tmp_path / "a", seed=3), tiny_base)
+    MlflowClient().set_registered_model_alias("wrong-base", "production", version)
+    assert alias_version("wrong-base", "production") == version
+    assert alias_version("wrong-base", "staging") is None
+    assert alias_version("never-registered", "production") is None
+    ok = fetch_adapter("wrong-base", version, tiny_base)
+    assert ok.served_name == f"wrong-base:{version}" and ok.lora_rank == 8
+    with pytest.raises(FtopsError, match="trained on base sha256"):
+        fetch_adapter("wrong-base", version, smollm2)
+    # the CLI pre-flight says the same in one line, before any engine starts
+    config = write(tmp_path, f"base: {smollm2.name}\nadapters: [wrong-base@production]\n")
+    r = run_cli("serve", "--config", str(config))
+    assert r.returncode == 1 and "trained on base sha256" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tampered_adapter_is_refused(tiny_base, ftops_home, tmp_path):
+    import mlflow
+
+    from serving.adapters import fetch_adapter
+    from test_serving import make_adapter, register_version
+
+    folder = make_adapter(tiny_base, tmp_path / "a", seed=4)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 64}))  # no longer what the manifest says
+    version = register_version("tampered", folder, tiny_base)
+    with pytest.raises(FtopsError, match="sha256"):
+        fetch_adapter("tampered", version, tiny_base)
+    assert mlflow.get_tracking_uri().startswith("sqlite:")
+
+
+def test_key_check_is_exact():
+    from serving.gateway import match_key
+
+    keys = {"default": "k" * 20, "team": "t" * 20}
+    assert match_key("t" * 20, keys) == "team"
+    assert match_key("t" * 19, keys) is None
+    assert match_key(None, keys) is None and match_key("", keys) is None
+
+
+def test_stream_rewrite_keeps_usage_for_the_ledger_and_hides_it_from_the_client():
+    from serving.gateway import Outcome, _rewrite_event
+
+    outcome = Outcome()
+    chunk = {"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": {"prompt_tokens": 5,
+                                                                            "completion_tokens": 1}}
+    out = _rewrite_event(b"data: " + json.dumps(chunk).encode() + b"\n\n", outcome, False, False, 0.0)
+    assert "usage" not in json.loads(out[6:]) and outcome.completion_tokens == 1 and outcome.first_token_at
+    final = {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+    assert _rewrite_event(b"data: " + json.dumps(final).encode() + b"\n\n", outcome, False, False, 0.0) == b""
+    assert outcome.completion_tokens == 2 and not outcome.done
+    _rewrite_event(b"data: [DONE]\n\n", outcome, False, False, 0.0)
+    assert outcome.done

@@ -1,0 +1,216 @@
+"""The training job's one typed config: loaded from YAML, overridden with ``key=value`` (dotted keys for nesting),
+checked before anything heavy runs, and logged as the run's params."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ftops.errors import FtopsError, UsageError
+from ftops.names import check_name
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class DataConfig(_Strict):
+    train: Path
+    """Training split: chat JSONL (one ``{"messages": [...]}`` per line), or any format ``ftops data validate`` accepts."""
+    validation: Path
+    """Validation split: evaluated every ``eval_steps`` (validation loss and token accuracy)."""
+    test: Path
+    """Held-out split: not trained on; logged as ``data/test.jsonl`` for ``ftops eval``."""
+
+
+class LoraConfig(_Strict):
+    r: int = Field(16, ge=1, le=512)
+    """LoRA rank."""
+    alpha: int = Field(32, ge=1)
+    """LoRA alpha (the update is scaled by alpha / r)."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Names of the linear modules to adapt (each must exist in the base model), e.g. q_proj, v_proj, gate_proj."""
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _split_commas(cls, v: Any) -> Any:
+        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+
+    @field_validator("target_modules")
+    @classmethod
+    def _not_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one module name, e.g. [q_proj, v_proj]")
+        return v
+
+
+class TrainConfig(_Strict):
+    """One training job. Every field can be overridden on the command line: ``ftops train CONFIG.yaml lora.r=8``."""
+
+    base: str
+    """Name of an imported base model (``ftops base list``)."""
+    data: DataConfig
+    """The three splits (``ftops data split`` writes them)."""
+    method: Literal["qlora", "lora", "full"] = "qlora"
+    """``qlora``: NF4 4-bit base with double quantization and bf16 compute, LoRA on top; ``lora``: bf16 base + LoRA;
+    ``full``: every weight trained (no adapter; logs the full model)."""
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    """LoRA settings (ignored for ``method: full``)."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training split (ignored when ``max_steps`` is set)."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps; overrides ``epochs``."""
+    learning_rate: float = Field(2e-4, gt=0)
+    """Peak learning rate."""
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
+                          "polynomial", "inverse_sqrt", "warmup_stable_decay"] = "cosine"
+    """Learning-rate schedule (transformers' ``lr_scheduler_type``)."""
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of the steps spent warming the learning rate up."""
+    batch_size: int = Field(8, ge=1)
+    """Sequences per device per step."""
+    gradient_accumulation: int = Field(1, ge=1)
+    """Steps accumulated per optimizer step (effective batch = batch_size x accumulation x devices)."""
+    max_seq_length: int = Field(512, ge=16)
+    """Longer examples are truncated; with packing, the length of each packed row."""
+    packing: bool = False
+    """Pack several examples into each row (TRL best-fit packing; attention stays within each example)."""
+    assistant_only_loss: bool = True
+    """Train on the assistant's tokens only; system and user tokens are masked out of the loss."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass: less memory, more compute."""
+    eval_steps: int = Field(50, ge=1)
+    """Evaluate on the validation split every this many steps (and at the end)."""
+    save_steps: int = Field(50, ge=1)
+    """Write a checkpoint (for resume) every this many steps."""
+    logging_steps: int = Field(5, ge=1)
+    """Log train loss, learning rate and tokens/s every this many steps."""
+    seed: int = 0
+    """Seed for the initialisation of LoRA weights, shuffling and dropout."""
+    run_name: str | None = None
+    """MLflow run name (default: ``<base>-<method>``)."""
+    output: Path | None = None
+    """Also copy the final adapter (or full model) to this folder."""
+    resume: str | None = None
+    """MLflow run id of a killed job: continue from its last checkpoint, into the same run."""
+    progress: bool = True
+    """Show a progress bar with loss and tokens/s."""
+
+    @field_validator("base")
+    @classmethod
+    def _base_name(cls, v: str) -> str:
+        try:
+            return check_name(v, "base model name")
+        except UsageError as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("resume")
+    @classmethod
+    def _resume(cls, v: str | None) -> str | None:
+        if v is not None and not v.isalnum():
+            raise ValueError(f"{v!r} is not an MLflow run id (letters and digits, as `ftops train` printed it)")
+        return v or None
+
+    @property
+    def quantization(self) -> str:
+        """The lineage tag value: ``nf4-double-quant-bf16`` for QLoRA, ``bf16`` otherwise."""
+        return "nf4-double-quant-bf16" if self.method == "qlora" else "bf16"
+
+    def to_params(self) -> dict[str, str]:
+        """The resolved config flattened to MLflow params (``lora.r`` ...); ``resume`` is left out so that a resumed
+        run logs the same params as the run it continues."""
+        flat: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}{k}.", v)
+            else:
+                flat[prefix[:-1]] = ",".join(value) if isinstance(value, list) else str(value)
+
+        walk("", self.model_dump(mode="json", exclude={"resume", "progress"}))
+        return flat
+
+
+def _format_error(e: ValidationError, where: str) -> str:
+    first = e.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        msg = f"unknown key {loc!r}"
+    elif first["type"] == "missing":
+        msg = f"missing required key {loc!r}"
+    else:
+        msg = f"{loc}: {first['msg']} (got {first.get('input')!r})"
+    more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"{where}: {msg}{more}; keys and defaults are documented in training/config.py"
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UsageError(f"override {key}=...: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """``["lora.r=8", "packing=true"]`` -> ``{"lora": {"r": 8}, "packing": True}`` (values parsed as YAML scalars)."""
+    tree: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not p for p in key.split(".")):
+            raise UsageError(f"override {item!r}: expected key=value, e.g. lora.r=8 or max_steps=20")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a job YAML, apply ``key=value`` overrides, and validate. Raises :class:`FtopsError` naming the file and
+    key for a bad YAML (exit 1), :class:`UsageError` for a bad override (exit 2)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such config file; see configs/ for examples")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise FtopsError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise FtopsError(f"{path}: expected a mapping of keys (base:, data:, ...), got {type(raw).__name__}")
+    try:
+        TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        raise FtopsError(_format_error(e, str(path))) from None
+    extra = parse_overrides(overrides)
+    try:
+        return TrainConfig.model_validate(_merge(raw, extra))
+    except ValidationError as e:
+        raise UsageError(_format_error(e, "override")) from None

@@ -1,0 +1,400 @@
+"""The training job: ``train(config) -> run_id``. Reads top to bottom:
+
+1. checks that need no run (base imported, data valid, target modules exist, resumable run) stop with one clear line;
+2. opens one MLflow run (or re-opens the run being resumed) and logs config params, lineage tags, the three splits
+   as artifacts and dataset inputs with digests, and their Great Expectations validation report;
+3. trains with TRL's ``SFTTrainer`` (QLoRA, LoRA or full), checkpointing under ``$FTOPS_HOME/checkpoints/<run_id>/``,
+   with per-step loss, learning rate, tokens/s, validation loss and token accuracy, and system metrics;
+4. logs the adapter (``ftops.adapter.save_adapter``: safetensors + JSON + tokenizer + chat template + manifest) and
+   the loss-curve PNG. Any error after the run is opened marks it FAILED.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftops import adapter as A
+from ftops import settings
+from ftops.base import BaseModel, load_base
+from ftops.errors import FtopsError
+from ftops.manifest import sha256_file, write_manifest
+from training.config import TrainConfig
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class Split:
+    """One validated data split."""
+
+    name: str
+    path: Path
+    examples: list[dict]
+    report: Any  # expectations.validate.ValidationReport
+
+    @property
+    def jsonl(self) -> str:
+        """The examples as chat JSONL: what is trained on and logged as ``data/<split>.jsonl``."""
+        return "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.examples)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.jsonl.encode()).hexdigest()
+
+
+def checkpoints_dir(run_id: str) -> Path:
+    """Where a run's Trainer checkpoints live: ``$FTOPS_HOME/checkpoints/<run_id>/``."""
+    return settings.home() / "checkpoints" / run_id
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checks before any run exists
+
+
+_VALIDATED: dict[tuple[str, str, int | None], Any] = {}  # (file sha256, tokenizer, context) -> report
+
+
+def validate_split(name: str, path: Path, tokenizer, context_length: int | None) -> Split:
+    """Validate one split with the data contract (``expectations.validate``); raise on the first error.
+
+    A file already validated in this process with the same content and tokenizer is not validated again (a resumed
+    job, a benchmark running several jobs): the report is kept by the file's sha256."""
+    if not path.is_file():
+        raise FtopsError(f"data.{name}: {path}: no such file; run `ftops data split DATA.jsonl --out DIR` first")
+    from expectations.validate import validate_file
+
+    key = (sha256_file(path), getattr(tokenizer, "name_or_path", ""), context_length)
+    report = _VALIDATED.get(key)
+    if report is None:
+        report = validate_file(path, tokenizer=tokenizer, context_length=context_length)
+    if not report.valid:
+        first = report.errors[0]
+        more = f" (+{len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
+        raise FtopsError(
+            f"data.{name}: {path}: {first}{more}; "
+            f"run `ftops data validate {path}` for the full report"
+        )
+    if not report.examples:
+        raise FtopsError(f"data.{name}: {path}: no examples")
+    _VALIDATED[key] = report
+    return Split(name, path, [{"messages": e["messages"]} for e in report.examples], report)
+
+
+def linear_module_names(model) -> set[str]:
+    """Short names of the model's linear layers (``q_proj``, ...), the names LoRA ``target_modules`` match."""
+    import torch
+
+    return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def check_target_modules(config: TrainConfig, base: BaseModel) -> None:
+    """Every LoRA target names a module of the base; checked on an empty (meta-device) model, before any loading."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base.path))
+    names = {n for n, _ in model.named_modules()}
+    linear = linear_module_names(model)
+    for target in config.lora.target_modules:
+        if not any(n == target or n.endswith("." + target) for n in names):
+            raise FtopsError(
+                f"lora.target_modules: {target!r} is not a module of base {base.name!r} ({base.architecture}); "
+                f"its linear modules are: {', '.join(sorted(linear))}"
+            )
+
+
+def load_model(config: TrainConfig, base: BaseModel):
+    """The base model as the method needs it: NF4 4-bit (double quant, bf16 compute) for QLoRA, bf16 for LoRA,
+    fp32 weights (bf16 autocast) for full fine-tuning."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict[str, Any] = {}
+    if config.method == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["dtype"] = torch.bfloat16
+    else:
+        kwargs["dtype"] = torch.bfloat16 if config.method == "lora" else torch.float32
+    if torch.cuda.is_available():  # one copy per process, on its own GPU (4-bit weights cannot be moved later)
+        kwargs["device_map"] = {"": _process().local_process_index}
+    try:
+        return AutoModelForCausalLM.from_pretrained(base.path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise FtopsError(f"base {base.name!r}: cannot load {base.path} ({e}); re-run `ftops base import`") from e
+
+
+def run_params(config: TrainConfig, base: BaseModel) -> dict[str, str]:
+    """The run's params: the resolved config (run name filled in) plus ``base_path``."""
+    return {**config.to_params(), "run_name": resolved_run_name(config), "base_path": base.path}
+
+
+def resolved_run_name(config: TrainConfig) -> str:
+    return config.run_name or f"{config.base}-{config.method}"
+
+
+def _check_resume(config: TrainConfig, base: BaseModel, splits: dict[str, Split]) -> Path:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from transformers.trainer_utils import get_last_checkpoint
+
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(config.resume)
+    except MlflowException:
+        raise FtopsError(f"resume={config.resume}: no such MLflow run in {settings.tracking_uri()}") from None
+    if run.info.status == "FINISHED":
+        raise FtopsError(f"resume={config.resume}: that run already finished; start a new run without resume=")
+    logged, wanted = run.data.params, run_params(config, base)
+    diff = [k for k in sorted(set(logged) | set(wanted)) if logged.get(k) != wanted.get(k)]
+    if diff:
+        k = diff[0]
+        raise FtopsError(
+            f"resume={config.resume}: the config differs from the run's at {k!r} (run: {logged.get(k)!r}, now: "
+            f"{wanted.get(k)!r}); resume with the same config"
+        )
+    for name, split in splits.items():
+        if run.data.tags.get(f"{A.TAG_DATASET_PREFIX}{name}.digest") != split.digest:
+            raise FtopsError(f"resume={config.resume}: data.{name} ({split.path}) is not the data that run trained on "
+                             "(digest differs); resume with the same data")
+    folder = checkpoints_dir(config.resume)
+    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if last is None:
+        raise FtopsError(f"resume={config.resume}: no checkpoint under {folder}; start a new run without resume=")
+    return Path(last)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Logging to the run
+
+
+def _log_data(splits: dict[str, Split], work: Path) -> None:
+    """The splits as artifacts ``data/<split>.jsonl``, as MLflow dataset inputs with digests, plus tags and the
+    GX validation reports under ``data/validation_report/<split>/``."""
+    import mlflow
+    import pandas as pd
+    from expectations.validate import save_gx_report
+
+    data_dir = work / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name, split in splits.items():
+        out = data_dir / f"{name}.jsonl"
+        out.write_text(split.jsonl)
+        digest = sha256_file(out)
+        mlflow.set_tag(f"{A.TAG_DATASET_PREFIX}{name}.digest", digest)
+        mlflow.set_tag(f"{A.TAG_DATASET_PREFIX}{name}.source", str(split.path.resolve()))
+        mlflow.log_metric(f"data.{name}.examples", len(split.examples))
+        frame = pd.DataFrame({"messages": [json.dumps(e["messages"], ensure_ascii=False) for e in split.examples]})
+        dataset = mlflow.data.from_pandas(frame, source=str(split.path.resolve()), name=name, digest=digest[:32])
+        mlflow.log_input(dataset, context=name)
+        save_gx_report(split.report, work / "validation_report" / name)
+    mlflow.log_artifacts(str(data_dir), "data")
+    mlflow.log_artifacts(str(work / "validation_report"), "data/validation_report")
+
+
+def _trainable(model) -> tuple[int, int]:
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def sft_config(config: TrainConfig, output_dir: Path, run_name: str):
+    """The ``trl.SFTConfig`` for a job (also used by bench/bench_train.py's plain-TRL side, with report_to none)."""
+    import torch
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(output_dir),
+        run_name=run_name,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        max_length=config.max_seq_length,
+        packing=config.packing,
+        assistant_only_loss=config.assistant_only_loss,
+        gradient_checkpointing=config.gradient_checkpointing,
+        bf16=config.method != "full" or torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
+        eval_strategy="steps",
+        eval_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        save_only_model=False,
+    )
+
+
+def lora_config(config: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+        target_modules=list(config.lora.target_modules), bias="none", task_type="CAUSAL_LM",
+    )
+
+
+def train(config: TrainConfig, callbacks: list | tuple = ()) -> str:
+    """Run one training job and return its MLflow run id. ``callbacks`` are extra ``TrainerCallback``s (tests use
+    one to kill a job mid-way). Raises :class:`FtopsError` for bad input, before any run is created."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import mlflow
+    from transformers import AutoTokenizer
+
+    # 1. Checks that need no run.
+    base = load_base(config.base)
+    if not Path(base.path, "config.json").is_file():
+        raise FtopsError(f"base {base.name!r}: {base.path} is missing; re-run `ftops base import`")
+    if config.output is not None and Path(config.output).exists() and any(Path(config.output).iterdir()):
+        raise FtopsError(f"output: {config.output} exists and is not empty; choose an empty or new folder")
+    if config.method != "full":
+        check_target_modules(config, base)
+    for name in SPLITS:
+        if not Path(getattr(config.data, name)).is_file():
+            raise FtopsError(f"data.{name}: {getattr(config.data, name)}: no such file; run "
+                             "`ftops data split DATA.jsonl --out DIR` first")
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    splits = {name: validate_split(name, Path(getattr(config.data, name)), tokenizer, base.context_length)
+              for name in SPLITS}
+    settings.configure_mlflow()
+    experiment = settings.experiment_id()
+    resume_from = _check_resume(config, base, splits) if config.resume else None
+    original_template = tokenizer.chat_template
+    if config.assistant_only_loss:
+        from training.chat_template import training_chat_template
+
+        tokenizer.chat_template = training_chat_template(tokenizer, base.name)
+    model = load_model(config, base)
+
+    # 2. The run. Under `accelerate launch`/`torchrun` every process trains; only the main one talks to MLflow,
+    # and the others learn the run id (for the shared checkpoint folder) from it.
+    process = _process()
+    main = process.is_main_process
+    run_name = resolved_run_name(config)
+    run_id = None
+    if main:
+        if config.resume:
+            run_id = mlflow.start_run(run_id=config.resume, log_system_metrics=True).info.run_id
+        else:
+            run_id = mlflow.start_run(experiment_id=experiment, run_name=run_name, log_system_metrics=True).info.run_id
+    try:
+        run_id = _broadcast(run_id, process)
+        with tempfile.TemporaryDirectory(prefix="ftops-train-") as tmp:
+            work = Path(tmp)
+            if main and not config.resume:
+                mlflow.log_params(run_params(config, base))
+                mlflow.set_tags({
+                    A.TAG_RUN_ID: run_id, A.TAG_BASE_NAME: base.name, A.TAG_BASE_SHA256: base.sha256,
+                    A.TAG_QUANTIZATION: config.quantization, "ftops.method": config.method,
+                })
+                if config.method != "full":
+                    mlflow.set_tags({A.TAG_LORA_R: str(config.lora.r),
+                                     A.TAG_LORA_TARGETS: ",".join(sorted(config.lora.target_modules))})
+                _log_data(splits, work)
+            trainer, tps = _build_trainer(config, model, tokenizer, splits, checkpoints_dir(run_id), run_name,
+                                          callbacks)
+            if main:
+                trainable, total = _trainable(trainer.model)
+                mlflow.set_tags({A.TAG_TRAINABLE_PARAMS: str(trainable),
+                                 A.TAG_TRAINABLE_SHARE: f"{trainable / total:.6f}"})
+                if not config.resume:
+                    mlflow.log_dict(trainer.args.to_dict(), "training_args.json")
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            if main:
+                from training.callbacks import loss_curve
+
+                if tps.mean_tokens_per_second:
+                    mlflow.log_metric("train_tokens_per_second", tps.mean_tokens_per_second,
+                                      step=trainer.state.global_step)
+                mlflow.log_figure(loss_curve(trainer.state.log_history), "loss_curve.png")
+                tokenizer.chat_template = original_template
+                _log_weights(config, trainer.model, tokenizer, base, work)
+        if main:
+            mlflow.end_run("FINISHED")
+    except BaseException:
+        if main:
+            mlflow.end_run("FAILED")
+        raise
+    return run_id
+
+
+def _process():
+    """This process's place in a distributed launch (a single process without one)."""
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def _broadcast(value, process):
+    if process.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
+def _build_trainer(config, model, tokenizer, splits, output_dir: Path, run_name: str, extra_callbacks):
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    from training.callbacks import MlflowMetrics, ProgressBar, TokensPerSecond
+
+    tps = TokensPerSecond()
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(config, output_dir, run_name),
+        train_dataset=Dataset.from_list(splits["train"].examples),
+        eval_dataset=Dataset.from_list(splits["validation"].examples),
+        processing_class=tokenizer,
+        peft_config=lora_config(config) if config.method != "full" else None,
+        callbacks=[tps, ProgressBar(config.progress), MlflowMetrics(), *extra_callbacks],
+    )
+    trainer.remove_callback(PrinterCallback)  # disable_tqdm swaps the bar for raw dict prints; ProgressBar instead
+    return trainer, tps
+
+
+def _log_weights(config: TrainConfig, model, tokenizer, base: BaseModel, work: Path) -> None:
+    import mlflow
+
+    if config.method == "full":
+        out = work / "model"
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        for p in out.iterdir():
+            if p.name == "README.md":
+                p.unlink()
+        write_manifest(out, {"base": {"name": base.name, "sha256": base.sha256}, "method": "full"})
+        mlflow.log_artifacts(str(out), "model")
+    else:
+        out = work / A.ARTIFACT_PATH
+        A.save_adapter(model, tokenizer, out, base.name, base.sha256, config.quantization)
+        mlflow.log_artifacts(str(out), A.ARTIFACT_PATH)
+    if config.output is not None:
+        dest = Path(config.output)
+        if dest.exists() and any(dest.iterdir()):
+            raise FtopsError(f"output: {dest} exists and is not empty; the weights are in the MLflow run")
+        shutil.copytree(out, dest, dirs_exist_ok=True)
