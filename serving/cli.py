@@ -34,10 +34,14 @@ def preflight(config) -> list[str]:
     from ftops.base import load_base
     from ftops.errors import FtopsError
     from serving.adapters import alias_version, fetch_adapter
+    from serving.costs import load_hardware, load_prices
 
+    # A broken price table stops the service here, before any engine starts (the ledger prices every request).
+    prices, hardware = load_prices(), load_hardware()
     settings.configure_mlflow()
     base = load_base(config.base)
-    lines = [f"base {base.name} ({base.sha256[:12]}) at {base.path}"]
+    lines = [f"base {base.name} ({base.sha256[:12]}) at {base.path}",
+             f"cost ledger: {len(prices.models)} hosted prices, replica {hardware.default}"]
     for name, alias in config.adapter_specs():
         version = alias_version(name, alias)
         if version is None:

@@ -133,7 +133,7 @@ async def one_request(client, model: str, max_tokens: int) -> dict:
 async def run_level(base_url: str, model: str, clients: int, requests_each: int, max_tokens: int) -> dict:
     from openai import AsyncOpenAI
 
-    client = AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0, timeout=900)
+    client = AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0, timeout=7200)  # queued behind 15 others
 
     async def worker() -> list[dict]:
         return [await one_request(client, model, max_tokens) for _ in range(requests_each)]
