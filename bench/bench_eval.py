@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--base", default="smollm2-135m-instruct")
     args = parser.parse_args()
 
-    from conftest import build_adapter  # the tests' adapter builder: PEFT LoRA saved with ftops.adapter.save_adapter
+    # the tests' adapter builder: a PEFT LoRA saved with ftops.adapter.save_adapter
+    from conftest import build_adapter
 
     from expectations.demo_data import generate_tickets
     from ftops.base import load_base

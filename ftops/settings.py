@@ -12,15 +12,6 @@ from pathlib import Path
 
 EXPERIMENT_NAME = "ftops"
 
-#: URIs that configure_mlflow set: MLflow copies them into os.environ (for subprocesses), where they must not be
-#: mistaken for the user's own MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI once FTOPS_HOME changes.
-_SET_BY_FTOPS: dict[str, str] = {}
-
-
-def _user_env(name: str) -> str | None:
-    value = os.environ.get(name)
-    return None if value is not None and _SET_BY_FTOPS.get(name) == value else value
-
 
 def home() -> Path:
     """The state folder: ``$FTOPS_HOME`` or ``./.ftops``."""
@@ -35,7 +26,7 @@ def models_dir() -> Path:
 
 def tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI`` or the embedded SQLite store."""
-    return _user_env("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
 
 
 def artifact_root() -> str:
@@ -44,7 +35,7 @@ def artifact_root() -> str:
 
 
 def is_embedded() -> bool:
-    return _user_env("MLFLOW_TRACKING_URI") is None
+    return os.environ.get("MLFLOW_TRACKING_URI") is None
 
 
 def configure_mlflow() -> str:
@@ -63,13 +54,15 @@ def configure_mlflow() -> str:
     embedded = is_embedded()
     if embedded:
         home().mkdir(parents=True, exist_ok=True)
-    registry = _user_env("MLFLOW_REGISTRY_URI") or uri
+    user_registry = os.environ.get("MLFLOW_REGISTRY_URI")
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(registry)
+    mlflow.set_registry_uri(user_registry or uri)
+    # MLflow exports the URIs it is given to os.environ for subprocesses. The embedded store follows FTOPS_HOME
+    # instead: a child with another FTOPS_HOME must not inherit this store, nor take it for a user's server.
     if embedded:
-        _SET_BY_FTOPS["MLFLOW_TRACKING_URI"] = uri
-    if registry == uri:
-        _SET_BY_FTOPS["MLFLOW_REGISTRY_URI"] = registry
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if user_registry is None:
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
     return uri
 
 
