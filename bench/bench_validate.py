@@ -9,8 +9,8 @@ the project's 2-core machine.
 from __future__ import annotations
 
 import argparse
-import json
 import datetime
+import json
 import os
 import platform
 import subprocess

@@ -100,10 +100,12 @@ def train_adapter(config: DemoConfig, splits: dict[str, Path]) -> str:
 
 
 def gate_and_promote(config: DemoConfig, run_id: str) -> str:
+    from registry.eval import EvalConfig
     from registry.gate import gate
     from registry.lifecycle import promote
 
-    report = gate(run_id, config.policy, config.model_name)
+    # format compliance against the ticket task's own JSON schema, not one derived from the references
+    report = gate(run_id, config.policy, config.model_name, eval_config=EvalConfig(schema="ticket"))
     print(report.markdown())
     if report.verdict != "pass":
         raise FtopsError(f"the gate refused run {run_id}; see the report above (nothing was registered)")
@@ -169,9 +171,11 @@ def serve_and_ask(config: DemoConfig, work: Path, base, test_split: Path) -> Non
 
 
 def cost_report(work: Path) -> None:
-    from serving.cost_cli import print_report
+    from ftops.cli import main
 
-    print_report(plot=work / "cost.png")
+    if main(["cost", "report", "--plot", str(work / "cost.png")]) != 0:
+        raise FtopsError("the cost report failed; see above")
+    print(f"cost chart: {work / 'cost.png'} (also logged to MLflow)")
 
 
 def run(config: DemoConfig) -> int:

@@ -21,12 +21,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 from ftops import settings
 from ftops.errors import FtopsError
 from ftops.names import check_name
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

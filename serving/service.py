@@ -107,9 +107,8 @@ class FtopsLLM:
 
     async def _follow(self, name: str, alias: str, initial: bool = False) -> None:
         """Load the version ``alias`` points at, then route ``model: name`` to it."""
-        from serving.adapters import alias_version
-
         from ftops.errors import FtopsError
+        from serving.adapters import alias_version
 
         version = await asyncio.get_running_loop().run_in_executor(None, alias_version, name, alias)
         if version is None:
@@ -149,9 +148,8 @@ class FtopsLLM:
 
     async def load_pinned(self, model: str) -> tuple[str, str, str] | None:
         """``NAME:VERSION`` of a served registered model, loaded from the registry on first use; None if unknown."""
-        from serving.adapters import version_exists
-
         from ftops.errors import FtopsError
+        from serving.adapters import version_exists
 
         name, _, version = model.partition(":")
         if name not in self.routing.aliases or not version.isdigit() or model in self._refused:

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from expectations.validate import (
-    MAX_LINE_BYTES, SUITE_PATH, ValidationReport, load_suite_config, save_gx_report, validate_file,
+    MAX_LINE_BYTES,
+    SUITE_PATH,
+    ValidationReport,
+    load_suite_config,
+    save_gx_report,
+    validate_file,
 )
 
 DATA = Path(__file__).parent / "data"

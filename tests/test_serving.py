@@ -226,8 +226,9 @@ def test_errors_have_openai_shape_and_status(client, served):
 
 
 def test_over_the_concurrency_limit_answers_429_with_retry_after(served):
-    import openai
     from concurrent.futures import ThreadPoolExecutor
+
+    import openai
     from openai import OpenAI
 
     c = OpenAI(base_url=served["url"] + "/v1", api_key=API_KEY, max_retries=0, timeout=120)

@@ -62,9 +62,9 @@ def test_serve_cli_bad_input_exits_with_one_line(tmp_path, ftops_home):
 
 def test_adapter_for_another_base_is_refused(tiny_base, smollm2, ftops_home, tmp_path):
     from mlflow import MlflowClient
+    from test_serving import make_adapter, register_version
 
     from serving.adapters import alias_version, fetch_adapter
-    from test_serving import make_adapter, register_version
 
     version = register_version("wrong-base", make_adapter(tiny_base, tmp_path / "a", seed=3), tiny_base)
     MlflowClient().set_registered_model_alias("wrong-base", "production", version)
@@ -83,9 +83,9 @@ def test_adapter_for_another_base_is_refused(tiny_base, smollm2, ftops_home, tmp
 
 def test_tampered_adapter_is_refused(tiny_base, ftops_home, tmp_path):
     import mlflow
+    from test_serving import make_adapter, register_version
 
     from serving.adapters import fetch_adapter
-    from test_serving import make_adapter, register_version
 
     folder = make_adapter(tiny_base, tmp_path / "a", seed=4)
     (folder / "adapter_config.json").write_text(json.dumps({"r": 64}))  # no longer what the manifest says

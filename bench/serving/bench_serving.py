@@ -225,7 +225,7 @@ def main() -> None:
               f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, no GPU"
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     ratio_vllm = by[("ftops", top)]["tok_s"] / by[("vllm", top)]["tok_s"]
-    lines = [f"## Serving", "", f"`bench/serving/bench_serving.py`, {when}, {machine} (shared with other jobs). "
+    lines = ["## Serving", "", f"`bench/serving/bench_serving.py`, {when}, {machine} (shared with other jobs). "
              f"Base {base.name} + one LoRA (r=8, q/v), {args.max_tokens} output tokens per request (ignore_eos, "
              f"greedy, streamed through the `openai` client); vLLM servers: {args.requests} requests per client, "
              f"transformers: {args.hf_requests}.", "",
