@@ -182,6 +182,7 @@ def _log_data(splits: dict[str, Split], work: Path) -> None:
     GX validation reports under ``data/validation_report/<split>/``."""
     import mlflow
     import pandas as pd
+
     from expectations.validate import save_gx_report
 
     data_dir = work / "data"
