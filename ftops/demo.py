@@ -38,8 +38,8 @@ class DemoConfig:
     """Training job YAML."""
     overrides: list[str] = field(default_factory=list)
     """``key=value`` overrides for the training job."""
-    policy: Path | None = None
-    """Gate policy YAML (default: registry/policies/default.yaml)."""
+    policy: Path = REPO / "registry" / "policies" / "demo.yaml"
+    """Gate policy YAML (the demo's own: per-field accuracy floors that minutes of CPU training can reach)."""
     model_name: str = "ticket-extractor"
     """Registered model name of the adapter."""
     questions: int = 3
@@ -235,7 +235,8 @@ examples:
     p.add_argument("--config", type=Path, default=DemoConfig.train_config, help="training YAML (default configs/demo.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="training config override, repeatable (e.g. --set max_steps=20)")
-    p.add_argument("--policy", type=Path, help="gate policy YAML (default registry/policies/default.yaml)")
+    p.add_argument("--policy", type=Path, default=DemoConfig.policy,
+                   help="gate policy YAML (default registry/policies/demo.yaml)")
     p.add_argument("--name", dest="model_name", default=DemoConfig.model_name,
                    help="registered model name (default %(default)s)")
     p.add_argument("--questions", type=int, default=DemoConfig.questions, help="held-out tickets to ask (default 3)")

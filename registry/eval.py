@@ -70,6 +70,9 @@ class EvalConfig:
     ``expectations.demo_data.TICKET_SCHEMA``, or None to derive one from the reference answers."""
     max_model_len: int = 2048
     """vLLM context length (small on CPU: it sizes the KV cache)."""
+    kv_cache_gib: int = 1
+    """vLLM on CPU: KV cache size in GiB (``VLLM_CPU_KVCACHE_SPACE``, unless set). Without it vLLM's CPU backend
+    reserves 92% of host memory and refuses to start beside anything else. Ignored on a GPU host."""
     batch_size: int = 16
     """transformers engine: prompts per ``generate`` call."""
     judge_base_url: str | None = None
@@ -84,7 +87,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.engine not in ("vllm", "transformers"):
             raise UsageError(f"eval engine {self.engine!r}: use 'vllm' or 'transformers'")
-        for name in ("max_new_tokens", "max_model_len", "batch_size"):
+        for name in ("max_new_tokens", "max_model_len", "batch_size", "kv_cache_gib"):
             if getattr(self, name) < 1:
                 raise UsageError(f"eval {name} must be >= 1 (got {getattr(self, name)})")
 
@@ -108,7 +111,10 @@ class Engine(Protocol):
 class VllmEngine:
     """vLLM's offline engine on a base model with LoRA enabled; one per process (start-up is ~30 s on CPU)."""
 
-    def __init__(self, base_path: str, max_lora_rank: int = 64, max_model_len: int = 2048):
+    def __init__(self, base_path: str, max_lora_rank: int = 64, max_model_len: int = 2048, kv_cache_gib: int = 1):
+        import os
+
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # read by vLLM's CPU worker only
         from vllm import LLM
 
         self.base_path = base_path
@@ -193,7 +199,7 @@ def make_engine(config: EvalConfig, base_path: str, max_lora_rank: int) -> Engin
     """The engine ``config.engine`` names, for one base model."""
     if config.engine == "vllm":
         rank = next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= max_lora_rank)  # vLLM accepts these
-        return VllmEngine(base_path, rank, config.max_model_len)
+        return VllmEngine(base_path, rank, config.max_model_len, config.kv_cache_gib)
     return TransformersEngine(base_path, config.batch_size)
 
 
