@@ -99,7 +99,8 @@ def train_adapter(config: DemoConfig, splits: dict[str, Path]) -> str:
     return run_id
 
 
-def gate_and_promote(config: DemoConfig, run_id: str) -> str:
+def gate_and_promote(config: DemoConfig, run_id: str) -> str | None:
+    """Gate the run; on pass promote it to production and return its version, on fail return None."""
     from registry.eval import EvalConfig
     from registry.gate import gate
     from registry.lifecycle import promote
@@ -108,7 +109,8 @@ def gate_and_promote(config: DemoConfig, run_id: str) -> str:
     report = gate(run_id, config.policy, config.model_name, eval_config=EvalConfig(schema="ticket"))
     print(report.markdown())
     if report.verdict != "pass":
-        raise FtopsError(f"the gate refused run {run_id}; see the report above (nothing was registered)")
+        print(f"the gate refused run {run_id}: nothing was registered, production is unchanged")
+        return None
     print(f"registered {config.model_name} version {report.version} at @staging")
     move = promote(config.model_name, to="production")
     print(f"promoted: {json.dumps(move.as_dict())}")
@@ -131,14 +133,14 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise FtopsError(f"the service was not ready after {timeout:.0f} s")
 
 
-def serve_and_ask(config: DemoConfig, work: Path, base, test_split: Path) -> None:
+def serve_and_ask(config: DemoConfig, work: Path, base, test_split: Path, with_adapter: bool) -> None:
     import yaml
     from openai import OpenAI
 
     port = config.port or _free_port()
     serve_config = work / "serve.yaml"
-    serve_config.write_text(yaml.safe_dump({"base": base.name, "adapters": [f"{config.model_name}@production"],
-                                             "require_adapters": True}))
+    adapters = [f"{config.model_name}@production"] if with_adapter else []
+    serve_config.write_text(yaml.safe_dump({"base": base.name, "adapters": adapters, "require_adapters": True}))
     api_key = "ftops-demo-" + os.urandom(12).hex()
     env = {**os.environ, "FTOPS_API_KEY": api_key, "FTOPS_ADMIN_KEY": api_key, "FTOPS_HOME": str(settings.home())}
     cmd = [sys.executable, "-m", "ftops.cli", "serve", "--port", str(port), "--config", str(serve_config)]
@@ -156,7 +158,7 @@ def serve_and_ask(config: DemoConfig, work: Path, base, test_split: Path) -> Non
             reference = row["messages"][-1]["content"]
             print(f"\n--- held-out ticket {i}: {messages[-1]['content']}")
             print(f"expected : {reference}")
-            for model in (config.model_name, base.name):
+            for model in (config.model_name, base.name) if with_adapter else (base.name,):
                 reply = client.chat.completions.create(model=model, messages=messages, max_tokens=96, temperature=0)
                 text = (reply.choices[0].message.content or "").strip().replace("\n", " ")
                 print(f"{'adapter' if model == config.model_name else 'base':9}: {text}")
@@ -201,13 +203,16 @@ def run(config: DemoConfig) -> int:
     run_id = train_adapter(config, splits)
 
     _step(4, total, "gate: evaluate adapter and base, register on pass, promote to production")
-    gate_and_promote(config, run_id)
+    version = gate_and_promote(config, run_id)
 
     if config.serve:
-        _step(5, total, "serve: BentoML + vLLM, asking the adapter and the base through the openai client")
-        serve_and_ask(config, work, base, splits["test"])
+        who = "the adapter and the base" if version else "the base alone (the gate refused the adapter)"
+        _step(5, total, f"serve: BentoML + vLLM, asking {who} through the openai client")
+        serve_and_ask(config, work, base, splits["test"], with_adapter=version is not None)
         _step(6, total, "cost report")
         cost_report(work)
+    if version is None:
+        raise FtopsError(f"the gate refused run {run_id}; its report is above and on the run in MLflow")
 
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s. MLflow UI: `make ui` (http://127.0.0.1:5000); "
           f"state under {settings.home()}")
