@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_serving import ADMIN_KEY, API_KEY, free_port, http, make_adapter, register_version
+from test_serving import ADMIN_KEY, API_KEY, free_port, http, make_adapter, register_version, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -100,18 +100,7 @@ def load_service(tiny_base, models_dir, tmp_path_factory):
         )
         proc, url, log = _start(config, home)
         try:
-            deadline = time.monotonic() + 240
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"service exited {proc.returncode}:\n{(home / 'server.log').read_text()[-4000:]}")
-                try:
-                    if http("GET", url + "/readyz")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"service not ready in 240 s:\n{(home / 'server.log').read_text()[-4000:]}")
-                time.sleep(1)
+            wait_ready(proc, url, home / "server.log")
             yield {"url": url, "ledger_url": ledger_url, "version": v1, "home": home}
         finally:
             _stop(proc, log)

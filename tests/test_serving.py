@@ -85,6 +85,24 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
         return e.code, dict(e.headers), (json.loads(raw) if raw.strip().startswith(b"{") else {"raw": raw})
 
 
+def wait_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout: float = 600) -> None:
+    """Wait until ``url``/readyz answers 200. A service that exits, or is not ready within ``timeout`` (a guard
+    against hangs, not a speed check: the engine start takes ~30 s idle and minutes on a loaded machine), fails
+    with the tail of its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if http("GET", url + "/readyz")[0] == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"service not ready in {timeout:.0f} s:\n{log_path.read_text()[-4000:]}")
+        time.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def served(tiny_base, models_dir, tmp_path_factory):
     """The running service: (base_url, versions, env), adapter ``tiny-chat`` v1 at production, v2 registered."""
@@ -115,18 +133,7 @@ def served(tiny_base, models_dir, tmp_path_factory):
                                 start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 240
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"service exited {proc.returncode}:\n{(home / 'server.log').read_text()[-4000:]}")
-                try:
-                    if http("GET", url + "/readyz")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"service not ready in 240 s:\n{(home / 'server.log').read_text()[-4000:]}")
-                time.sleep(1)
+            wait_ready(proc, url, home / "server.log")
             yield {"url": url, "v1": v1, "v2": v2, "home": home, "log": home / "server.log"}
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
