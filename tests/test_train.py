@@ -325,3 +325,73 @@ def test_full_fine_tune_with_packing_through_the_cli(home, data, tmp_path, capsy
     assert float(run.data.tags[A.TAG_TRAINABLE_SHARE]) == 1.0 and A.TAG_LORA_R not in run.data.tags
     local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "dl"))
     assert "model.safetensors" in verify_manifest(Path(local))["files"]
+
+
+def test_a_job_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(home, data, models_dir, tmp_path):
+    """The real thing: ``ftops train`` in its own process, SIGKILLed right after a checkpoint appears (possibly while
+    it is still being written), then ``ftops train ... resume=RUN_ID``: same run, same final step, and a final loss
+    within tolerance of the same job run without interruption."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import mlflow
+    import yaml
+
+    from ftops import settings
+    from training.job import checkpoints_dir, train
+
+    steps = 16
+    config = tiny_config(data, max_steps=steps, eval_steps=steps, save_steps=2, run_name="sigkill")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    env = {**os.environ, "FTOPS_HOME": str(home), "FTOPS_MODELS": str(models_dir)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    before = set(checkpoints_dir("x").parent.glob("*")) if checkpoints_dir("x").parent.is_dir() else set()
+    proc = subprocess.Popen([sys.executable, "-m", "ftops.cli", "train", str(job)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        new = set(checkpoints_dir("x").parent.glob("*")) - before if checkpoints_dir("x").parent.is_dir() else set()
+        if new and (next(iter(new)) / "checkpoint-4").exists():
+            run_dir = next(iter(new))
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    assert run_dir is not None and proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
+    run_id = run_dir.name
+    settings.configure_mlflow()
+    client = mlflow.MlflowClient()
+    assert client.get_run(run_id).info.status == "RUNNING"  # killed: nobody marked it
+    assert not (run_dir / f"checkpoint-{steps}").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "ftops.cli", "train", str(job), f"resume={run_id}"], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.stdout.strip().splitlines()[-1] == run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    loss = {m.step: m.value for m in client.get_metric_history(run_id, "loss")}
+    assert max(loss) == steps
+
+    reference = train(config.model_copy(update={"run_name": "uninterrupted"}))
+    ref_loss = {m.step: m.value for m in client.get_metric_history(reference, "loss")}
+    assert loss[steps] == pytest.approx(ref_loss[steps], rel=0.02, abs=0.02)
+
+
+def test_resume_skips_a_checkpoint_cut_short(tmp_path, capsys):
+    from training.job import last_complete_checkpoint
+
+    for step, state in ((2, "{}"), (4, '{"global_step": 4}'), (6, '{"global_st'), (8, None)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    err = capsys.readouterr().err
+    assert "checkpoint-8 is incomplete" in err and "checkpoint-6 is incomplete" in err
+    assert last_complete_checkpoint(tmp_path / "none") is None

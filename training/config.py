@@ -24,6 +24,9 @@ class DataConfig(_Strict):
     """Validation split: evaluated every ``eval_steps`` (validation loss and token accuracy)."""
     test: Path
     """Held-out split: not trained on; logged as ``data/test.jsonl`` for ``ftops eval``."""
+    replay: Path | None = None
+    """Optional general-skill examples mixed into the training split (rehearsal against forgetting): ``ftops data
+    replay --out FILE`` writes the base's own answers to general prompts. Logged as ``data/replay.jsonl``."""
 
 
 class LoraConfig(_Strict):
@@ -79,7 +82,8 @@ class TrainConfig(_Strict):
     max_seq_length: int = Field(512, ge=16)
     """Longer examples are truncated; with packing, the length of each packed row."""
     packing: bool = False
-    """Pack several examples into each row (TRL best-fit packing; attention stays within each example)."""
+    """Pack whole examples into rows of up to ``max_seq_length`` tokens (TRL best-fit packing; attention stays within
+    each example); ``batch_size`` then counts rows. Pays when example lengths vary (see training/packing.py)."""
     assistant_only_loss: bool = True
     """Train on the assistant's tokens only; system and user tokens are masked out of the loss."""
     gradient_checkpointing: bool = True

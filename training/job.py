@@ -145,7 +145,6 @@ def resolved_run_name(config: TrainConfig) -> str:
 def _check_resume(config: TrainConfig, base: BaseModel, splits: dict[str, Split]) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
-    from transformers.trainer_utils import get_last_checkpoint
 
     client = mlflow.MlflowClient()
     try:
@@ -167,10 +166,32 @@ def _check_resume(config: TrainConfig, base: BaseModel, splits: dict[str, Split]
             raise FtopsError(f"resume={config.resume}: data.{name} ({split.path}) is not the data that run trained on "
                              "(digest differs); resume with the same data")
     folder = checkpoints_dir(config.resume)
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    last = last_complete_checkpoint(folder)
     if last is None:
-        raise FtopsError(f"resume={config.resume}: no checkpoint under {folder}; start a new run without resume=")
-    return Path(last)
+        raise FtopsError(f"resume={config.resume}: no complete checkpoint under {folder}; start a new run without "
+                         "resume=")
+    return last
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest ``checkpoint-N`` under ``folder`` that was written to the end. The Trainer writes a checkpoint's
+    ``trainer_state.json`` last, so a job killed while saving leaves a folder without it (or with it cut short):
+    such a folder is skipped, with a note, and the one before it is used."""
+    import sys
+
+    if not folder.is_dir():
+        return None
+    steps = sorted((int(p.name.split("-", 1)[1]), p) for p in folder.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-", 1)[1].isdigit())
+    for _, path in reversed(steps):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            print(f"note: {path.name} is incomplete (the job was killed while writing it); skipping it",
+                  file=sys.stderr)
+            continue
+        return path
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -273,13 +294,14 @@ def train(config: TrainConfig, callbacks: list | tuple = ()) -> str:
         raise FtopsError(f"output: {config.output} exists and is not empty; choose an empty or new folder")
     if config.method != "full":
         check_target_modules(config, base)
-    for name in SPLITS:
+    names = [*SPLITS, "replay"] if config.data.replay else list(SPLITS)
+    for name in names:
         if not Path(getattr(config.data, name)).is_file():
-            raise FtopsError(f"data.{name}: {getattr(config.data, name)}: no such file; run "
-                             "`ftops data split DATA.jsonl --out DIR` first")
+            hint = "ftops data replay --out FILE" if name == "replay" else "ftops data split DATA.jsonl --out DIR"
+            raise FtopsError(f"data.{name}: {getattr(config.data, name)}: no such file; run `{hint}` first")
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     splits = {name: validate_split(name, Path(getattr(config.data, name)), tokenizer, base.context_length)
-              for name in SPLITS}
+              for name in names}
     settings.configure_mlflow()
     experiment = settings.experiment_id()
     resume_from = _check_resume(config, base, splits) if config.resume else None
@@ -368,13 +390,19 @@ def _build_trainer(config, model, tokenizer, splits, output_dir: Path, run_name:
     trainer = SFTTrainer(
         model=model,
         args=sft_config(config, output_dir, run_name),
-        train_dataset=Dataset.from_list(splits["train"].examples),
+        # the replay examples (if any) join the training split; the Trainer's sampler shuffles them in
+        train_dataset=Dataset.from_list(splits["train"].examples + (splits["replay"].examples if "replay" in splits
+                                                                    else [])),
         eval_dataset=Dataset.from_list(splits["validation"].examples),
         processing_class=tokenizer,
         peft_config=lora_config(config) if config.method != "full" else None,
         callbacks=[tps, ProgressBar(config.progress), MlflowMetrics(), *extra_callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # disable_tqdm swaps the bar for raw dict prints; ProgressBar instead
+    if config.packing and "flash" not in str(getattr(model.config, "_attn_implementation", "")):
+        from training.packing import use_packed_rows
+
+        use_packed_rows(trainer)  # without varlen kernels, one flattened row per batch costs quadratic attention
     return trainer, tps
 
 
