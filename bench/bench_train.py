@@ -3,6 +3,7 @@ settings, in one run, plus what packing and gradient checkpointing change.
 
     .venv/bin/python bench/bench_train.py                       # all cases on SmolLM2-135M, 8 steps each
     .venv/bin/python bench/bench_train.py --steps 4 --cases qlora,lora
+    .venv/bin/python bench/bench_train.py --cases lora,packing --replay .ftops/demo/data/replay.jsonl
 
 Every case runs in its own subprocess (so peak RSS is that case's alone) on the demo tickets. Tokens/s is the same
 measure on both sides: non-padding input tokens seen / (``train_runtime`` as the Trainer reports it minus the
@@ -37,12 +38,17 @@ CASES = {
 }
 
 
-def make_data(folder: Path) -> dict[str, Path]:
+def make_data(folder: Path, replay: Path | None = None) -> dict[str, Path]:
+    """The demo tickets split 80/10/10; with ``replay``, its examples are appended to the training split (what the
+    demo trains on: tickets plus the base's answers to general prompts), the same file for both sides."""
     from expectations.demo_data import write_tickets
     from expectations.split import split_file
 
     src = write_tickets(folder / "tickets.jsonl", n=400, seed=0)
     paths = {k: Path(v) for k, v in split_file(src, folder / "split").items()}
+    if replay is not None:
+        with paths["train"].open("a", encoding="utf-8") as train:
+            train.write(replay.read_text(encoding="utf-8"))
     # evaluation is not what is measured: the smallest validation split the data contract accepts keeps it short
     lines = paths["validation"].read_text().splitlines(keepends=True)
     paths["validation"].write_text("".join(lines[:10]))
@@ -127,6 +133,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
+    parser.add_argument("--replay", type=Path, metavar="JSONL",
+                        help="mix these replay examples into the training split (the demo's .ftops/demo/data/"
+                             "replay.jsonl: `ftops data replay` output)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -139,7 +148,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         env = {**os.environ, "FTOPS_HOME": str(Path(tmp) / "home"), "TOKENIZERS_PARALLELISM": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
-        data = make_data(Path(tmp))
+        data = make_data(Path(tmp), args.replay)
         for case in args.cases.split(","):
             for side, method, packing, gc in CASES[case]:
                 spec = {"side": side, "method": method, "packing": packing, "gc": gc, "steps": args.steps,
@@ -162,7 +171,8 @@ def main() -> None:
 
     print(f"\nmachine: {platform.machine()} {os.cpu_count()} cores, {platform.python_version()}, "
           f"date {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}; base {args.base}, "
-          f"{args.steps} steps x batch {args.batch}, max_seq_length 256, LoRA r=16 q/k/v/o")
+          f"{args.steps} steps x batch {args.batch}, max_seq_length 256, LoRA r=16 q/k/v/o; data: demo tickets"
+          + (f" + {sum(1 for _ in args.replay.open())} replay examples" if args.replay else ""))
     for case in ("qlora", "lora"):
         if tps(case, "ftops") and tps(case, "plain"):
             print(f"ratio ftops/plain {case}: {tps(case, 'ftops') / tps(case, 'plain'):.2f}")

@@ -60,6 +60,8 @@ def _stage_modules() -> list:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # vLLM logs to stdout by default; standard output is the command's answer (`--json`, the run id), logs go to stderr
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

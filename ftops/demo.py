@@ -20,8 +20,11 @@ from pathlib import Path
 
 from ftops import settings
 from ftops.errors import FtopsError
+from ftops.manifest import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
+#: asked of the served adapter and base after the held-out tickets (a regression-suite item, not in any training data)
+GENERAL_QUESTION = "What is the capital of France?"
 
 
 @dataclass
@@ -34,6 +37,8 @@ class DemoConfig:
     """Demo tickets to generate (split 80/10/10)."""
     seed: int = 0
     """Seed of the ticket generator."""
+    replay: int = 160
+    """General prompts the base answers for replay (mixed into training against forgetting); 0: none."""
     train_config: Path = REPO / "configs" / "demo.yaml"
     """Training job YAML."""
     overrides: list[str] = field(default_factory=list)
@@ -54,6 +59,8 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.examples < 30:
             raise FtopsError(f"--examples {self.examples}: the demo needs at least 30 tickets for a 80/10/10 split")
+        if self.replay < 0:
+            raise FtopsError(f"--replay {self.replay}: give 0 (no replay) or a number of prompts")
         if self.questions < 1:
             raise FtopsError("--questions must be at least 1")
 
@@ -85,7 +92,32 @@ def prepare_data(config: DemoConfig, work: Path, base) -> dict[str, Path]:
     splits = split_file(tickets, work / "data")
     sizes = {k: sum(1 for _ in open(p)) for k, p in splits.items()}
     print("split: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + f" -> {work / 'data'}")
+    if config.replay:
+        splits["replay"] = prepare_replay(config, work, base)
     return splits
+
+
+def prepare_replay(config: DemoConfig, work: Path, base) -> Path:
+    """The base's own answers to ``config.replay`` general prompts (``ftops data replay``), kept between demo runs
+    while the base and the count are the same (answering takes a few CPU minutes)."""
+    from training.replay import write_replay
+
+    out = work / "data" / "replay.jsonl"
+    stamp = out.with_suffix(".json")
+    wanted = {"base_sha256": base.sha256, "prompts": config.replay}
+    try:
+        recorded = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        recorded = None
+    if recorded and {k: recorded.get(k) for k in wanted} == wanted and out.is_file() \
+            and recorded.get("sha256") == sha256_file(out):
+        print(f"replay: {recorded['written']} examples answered by {base.name} earlier -> {out}")
+        return out
+    result = write_replay(base, out, n=config.replay)
+    stamp.write_text(json.dumps({**wanted, "written": result.written, "sha256": sha256_file(out)}))
+    print(f"replay: {result.written} general prompts answered by {base.name} ({result.dropped} unfinished dropped) "
+          f"-> {out}")
+    return out
 
 
 def train_adapter(config: DemoConfig, splits: dict[str, Path]) -> str:
@@ -93,6 +125,8 @@ def train_adapter(config: DemoConfig, splits: dict[str, Path]) -> str:
     from training.job import train
 
     overrides = [f"base={config.base}", *(f"data.{k}={v}" for k, v in splits.items()), *config.overrides]
+    if "replay" not in splits:
+        overrides.insert(1, "data.replay=null")
     job = load_config(config.train_config, overrides)
     run_id = train(job)
     print(f"MLflow run {run_id}")
@@ -153,10 +187,12 @@ def serve_and_ask(config: DemoConfig, work: Path, base, test_split: Path, with_a
         models = client.models.list().data
         print("served models: " + ", ".join(m.id for m in models))
         rows = [json.loads(line) for line in test_split.read_text().splitlines() if line.strip()]
-        for i, row in enumerate(rows[: config.questions], 1):
-            messages = [m for m in row["messages"] if m["role"] != "assistant"]
-            reference = row["messages"][-1]["content"]
-            print(f"\n--- held-out ticket {i}: {messages[-1]['content']}")
+        asks = [(f"held-out ticket {i}", [m for m in row["messages"] if m["role"] != "assistant"],
+                 row["messages"][-1]["content"]) for i, row in enumerate(rows[: config.questions], 1)]
+        # and one general question: has the adapter kept what the base could do? (the gate's retention rule)
+        asks.append(("general question", [{"role": "user", "content": GENERAL_QUESTION}], "(an answer in prose)"))
+        for title, messages, reference in asks:
+            print(f"\n--- {title}: {messages[-1]['content']}")
             print(f"expected : {reference}")
             for model in (config.model_name, base.name) if with_adapter else (base.name,):
                 reply = client.chat.completions.create(model=model, messages=messages, max_tokens=96, temperature=0)
@@ -196,7 +232,8 @@ def run(config: DemoConfig) -> int:
         base = load_base(config.base)
     print(f"{base.name}: {base.num_parameters / 1e6:.1f}M parameters, sha256 {base.sha256[:12]}")
 
-    _step(2, total, "data: generate demo tickets, validate, split 80/10/10")
+    _step(2, total, "data: generate demo tickets, validate, split 80/10/10"
+          + (", replay prompts answered by the base" if config.replay else ""))
     splits = prepare_data(config, work, base)
 
     _step(3, total, f"train: {config.train_config.name} {' '.join(config.overrides)}".rstrip())
@@ -232,11 +269,15 @@ questions, and print the cost report. State goes to ./.ftops (FTOPS_HOME).
 
 examples:
   ftops demo
-  ftops demo --examples 200 --set max_steps=20 --no-serve""",
+  ftops demo --examples 200 --set max_steps=20 --no-serve
+  ftops demo --replay 0          # no replay data: watch the gate's retention rule refuse a forgetful adapter""",
     )
     p.add_argument("--base", default=DemoConfig.base, help="imported base model (default %(default)s)")
     p.add_argument("--examples", type=int, default=DemoConfig.examples, help="tickets to generate (default %(default)s)")
     p.add_argument("--seed", type=int, default=DemoConfig.seed, help="data generator seed (default %(default)s)")
+    p.add_argument("--replay", type=int, default=DemoConfig.replay,
+                   help="general prompts the base answers, mixed into training against forgetting (default "
+                        "%(default)s; 0: none)")
     p.add_argument("--config", type=Path, default=DemoConfig.train_config, help="training YAML (default configs/demo.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="training config override, repeatable (e.g. --set max_steps=20)")
@@ -248,6 +289,6 @@ examples:
     p.add_argument("--no-serve", dest="serve", action="store_false", help="stop after promotion")
     p.add_argument("--port", type=int, default=0, help="port of the demo service (default: a free one)")
     p.set_defaults(func=lambda args: run(DemoConfig(
-        base=args.base, examples=args.examples, seed=args.seed, train_config=args.config, overrides=args.overrides,
+        base=args.base, examples=args.examples, seed=args.seed, replay=args.replay, train_config=args.config, overrides=args.overrides,
         policy=args.policy, model_name=args.model_name, questions=args.questions, serve=args.serve, port=args.port,
     )))

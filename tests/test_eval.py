@@ -167,3 +167,20 @@ def test_eval_command_with_the_transformers_fallback(tiny_base, fast_ftops_home,
     assert "retention" not in metrics and "format_compliance" not in metrics  # no suite asked, not a JSON task
     rc = main(["eval", run_id, "--engine", "transformers", "--max-new-tokens", "0"])
     assert rc == 2 and "max_new_tokens must be >= 1" in capsys.readouterr().err
+
+
+def test_eval_command_with_vllm_prints_only_json_on_stdout(tiny_base, fast_ftops_home, learned_rows):
+    """vLLM logs to stdout by default; `ftops eval --json` must still print nothing there but the JSON answer."""
+    import os
+    import subprocess
+    import sys
+
+    run_id = log_adapter_run(tiny_base, learned_rows, **LEARNED_ADAPTER)
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_STREAM"}
+    proc = subprocess.run([sys.executable, "-m", "ftops.cli", "eval", run_id, "--max-new-tokens", "4",
+                           "--no-regression", "--max-model-len", "512", "--json"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answer = json.loads(proc.stdout)  # fails on any log line printed to stdout
+    assert answer["run_id"] == run_id and answer["metrics"]["examples"] == len(learned_rows)
+    assert "vLLM" in proc.stderr or "vllm" in proc.stderr  # the engine did run, and logged to stderr
