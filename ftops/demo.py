@@ -1,7 +1,8 @@
 """``ftops demo``: the whole flow, end to end, on embedded defaults.
 
-data (generate, validate, split) -> train (QLoRA) -> gate (eval adapter and base, register @staging) -> promote
-(@production) -> serve (BentoML + vLLM, real HTTP) -> ask adapter and base the same questions -> cost report.
+data (generate, validate, split; the base answers general prompts as replay) -> train (QLoRA, tickets + replay) ->
+gate (eval adapter and base, register @staging) -> promote (@production) -> serve (BentoML + vLLM, real HTTP) -> ask
+adapter and base the same questions -> cost report.
 Each step calls the same public function its own subcommand calls; nothing here is special to the demo.
 """
 
@@ -289,6 +290,6 @@ examples:
     p.add_argument("--no-serve", dest="serve", action="store_false", help="stop after promotion")
     p.add_argument("--port", type=int, default=0, help="port of the demo service (default: a free one)")
     p.set_defaults(func=lambda args: run(DemoConfig(
-        base=args.base, examples=args.examples, seed=args.seed, replay=args.replay, train_config=args.config, overrides=args.overrides,
-        policy=args.policy, model_name=args.model_name, questions=args.questions, serve=args.serve, port=args.port,
+        base=args.base, examples=args.examples, seed=args.seed, replay=args.replay, train_config=args.config,
+        overrides=args.overrides, policy=args.policy, model_name=args.model_name, questions=args.questions, serve=args.serve, port=args.port,
     )))
