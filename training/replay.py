@@ -36,9 +36,8 @@ def answer(base: BaseModel, prompts: list[str], max_new_tokens: int = 96, batch_
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32).eval()
-    stops = {tokenizer.eos_token_id, *([model.generation_config.eos_token_id]
-                                       if isinstance(model.generation_config.eos_token_id, int)
-                                       else model.generation_config.eos_token_id or [])}
+    eos = model.generation_config.eos_token_id
+    stops = {tokenizer.eos_token_id, *([eos] if isinstance(eos, int) else eos or [])}  # tokens that end a turn
     answers: list[str | None] = []
     bar = tqdm(total=len(prompts), desc="replay answers", unit="prompt", disable=not progress)
     with torch.inference_mode():
