@@ -121,7 +121,7 @@ def served(tiny_base, models_dir, tmp_path_factory):
         config.write_text(
             "# ftops serve --config serve.yaml (written by tests/test_serving.py)\n"
             f"base: tiny-llama\nadapters: [{MODEL}@production]\npoll_interval_s: 1\n"
-            "engine: {max_model_len: 512, max_lora_rank: 8, max_loras: 2, dtype: bfloat16, max_num_seqs: 16}\n"
+            "engine: {max_model_len: 2048, max_lora_rank: 8, max_loras: 2, dtype: bfloat16, max_num_seqs: 16}\n"
             "limits: {max_body_bytes: 65536, max_concurrency: 6, retry_after_s: 2}\n"
         )
         port = free_port()
@@ -328,11 +328,13 @@ def test_ledger_records_the_usage_the_client_got_also_for_cancelled_streams(serv
     assert row["status"] == "ok" and row["adapter"] == MODEL and row["api_key_id"] == "default"
     assert row["registry_version"] == r.model.split(":")[1] and row["model"] == "tiny-llama"
 
-    stream = chat(client, MODEL, max_tokens=400, stream=True, extra_body={"ignore_eos": True})
+    # long enough that the tiny model cannot finish before the server sees the client leave (with 400 tokens it
+    # sometimes did, and the ledger rightly said "ok")
+    stream = chat(client, MODEL, max_tokens=1900, stream=True, extra_body={"ignore_eos": True})
     for i, chunk in enumerate(stream):
         request_id = chunk.id
         if i == 2:
             break
     stream.close()
-    row = ledger_row(served, request_id)
-    assert row["status"] == "cancelled" and 0 < row["completion_tokens"] < 400
+    row = ledger_row(served, request_id, timeout=120)
+    assert row["status"] == "cancelled" and 0 < row["completion_tokens"] < 1900
