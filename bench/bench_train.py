@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -132,6 +133,8 @@ def main() -> None:
     parser.add_argument("--base", default="smollm2-135m-instruct")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every case this many times, sides alternating which goes first; ratios of medians")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
     parser.add_argument("--replay", type=Path, metavar="JSONL",
                         help="mix these replay examples into the training split (the demo's .ftops/demo/data/"
@@ -149,29 +152,33 @@ def main() -> None:
         env = {**os.environ, "FTOPS_HOME": str(Path(tmp) / "home"), "TOKENIZERS_PARALLELISM": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
         data = make_data(Path(tmp), args.replay)
-        for case in args.cases.split(","):
-            for side, method, packing, gc in CASES[case]:
-                spec = {"side": side, "method": method, "packing": packing, "gc": gc, "steps": args.steps,
-                        "batch": args.batch, "base": args.base, "data": {k: str(v) for k, v in data.items()}}
-                t0 = time.perf_counter()
-                proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env,
-                                      capture_output=True, text=True)
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-                if proc.returncode != 0 or not lines:
-                    sys.exit(f"case {case}/{side} failed:\n{proc.stderr[-3000:]}")
-                row = {"case": case, "side": side, "method": method, "packing": packing, "gc": gc,
-                       "wall_s": time.perf_counter() - t0, **json.loads(lines[-1][7:])}
-                rows.append(row)
-                print(f"{case:11s} {side:6s} {method:6s} packing={packing!s:5s} gc={gc!s:5s} "
-                      f"{row['tokens_per_second']:7.1f} tok/s  peak {row['peak_rss_mb']:6.0f} MB  "
-                      f"({row['tokens']:.0f} tokens in {row['runtime']:.1f} s)", flush=True)
+        # with --repeat the sides alternate which goes first (AB BA ...): this machine drifts by +-10% over minutes
+        jobs = [(case, spec) for rep in range(args.repeat) for case in args.cases.split(",")
+                for spec in (CASES[case] if rep % 2 == 0 else CASES[case][::-1])]
+        for case, (side, method, packing, gc) in jobs:
+            spec = {"side": side, "method": method, "packing": packing, "gc": gc, "steps": args.steps,
+                    "batch": args.batch, "base": args.base, "data": {k: str(v) for k, v in data.items()}}
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env,
+                                  capture_output=True, text=True)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                sys.exit(f"case {case}/{side} failed:\n{proc.stderr[-3000:]}")
+            row = {"case": case, "side": side, "method": method, "packing": packing, "gc": gc,
+                   "wall_s": time.perf_counter() - t0, **json.loads(lines[-1][7:])}
+            rows.append(row)
+            print(f"{case:11s} {side:6s} {method:6s} packing={packing!s:5s} gc={gc!s:5s} "
+                  f"{row['tokens_per_second']:7.1f} tok/s  peak {row['peak_rss_mb']:6.0f} MB  "
+                  f"({row['tokens']:.0f} tokens in {row['runtime']:.1f} s)", flush=True)
 
     def tps(case, side):
-        return next((r["tokens_per_second"] for r in rows if r["case"] == case and r["side"] == side), None)
+        """The median tokens/s of a case's runs on one side (one run without --repeat)."""
+        runs = [r["tokens_per_second"] for r in rows if r["case"] == case and r["side"] == side]
+        return statistics.median(runs) if runs else None
 
     print(f"\nmachine: {platform.machine()} {os.cpu_count()} cores, {platform.python_version()}, "
           f"date {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}; base {args.base}, "
-          f"{args.steps} steps x batch {args.batch}, max_seq_length 256, LoRA r=16 q/k/v/o; data: demo tickets"
+          f"{args.steps} steps x batch {args.batch}, {args.repeat} run(s) per side, max_seq_length 256, LoRA r=16 q/k/v/o; data: demo tickets"
           + (f" + {sum(1 for _ in args.replay.open())} replay examples" if args.replay else ""))
     for case in ("qlora", "lora"):
         if tps(case, "ftops") and tps(case, "plain"):

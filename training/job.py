@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import shutil
@@ -345,7 +346,15 @@ def train(config: TrainConfig, callbacks: list | tuple = ()) -> str:
                                  A.TAG_TRAINABLE_SHARE: f"{trainable / total:.6f}"})
                 if not config.resume:
                     mlflow.log_dict(trainer.args.to_dict(), "training_args.json")
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            # everything loaded so far (MLflow, Great Expectations, datasets) stays alive for the whole run; frozen,
+            # the cyclic garbage collector stops walking it again and again during the steps (bench_train.py: ftops/
+            # plain bf16 LoRA 0.91 without, 0.96 with, both within this machine's noise; BENCHMARKS.md)
+            gc.collect()
+            gc.freeze()
+            try:
+                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            finally:
+                gc.unfreeze()
             if main:
                 from training.callbacks import loss_curve
 
