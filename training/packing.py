@@ -33,6 +33,6 @@ class PackedRowsCollator:
 
 
 def use_packed_rows(trainer) -> None:
-    """Swap a packing ``SFTTrainer``'s flattening collator for :class:`PackedRowsCollator` (used on CPU, where
-    no varlen attention kernel exists; on CUDA TRL's padding-free batches are the fast path and are kept)."""
+    """Swap a packing ``SFTTrainer``'s flattening collator for :class:`PackedRowsCollator`. The job does so unless
+    the model runs a FlashAttention implementation, whose varlen kernels make TRL's padding-free batches the fast path."""
     trainer.data_collator = PackedRowsCollator(trainer.processing_class.pad_token_id)
