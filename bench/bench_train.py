@@ -8,8 +8,12 @@ settings, in one run, plus what packing and gradient checkpointing change.
 Every case runs in its own subprocess (so peak RSS is that case's alone) on the demo tickets. Tokens/s is the same
 measure on both sides: non-padding input tokens seen / (``train_runtime`` as the Trainer reports it minus the
 ``eval_runtime`` of its evaluations): everything ftops adds in callbacks (MLflow logging, tokens/s, progress bar) is
-inside that time, the evaluation on the validation split (the same on both sides) is not. Prints a table and the ratios ftops/plain (>= 1.0 means ftops is not
-slower), packing/no packing, and QLoRA with/without gradient checkpointing; paste it into BENCHMARKS.md.
+inside that time, the evaluation on the validation split (the same on both sides) is not.
+
+Prints a table and the ratios ftops/plain (>= 1.0 means ftops is not slower), packing/no packing, and QLoRA
+with/without gradient checkpointing; paste it into BENCHMARKS.md. The case ``overhead`` runs ftops with TRL's own
+LM head (every position scored, as the plain script does; ``training/lm_head.py``), so its ratio isolates what ftops
+adds around the same computation.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ CASES = {
     "qlora": [("ftops", "qlora", False, True), ("plain", "qlora", False, True)],
     "lora": [("ftops", "lora", False, False), ("plain", "lora", False, False)],
     "packing": [("ftops", "lora", True, False)],
+    # ftops's own overhead (MLflow, callbacks, validation) without its faster LM head: TRL's head on both sides
+    "overhead": [("ftops-trl-head", "lora", False, False), ("plain", "lora", False, False)],
     "qlora-nogc": [("ftops", "qlora", False, False)],
 }
 
@@ -122,7 +128,13 @@ def child(spec: dict) -> None:
     """One case, in this process: print one JSON line with tokens/s and peak RSS."""
     config = config_for(spec["base"], {k: Path(v) for k, v in spec["data"].items()}, spec["method"], spec["packing"],
                         spec["gc"], spec["steps"], spec["batch"])
-    figures = run_ftops(config) if spec["side"] == "ftops" else run_plain(config)
+    if spec["side"] == "ftops-trl-head":  # the job as it is, but TRL's LM head scores every position
+        import contextlib
+
+        import training.job
+
+        training.job.labelled_positions_only = contextlib.nullcontext
+    figures = run_plain(config) if spec["side"] == "plain" else run_ftops(config)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps({**figures, "tokens_per_second": figures["tokens"] / figures["runtime"],
                                   "peak_rss_mb": peak_mb}), flush=True)
@@ -167,7 +179,7 @@ def main() -> None:
             row = {"case": case, "side": side, "method": method, "packing": packing, "gc": gc,
                    "wall_s": time.perf_counter() - t0, **json.loads(lines[-1][7:])}
             rows.append(row)
-            print(f"{case:11s} {side:6s} {method:6s} packing={packing!s:5s} gc={gc!s:5s} "
+            print(f"{case:11s} {side:14s} {method:6s} packing={packing!s:5s} gc={gc!s:5s} "
                   f"{row['tokens_per_second']:7.1f} tok/s  peak {row['peak_rss_mb']:6.0f} MB  "
                   f"({row['tokens']:.0f} tokens in {row['runtime']:.1f} s)", flush=True)
 
@@ -183,6 +195,9 @@ def main() -> None:
     for case in ("qlora", "lora"):
         if tps(case, "ftops") and tps(case, "plain"):
             print(f"ratio ftops/plain {case}: {tps(case, 'ftops') / tps(case, 'plain'):.2f}")
+    if tps("overhead", "ftops-trl-head") and tps("overhead", "plain"):
+        print(f"ratio ftops with TRL's LM head/plain lora (ftops's overhead alone): "
+              f"{tps('overhead', 'ftops-trl-head') / tps('overhead', 'plain'):.2f}")
     if tps("packing", "ftops") and tps("lora", "ftops"):
         print(f"ratio packing/no packing (bf16 LoRA, effective tokens/s): "
               f"{tps('packing', 'ftops') / tps('lora', 'ftops'):.2f}")

@@ -70,6 +70,13 @@ class WeightWatch(TrainerCallback):
         self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
         self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
 
+    def on_step_end(self, args, state, control, **kwargs):
+        import torch
+        from trl.trainer import utils as trl_utils
+
+        # whether TRL's fused LM head takes its labelled-positions-only path on this CPU (training/lm_head.py)
+        self.compact_head = trl_utils._use_triton(torch.device("cpu"))
+
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -94,6 +101,15 @@ def test_lora_weights_change_and_base_weights_do_not(trained):
     assert any("q_proj.base_layer" in n for n in frozen) and any("embed_tokens" in n for n in frozen)
     for name in frozen:
         assert torch.equal(watch.before[name], watch.after[name]), f"base weight {name} changed"
+
+
+def test_the_lm_head_scores_only_labelled_positions_while_training_and_not_after(trained):
+    import torch
+    from trl.trainer import utils as trl_utils
+
+    _, watch = trained
+    assert watch.compact_head is True
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # restored once the job is done
 
 
 def test_run_holds_params_metrics_inputs_artifacts_and_lineage(trained, tiny_base, data):

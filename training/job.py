@@ -4,7 +4,8 @@
 2. opens one MLflow run (or re-opens the run being resumed) and logs config params, lineage tags, the three splits
    as artifacts and dataset inputs with digests, and their Great Expectations validation report;
 3. trains with TRL's ``SFTTrainer`` (QLoRA, LoRA or full), checkpointing under ``$FTOPS_HOME/checkpoints/<run_id>/``,
-   with per-step loss, learning rate, tokens/s, validation loss and token accuracy, and system metrics;
+   with per-step loss, learning rate, tokens/s, validation loss and token accuracy, and system metrics; the LM head
+   scores only labelled positions (``training/lm_head.py``);
 4. logs the adapter (``ftops.adapter.save_adapter``: safetensors + JSON + tokenizer + chat template + manifest) and
    the loss-curve PNG. Any error after the run is opened marks it FAILED.
 """
@@ -26,6 +27,7 @@ from ftops.base import BaseModel, load_base
 from ftops.errors import FtopsError
 from ftops.manifest import sha256_file, write_manifest
 from training.config import TrainConfig
+from training.lm_head import labelled_positions_only
 
 SPLITS = ("train", "validation", "test")
 
@@ -352,7 +354,8 @@ def train(config: TrainConfig, callbacks: list | tuple = ()) -> str:
             gc.collect()
             gc.freeze()
             try:
-                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+                with labelled_positions_only():  # the LM head skips prompt and padding positions (training/lm_head.py)
+                    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             finally:
                 gc.unfreeze()
             if main:
