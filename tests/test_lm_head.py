@@ -5,6 +5,7 @@ head computes: same loss, token accuracy, entropy and LoRA gradients. On the tin
 from __future__ import annotations
 
 import json
+
 import pytest
 
 
