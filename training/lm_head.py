@@ -16,6 +16,7 @@ tickets took 25.4 s instead of 32.3 s here (BENCHMARKS.md, "Training").
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 
 
@@ -29,7 +30,7 @@ def labelled_positions_only() -> Iterator[None]:
     from trl.trainer import utils as trl_utils
 
     original = getattr(trl_utils, "_use_triton", None)
-    if original is None or "_use_triton(hidden_states.device)" not in _fused_head_source(trl_utils):
+    if original is None or "_use_triton(hidden_states.device)" not in inspect.getsource(trl_utils.add_fused_lm_head):
         raise RuntimeError("trl.trainer.utils.add_fused_lm_head no longer decides with _use_triton(device); "
                            "update training/lm_head.py for this TRL version")
     trl_utils._use_triton = lambda device: True
@@ -38,8 +39,3 @@ def labelled_positions_only() -> Iterator[None]:
     finally:
         trl_utils._use_triton = original
 
-
-def _fused_head_source(trl_utils) -> str:
-    import inspect
-
-    return inspect.getsource(trl_utils.add_fused_lm_head)
