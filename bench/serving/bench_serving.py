@@ -174,6 +174,8 @@ def main() -> None:
     parser.add_argument("--hf-requests", type=int, default=1, help="requests per client for transformers")
     parser.add_argument("--levels", default="1,4,16")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--vllm-first", action="store_true",
+                        help="run raw vLLM before ftops (this machine drifts: alternate the order between runs)")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -196,21 +198,26 @@ def main() -> None:
     env = {**os.environ, "FTOPS_API_KEY": KEY, "BENTOML_HOME": str(work / "bentoml")}
     rows: list[dict] = []
 
-    port = free_port()
-    ftops = Server([sys.executable, "-m", "ftops.cli", "serve", "--config", str(config), "--port", str(port)], env,
-                   f"http://127.0.0.1:{port}/readyz", work / "ftops.log")
-    rows += bench_server("ftops", ftops, f"http://127.0.0.1:{port}/v1", ADAPTER, levels, args.requests,
-                         args.max_tokens)
+    def run_ftops() -> list[dict]:
+        port = free_port()
+        ftops = Server([sys.executable, "-m", "ftops.cli", "serve", "--config", str(config), "--port", str(port)],
+                       env, f"http://127.0.0.1:{port}/readyz", work / "ftops.log")
+        return bench_server("ftops", ftops, f"http://127.0.0.1:{port}/v1", ADAPTER, levels, args.requests,
+                            args.max_tokens)
 
-    port = free_port()
-    vllm = Server([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", base.path,
-                   "--served-model-name", base.name, "--enable-lora", "--lora-modules", f"{ADAPTER}={adapter}",
-                   "--max-lora-rank", "8", "--max-loras", "2", "--max-model-len", "2048", "--dtype", "bfloat16",
-                   "--gpu-memory-utilization", "0.3", "--max-num-seqs", "64", "--disable-uvicorn-access-log",
-                   "--host", "127.0.0.1", "--port", str(port)], env, f"http://127.0.0.1:{port}/health",
-                  work / "vllm.log")
-    rows += bench_server("vllm", vllm, f"http://127.0.0.1:{port}/v1", ADAPTER, levels, args.requests,
-                         args.max_tokens)
+    def run_vllm() -> list[dict]:
+        port = free_port()
+        vllm = Server([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", base.path,
+                       "--served-model-name", base.name, "--enable-lora", "--lora-modules", f"{ADAPTER}={adapter}",
+                       "--max-lora-rank", "8", "--max-loras", "2", "--max-model-len", "2048", "--dtype", "bfloat16",
+                       "--gpu-memory-utilization", "0.3", "--max-num-seqs", "64", "--disable-uvicorn-access-log",
+                       "--host", "127.0.0.1", "--port", str(port)], env, f"http://127.0.0.1:{port}/health",
+                      work / "vllm.log")
+        return bench_server("vllm", vllm, f"http://127.0.0.1:{port}/v1", ADAPTER, levels, args.requests,
+                            args.max_tokens)
+
+    for run in ((run_vllm, run_ftops) if args.vllm_first else (run_ftops, run_vllm)):
+        rows += run()
 
     if not args.skip_hf:
         port = free_port()
