@@ -111,6 +111,22 @@ def log_adapter_run(base, test_rows: list[dict], *, b_init: float = 0.0, r: int 
     return run.info.run_id
 
 
+def tiny_trainer(config, base, data: dict[str, Path], out: Path):
+    """The ``SFTTrainer`` a job builds (``training/job.py``) for ``config`` on ``base``, with the training chat
+    template and the validated train/validation splits of ``data``, without an MLflow run.
+    Returns ``(trainer, tokenizer, splits)``."""
+    from transformers import AutoTokenizer
+
+    from training.chat_template import training_chat_template
+    from training.job import _build_trainer, load_model, validate_split
+
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    tokenizer.chat_template = training_chat_template(tokenizer, base.name)
+    splits = {s: validate_split(s, data[s], tokenizer, 2048) for s in ("train", "validation")}
+    trainer, _ = _build_trainer(config, load_model(config, base), tokenizer, splits, out, "test", [])
+    return trainer, tokenizer, splits
+
+
 LEARNED_ADAPTER = {"b_init": 0.5, "seed": 1}  # registry tests: an adapter whose answers differ from its base's
 
 

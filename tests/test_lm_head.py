@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tiny_trainer
 
 
 def _chat(i: int) -> dict:
@@ -17,11 +18,7 @@ def _chat(i: int) -> dict:
 
 @pytest.fixture(scope="module")
 def trainer(tiny_base, tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from training.chat_template import training_chat_template
     from training.config import TrainConfig
-    from training.job import _build_trainer, load_model, validate_split
 
     folder = tmp_path_factory.mktemp("lm-head-data")
     data = {}
@@ -33,11 +30,7 @@ def trainer(tiny_base, tmp_path_factory):
         "method": "lora", "max_seq_length": 256, "batch_size": 4, "max_steps": 1, "progress": False,
         "lora": {"r": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},  # no dropout: two passes comparable
     })
-    tokenizer = AutoTokenizer.from_pretrained(tiny_base.path)
-    tokenizer.chat_template = training_chat_template(tokenizer, "tiny-llama")
-    splits = {s: validate_split(s, data[s], tokenizer, 2048) for s in ("train", "validation")}
-    trainer, _ = _build_trainer(config, load_model(config, tiny_base), tokenizer, splits,
-                                tmp_path_factory.mktemp("out"), "lm-head", [])
+    trainer, _, _ = tiny_trainer(config, tiny_base, data, tmp_path_factory.mktemp("out"))
     return trainer
 
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import tiny_trainer
 
 
 def _chat(i: int) -> dict:
@@ -30,22 +31,14 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def packed_trainer(data, tiny_base, tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from training.chat_template import training_chat_template
     from training.config import TrainConfig
-    from training.job import _build_trainer, load_model, validate_split
 
     config = TrainConfig.model_validate({
         "base": "tiny-llama", "data": {k: str(v) for k, v in data.items()}, "method": "lora", "packing": True,
         "max_seq_length": 256, "batch_size": 2, "max_steps": 1, "progress": False,
         "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]},
     })
-    tokenizer = AutoTokenizer.from_pretrained(tiny_base.path)
-    tokenizer.chat_template = training_chat_template(tokenizer, "tiny-llama")
-    splits = {s: validate_split(s, data[s], tokenizer, 2048) for s in ("train", "validation")}
-    trainer, _ = _build_trainer(config, load_model(config, tiny_base), tokenizer, splits,
-                                tmp_path_factory.mktemp("out"), "packing", [])
+    trainer, tokenizer, _ = tiny_trainer(config, tiny_base, data, tmp_path_factory.mktemp("out"))
     return trainer, tokenizer
 
 

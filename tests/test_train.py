@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import tiny_trainer
 from transformers import TrainerCallback
 
 from ftops import adapter as A
@@ -218,16 +219,7 @@ def test_export_merged_matches_base_plus_adapter(trained, tiny_base, tmp_path, c
 
 
 def test_labels_mask_everything_but_the_assistant(home, data, tiny_base, tmp_path):
-    from transformers import AutoTokenizer
-
-    from training.chat_template import training_chat_template
-    from training.job import _build_trainer, load_model, validate_split
-
-    config = tiny_config(data, method="lora")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_base.path)
-    tokenizer.chat_template = training_chat_template(tokenizer, "tiny-llama")
-    splits = {s: validate_split(s, data[s], tokenizer, 2048) for s in ("train", "validation")}
-    trainer, _ = _build_trainer(config, load_model(config, tiny_base), tokenizer, splits, tmp_path, "x", [])
+    trainer, tokenizer, splits = tiny_trainer(tiny_config(data, method="lora"), tiny_base, data, tmp_path)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     for row in range(2):
         labels, ids = batch["labels"][row], batch["input_ids"][row]

@@ -198,33 +198,25 @@ def main() -> None:
     env = {**os.environ, "FTOPS_API_KEY": KEY, "BENTOML_HOME": str(work / "bentoml")}
     rows: list[dict] = []
 
-    def run_ftops() -> list[dict]:
+    def run(name: str, argv, health: str, requests: int) -> list[dict]:
+        """Start one server (``argv(port)``), wait for ``health``, measure it at every level, stop it."""
         port = free_port()
-        ftops = Server([sys.executable, "-m", "ftops.cli", "serve", "--config", str(config), "--port", str(port)],
-                       env, f"http://127.0.0.1:{port}/readyz", work / "ftops.log")
-        return bench_server("ftops", ftops, f"http://127.0.0.1:{port}/v1", ADAPTER, levels, args.requests,
-                            args.max_tokens)
+        server = Server(argv(port), env, f"http://127.0.0.1:{port}{health}", work / f"{name}.log")
+        return bench_server(name, server, f"http://127.0.0.1:{port}/v1", ADAPTER, levels, requests, args.max_tokens)
 
-    def run_vllm() -> list[dict]:
-        port = free_port()
-        vllm = Server([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", base.path,
-                       "--served-model-name", base.name, "--enable-lora", "--lora-modules", f"{ADAPTER}={adapter}",
-                       "--max-lora-rank", "8", "--max-loras", "2", "--max-model-len", "2048", "--dtype", "bfloat16",
-                       "--gpu-memory-utilization", "0.3", "--max-num-seqs", "64", "--disable-uvicorn-access-log",
-                       "--host", "127.0.0.1", "--port", str(port)], env, f"http://127.0.0.1:{port}/health",
-                      work / "vllm.log")
-        return bench_server("vllm", vllm, f"http://127.0.0.1:{port}/v1", ADAPTER, levels, args.requests,
-                            args.max_tokens)
-
-    for run in ((run_vllm, run_ftops) if args.vllm_first else (run_ftops, run_vllm)):
-        rows += run()
-
+    ftops = ("ftops", lambda port: [sys.executable, "-m", "ftops.cli", "serve", "--config", str(config),
+                                    "--port", str(port)], "/readyz", args.requests)
+    vllm = ("vllm", lambda port: [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", base.path,
+                                  "--served-model-name", base.name, "--enable-lora", "--lora-modules",
+                                  f"{ADAPTER}={adapter}", "--max-lora-rank", "8", "--max-loras", "2",
+                                  "--max-model-len", "2048", "--dtype", "bfloat16", "--gpu-memory-utilization", "0.3",
+                                  "--max-num-seqs", "64", "--disable-uvicorn-access-log", "--host", "127.0.0.1",
+                                  "--port", str(port)], "/health", args.requests)
+    for server in ((vllm, ftops) if args.vllm_first else (ftops, vllm)):
+        rows += run(*server)
     if not args.skip_hf:
-        port = free_port()
-        hf = Server([sys.executable, str(REPO / "bench/serving/hf_server.py"), base.path, str(adapter), str(port)],
-                    env, f"http://127.0.0.1:{port}/readyz", work / "hf.log")
-        rows += bench_server("transformers", hf, f"http://127.0.0.1:{port}/v1", ADAPTER, levels,
-                             args.hf_requests, args.max_tokens)
+        rows += run("transformers", lambda port: [sys.executable, str(REPO / "bench/serving/hf_server.py"), base.path,
+                                                  str(adapter), str(port)], "/readyz", args.hf_requests)
 
     by = {(r["server"], r["clients"]): r for r in rows}
     top = max(levels)
