@@ -62,6 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ftops import settings
     from ftops.errors import UsageError
     from serving.config import API_KEY_ENV, CONFIG_ENV, load_api_keys, load_config
+    from serving.engine import cpu_env
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: not a TCP port (1-65535)")
@@ -77,7 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
     env.setdefault("BENTOML_HOME", str(settings.home() / "bentoml"))
     env["FTOPS_HOME"] = str(settings.home())
     env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.engine.kv_cache_gib))
+    env.update(cpu_env(config.engine))
     bentoml = shutil.which("bentoml", path=os.path.dirname(sys.executable)) or "bentoml"
     argv = [bentoml, "serve", "serving.service:FtopsLLM", "--host", args.host, "--port", str(args.port)]
     print(f"serving on http://{args.host}:{args.port}/v1 (OpenAI-compatible; /readyz once loaded)", flush=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -40,6 +40,10 @@ class EngineConfig(BaseModel):
     """Weights and activations dtype."""
     kv_cache_gib: int = Field(1, ge=1)
     """CPU KV cache size in GiB (``VLLM_CPU_KVCACHE_SPACE``); on a GPU host ``gpu_memory_utilization`` applies."""
+    cpu_reserved_cores: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    """CPU hosts: cores vLLM keeps free of its compute threads for its scheduler and the HTTP front
+    (``VLLM_CPU_NUM_OF_RESERVED_CPU``). ``auto``: none on hosts with at most 4 cores (on 2 cores vLLM's default of one
+    halves the compute; reserving none measured 1.25-1.5x the throughput, BENCHMARKS.md), vLLM's default above."""
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     """Share of device (or, on CPU, host) memory vLLM may reserve."""
     max_num_seqs: int = Field(64, ge=1)

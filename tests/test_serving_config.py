@@ -4,6 +4,7 @@ the real MLflow registry (temporary SQLite store), and the gateway's key check a
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,11 +38,29 @@ def test_config_defaults_and_example_file_load():
     ("adapters: [../etc@production]\n", "adapters"),
     ("- just a list\n", "mapping"),
     ("base: [unclosed\n", "not valid YAML"),
+    ("engine: {cpu_reserved_cores: -1}\n", "engine.cpu_reserved_cores"),
+    ("engine: {cpu_reserved_cores: some}\n", "engine.cpu_reserved_cores"),
 ])
 def test_bad_config_is_one_clear_usage_error(tmp_path, text, where):
     with pytest.raises(UsageError) as e:
         load_config(write(tmp_path, text))
     assert where in str(e.value) and str(tmp_path) in str(e.value)
+
+
+def test_cpu_env_reserves_no_core_on_a_small_host_and_the_callers_env_wins(tmp_path, monkeypatch):
+    """vLLM reserves one of this machine's 2 cores for its scheduler; ``auto`` gives the engine both."""
+    from serving.engine import SMALL_HOST_CORES, cpu_env
+
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    config = load_config(write(tmp_path, "engine: {kv_cache_gib: 2}\n"))
+    small = len(os.sched_getaffinity(0)) <= SMALL_HOST_CORES
+    assert cpu_env(config.engine) == {"VLLM_CPU_KVCACHE_SPACE": "2", **({"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+                                                                          if small else {})}
+    assert cpu_env(load_config(write(tmp_path, "engine: {cpu_reserved_cores: 1}\n")).engine)[
+        "VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "3")
+    assert cpu_env(config.engine)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "3"
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

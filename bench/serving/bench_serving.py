@@ -176,16 +176,21 @@ def main() -> None:
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--vllm-first", action="store_true",
                         help="run raw vLLM before ftops (this machine drifts: alternate the order between runs)")
+    parser.add_argument("--vllm-ftops-ops", action="store_true",
+                        help="let raw vLLM load ftops's CPU LoRA ops too (default: vLLM as shipped, VLLM_PLUGINS='')")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
 
+    load = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="ftops-bench-serving-"))
     os.environ["FTOPS_HOME"] = str(work / "home")
     os.environ.setdefault("FTOPS_MODELS", str(REPO / ".ftops" / "models"))
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.update(HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
     from ftops.base import load_base
+    from serving.config import EngineConfig
+    from serving.engine import cpu_env
 
     base = load_base(args.base)
     adapter = make_adapter(base, work / "adapter")
@@ -196,12 +201,19 @@ def main() -> None:
                       + json.dumps({"base": base.name, "adapters": [f"{ADAPTER}@production"],
                                     "engine": engine, "limits": {"max_concurrency": 256}}) + "\n")
     env = {**os.environ, "FTOPS_API_KEY": KEY, "BENTOML_HOME": str(work / "bentoml")}
+    # raw vLLM gets the CPU settings ftops gives its engine; its LoRA ops are vLLM's own unless --vllm-ftops-ops
+    vllm_env = {**env, **cpu_env(EngineConfig(**engine))}
+    if not args.vllm_ftops_ops:
+        vllm_env["VLLM_PLUGINS"] = ""
+    print(f"engine CPU settings: {cpu_env(EngineConfig(**engine))}; raw vLLM plugins: "
+          f"{vllm_env.get('VLLM_PLUGINS', 'all')!r}", flush=True)
     rows: list[dict] = []
 
     def run(name: str, argv, health: str, requests: int) -> list[dict]:
         """Start one server (``argv(port)``), wait for ``health``, measure it at every level, stop it."""
         port = free_port()
-        server = Server(argv(port), env, f"http://127.0.0.1:{port}{health}", work / f"{name}.log")
+        server = Server(argv(port), vllm_env if name == "vllm" else env, f"http://127.0.0.1:{port}{health}",
+                        work / f"{name}.log")
         return bench_server(name, server, f"http://127.0.0.1:{port}/v1", ADAPTER, levels, requests, args.max_tokens)
 
     ftops = ("ftops", lambda port: [sys.executable, "-m", "ftops.cli", "serve", "--config", str(config),
@@ -224,10 +236,12 @@ def main() -> None:
               f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, no GPU"
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     ratio_vllm = by[("ftops", top)]["tok_s"] / by[("vllm", top)]["tok_s"]
-    lines = ["## Serving", "", f"`bench/serving/bench_serving.py`, {when}, {machine} (shared with other jobs). "
+    lines = ["## Serving", "", f"`bench/serving/bench_serving.py`, {when}, {machine}, load average {load:.1f} at the start. "
              f"Base {base.name} + one LoRA (r=8, q/v), {args.max_tokens} output tokens per request (ignore_eos, "
              f"greedy, streamed through the `openai` client); vLLM servers: {args.requests} requests per client, "
-             f"transformers: {args.hf_requests}.", "",
+             f"transformers: {args.hf_requests}. Engine CPU settings for ftops and raw vLLM: "
+             f"{cpu_env(EngineConfig(**engine))}; raw vLLM's LoRA ops: "
+             f"{'ftops' if args.vllm_ftops_ops else 'vLLM as shipped'}.", "",
              "| server | clients | output tok/s | median TTFT ms | median TPOT ms |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r['server']} | {r['clients']} | {r['tok_s']:.1f} | {r['ttft_ms']:.0f} | {r['tpot_ms']:.1f} |"
               for r in rows]
