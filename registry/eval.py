@@ -114,10 +114,9 @@ class VllmEngine:
     def __init__(self, base_path: str, max_lora_rank: int = 64, max_model_len: int = 2048, kv_cache_gib: int = 1):
         import os
 
-        from serving.config import EngineConfig
-        from serving.engine import cpu_env
+        from ftops.settings import vllm_cpu_env
 
-        os.environ.update(cpu_env(EngineConfig(kv_cache_gib=kv_cache_gib)))  # read by vLLM's CPU worker only
+        os.environ.update(vllm_cpu_env(kv_cache_gib))  # read by vLLM's CPU worker only
         from vllm import LLM
 
         self.base_path = base_path

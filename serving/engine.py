@@ -24,19 +24,11 @@ def engine_argv(base: BaseModel, engine: EngineConfig) -> list[str]:
     ]
 
 
-SMALL_HOST_CORES = 4
-"""Up to this many usable cores, ``cpu_reserved_cores: auto`` reserves none."""
-
-
 def cpu_env(engine: EngineConfig) -> dict[str, str]:
     """The environment vLLM's CPU engine reads at start-up for ``engine`` (the caller's own settings win)."""
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(engine.kv_cache_gib)}
-    reserved = engine.cpu_reserved_cores
-    if reserved == "auto":
-        reserved = 0 if len(os.sched_getaffinity(0)) <= SMALL_HOST_CORES else None
-    if reserved is not None:
-        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(reserved)
-    return {k: os.environ.get(k, v) for k, v in env.items()}
+    from ftops.settings import vllm_cpu_env
+
+    return vllm_cpu_env(engine.kv_cache_gib, engine.cpu_reserved_cores)
 
 
 async def start_engine(base: BaseModel, engine: EngineConfig, stack: AsyncExitStack):

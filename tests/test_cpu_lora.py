@@ -1,4 +1,4 @@
-"""serving/cpu_lora.py: vLLM's CPU LoRA ops give base-model rows the last adapter's delta; ftops's ops do not.
+"""ftops/cpu_lora.py: vLLM's CPU LoRA ops give base-model rows the last adapter's delta; ftops's ops do not.
 
 Op-level tests compare against a per-row reference; the engine test runs a real vLLM engine on the tiny base with two
 adapters and a base request in one batch.
@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_serving import make_adapter
 
-from serving import cpu_lora
+from ftops import cpu_lora
 
 SLOTS, RANK, IN, OUTS = 2, 8, 24, (24, 8, 8)  # a qkv-like layer: three output slices
 

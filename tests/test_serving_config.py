@@ -49,7 +49,8 @@ def test_bad_config_is_one_clear_usage_error(tmp_path, text, where):
 
 def test_cpu_env_reserves_no_core_on_a_small_host_and_the_callers_env_wins(tmp_path, monkeypatch):
     """vLLM reserves one of this machine's 2 cores for its scheduler; ``auto`` gives the engine both."""
-    from serving.engine import SMALL_HOST_CORES, cpu_env
+    from ftops.settings import SMALL_HOST_CORES
+    from serving.engine import cpu_env
 
     monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)

