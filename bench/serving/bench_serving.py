@@ -202,10 +202,11 @@ def main() -> None:
                                     "engine": engine, "limits": {"max_concurrency": 256}}) + "\n")
     env = {**os.environ, "FTOPS_API_KEY": KEY, "BENTOML_HOME": str(work / "bentoml")}
     # raw vLLM gets the CPU settings ftops gives its engine; its LoRA ops are vLLM's own unless --vllm-ftops-ops
-    vllm_env = {**env, **cpu_env(EngineConfig(**engine))}
+    engine_env = cpu_env(EngineConfig(**engine))  # what ftops serve sets for this engine
+    vllm_env = {**env, **engine_env}
     if not args.vllm_ftops_ops:
         vllm_env["VLLM_PLUGINS"] = ""
-    print(f"engine CPU settings: {cpu_env(EngineConfig(**engine))}; raw vLLM plugins: "
+    print(f"engine CPU settings: {engine_env}; raw vLLM plugins: "
           f"{vllm_env.get('VLLM_PLUGINS', 'all')!r}", flush=True)
     rows: list[dict] = []
 
@@ -240,7 +241,7 @@ def main() -> None:
              f"Base {base.name} + one LoRA (r=8, q/v), {args.max_tokens} output tokens per request (ignore_eos, "
              f"greedy, streamed through the `openai` client); vLLM servers: {args.requests} requests per client, "
              f"transformers: {args.hf_requests}. Engine CPU settings for ftops and raw vLLM: "
-             f"{cpu_env(EngineConfig(**engine))}; raw vLLM's LoRA ops: "
+             f"{engine_env}; raw vLLM's LoRA ops: "
              f"{'ftops' if args.vllm_ftops_ops else 'vLLM as shipped'}.", "",
              "| server | clients | output tok/s | median TTFT ms | median TPOT ms |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r['server']} | {r['clients']} | {r['tok_s']:.1f} | {r['ttft_ms']:.0f} | {r['tpot_ms']:.1f} |"
