@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test ui lint clean help
+.PHONY: setup demo test ui lint format clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -44,8 +44,13 @@ test: setup  ## set up, then run the whole test suite
 ui: setup  ## MLflow UI on the embedded store (http://127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.ftops/mlflow.db --default-artifact-root $(CURDIR)/.ftops/artifacts --host 127.0.0.1 --port 5000
 
-lint:  ## ruff
+lint: $(STAMP)  ## ruff: lint rules and the formatter's check (CI runs both)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)  ## ruff: fix what can be fixed and format the tree
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean:  ## remove .ftops state (keeps .venv)
 	rm -rf .ftops

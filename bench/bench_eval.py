@@ -42,9 +42,9 @@ def main() -> None:
     # the tests' adapter builder: a PEFT LoRA saved with ftops.adapter.save_adapter
     from conftest import build_adapter
 
-    from expectations.demo_data import generate_tickets
     from ftops.base import load_base
-    from registry.eval import TransformersEngine, VllmEngine
+    from ftops.expectations.demo_data import generate_tickets
+    from ftops.registry.eval import TransformersEngine, VllmEngine
 
     base = load_base(args.base, REPO / ".ftops" / "models")
     prompts = [row["messages"][:-1] for row in generate_tickets(args.prompts, seed=7)]
@@ -52,8 +52,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         adapter = build_adapter(base, Path(tmp) / "adapter", r=16, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
         answers = {}
-        for name, make in (("transformers", lambda: TransformersEngine(base.path, batch_size=args.prompts)),
-                           ("vllm", lambda: VllmEngine(base.path, max_lora_rank=16, max_model_len=1024))):
+        for name, make in (
+            ("transformers", lambda: TransformersEngine(base.path, batch_size=args.prompts)),
+            ("vllm", lambda: VllmEngine(base.path, max_lora_rank=16, max_model_len=1024)),
+        ):
             t0 = time.perf_counter()
             engine = make()
             startup = time.perf_counter() - t0
@@ -67,8 +69,10 @@ def main() -> None:
             del engine
 
     print(f"# bench_eval: {args.prompts} ticket prompts x <= {args.tokens} new tokens, greedy, base {base.name}")
-    print(f"# {platform.node()} {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-          f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC (load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"# {platform.node()} {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC (load average {os.getloadavg()[0]:.1f})"
+    )
     print("| engine | adapter | start-up s | answer s | tokens | tokens/s |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, label, startup, seconds, n, tps in rows:

@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--base", default="smollm2-135m-instruct", help="base whose tokenizer the token checks use")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from expectations.demo_data import write_tickets
+    from ftops.expectations.demo_data import write_tickets
 
     ftops = [sys.executable, "-m", "ftops.cli", "data", "validate"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -47,7 +47,7 @@ def main() -> None:
         # 2. in one warm process, the validation alone, with and without the token checks
         from transformers import AutoTokenizer
 
-        from expectations.validate import validate_file
+        from ftops.expectations.validate import validate_file
 
         os.environ["FTOPS_MODELS"] = os.environ.get("FTOPS_MODELS", str(REPO / ".ftops" / "models"))
         from ftops.base import load_base
@@ -62,18 +62,33 @@ def main() -> None:
         full = validate_file(path, tokenizer=tokenizer, context_length=base.context_length)
         full_s = time.perf_counter() - start
     report = json.loads(cli.stdout)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    print(f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}; "
-          f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; load average {os.getloadavg()[0]:.1f}")
-    print(f"file: {args.n} examples, {size:.1f} MB; valid={report['valid']} errors={len(report['errors'])} "
-          f"warnings={len(report['warnings'])}; tokens {full.stats['tokens']} "
-          f"({full.stats['tokens_counted_exactly']} counted exactly)")
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
+    print(
+        f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}; "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"file: {args.n} examples, {size:.1f} MB; valid={report['valid']} errors={len(report['errors'])} "
+        f"warnings={len(report['warnings'])}; tokens {full.stats['tokens']} "
+        f"({full.stats['tokens_counted_exactly']} counted exactly)"
+    )
     print(f"ftops data validate --base {args.base} (cold process, end to end): {cli_s:6.1f} s")
     print(f"validate_file, tokens + GX (warm):    {full_s:6.1f} s  ({args.n / full_s:,.0f} examples/s)")
     print(f"validate_file, no tokenizer (warm):   {bare_s:6.1f} s  ({args.n / bare_s:,.0f} examples/s)")
-    print(f"ratio with/without token checks: {full_s / bare_s:.2f}x; "
-          f"command under 60 s: {'yes' if cli_s < 60 else 'NO'}")
+    print(
+        f"ratio with/without token checks: {full_s / bare_s:.2f}x; command under 60 s: {'yes' if cli_s < 60 else 'NO'}"
+    )
     assert bare.valid == full.valid
 
 

@@ -25,11 +25,20 @@ TICKET_SCHEMA: dict = {
     "title": "SupportTicket",
     "type": "object",
     "properties": {
-        "order_id": {"type": ["string", "null"], "pattern": "^[A-Z]-[0-9]{5}$",
-                     "description": "the order id, normalized to e.g. A-10234; null when the ticket gives none"},
-        "product": {"type": ["string", "null"], "description": "the item the ticket is about; null when unnamed"},
+        "order_id": {
+            "type": ["string", "null"],
+            "pattern": "^[A-Z]-[0-9]{5}$",
+            "description": "the order id, normalized to e.g. A-10234; null when the ticket gives none",
+        },
+        "product": {
+            "type": ["string", "null"],
+            "description": "the item the ticket is about; null when unnamed",
+        },
         "issue": {"enum": list(ISSUES)},
-        "action": {"enum": [*ACTIONS, None], "description": "what the customer asks for; null when they ask nothing"},
+        "action": {
+            "enum": [*ACTIONS, None],
+            "description": "what the customer asks for; null when they ask nothing",
+        },
         "sentiment": {"enum": list(SENTIMENTS)},
     },
     "required": ["order_id", "product", "issue", "action", "sentiment"],
@@ -37,48 +46,118 @@ TICKET_SCHEMA: dict = {
 }
 
 PRODUCTS = (
-    "kettle", "desk lamp", "yoga mat", "coffee grinder", "backpack", "phone case", "water bottle", "toaster",
-    "wool scarf", "office chair", "blender", "headphones", "keyboard", "frying pan", "bath towel", "wall clock",
-    "running shoes", "tea set", "monitor stand", "rain jacket", "bike light", "cutting board", "pillow", "mixer",
+    "kettle",
+    "desk lamp",
+    "yoga mat",
+    "coffee grinder",
+    "backpack",
+    "phone case",
+    "water bottle",
+    "toaster",
+    "wool scarf",
+    "office chair",
+    "blender",
+    "headphones",
+    "keyboard",
+    "frying pan",
+    "bath towel",
+    "wall clock",
+    "running shoes",
+    "tea set",
+    "monitor stand",
+    "rain jacket",
+    "bike light",
+    "cutting board",
+    "pillow",
+    "mixer",
 )
 COLORS = ("blue", "black", "white", "red", "green", "grey", "pink", "steel", "oak", "yellow")
 
 ISSUE_PHRASES = {
-    "damaged": ("the {p} arrived broken", "the {p} came cracked", "my {p} was smashed in the box",
-                "the {p} is dented and scratched"),
-    "late": ("the {p} still hasn't arrived", "my {p} is two weeks late", "the {p} was due last Monday, nothing yet",
-             "where is my {p}? it is very late"),
-    "wrong_item": ("I got the wrong {p}", "you sent me a {p} I never ordered", "the {p} in the box is not what I bought",
-                   "wrong size and colour for the {p}"),
-    "missing_item": ("the {p} was missing from the parcel", "the box came without the {p}",
-                     "everything arrived except the {p}", "no {p} in the package"),
-    "defective": ("the {p} stopped working after a day", "the {p} won't turn on", "the {p} is faulty",
-                  "my {p} makes a weird noise and fails"),
-    "billing": ("I was charged twice for the {p}", "the price of the {p} on my card is wrong",
-                "you billed me for the {p} after I returned it", "double payment for the {p}"),
+    "damaged": (
+        "the {p} arrived broken",
+        "the {p} came cracked",
+        "my {p} was smashed in the box",
+        "the {p} is dented and scratched",
+    ),
+    "late": (
+        "the {p} still hasn't arrived",
+        "my {p} is two weeks late",
+        "the {p} was due last Monday, nothing yet",
+        "where is my {p}? it is very late",
+    ),
+    "wrong_item": (
+        "I got the wrong {p}",
+        "you sent me a {p} I never ordered",
+        "the {p} in the box is not what I bought",
+        "wrong size and colour for the {p}",
+    ),
+    "missing_item": (
+        "the {p} was missing from the parcel",
+        "the box came without the {p}",
+        "everything arrived except the {p}",
+        "no {p} in the package",
+    ),
+    "defective": (
+        "the {p} stopped working after a day",
+        "the {p} won't turn on",
+        "the {p} is faulty",
+        "my {p} makes a weird noise and fails",
+    ),
+    "billing": (
+        "I was charged twice for the {p}",
+        "the price of the {p} on my card is wrong",
+        "you billed me for the {p} after I returned it",
+        "double payment for the {p}",
+    ),
 }
 ACTION_PHRASES = {
     "refund": ("I want my money back.", "Please refund me.", "Refund please.", "I'd like a full refund."),
-    "replacement": ("Please send a new one.", "Can I get a replacement?", "Swap it for a working one please.",
-                    "I need a replacement asap."),
+    "replacement": (
+        "Please send a new one.",
+        "Can I get a replacement?",
+        "Swap it for a working one please.",
+        "I need a replacement asap.",
+    ),
     "cancel": ("Cancel the order.", "Please cancel it.", "Just cancel everything.", "I want to cancel."),
-    "track": ("Where is it now?", "Can you send me the tracking?", "Please check the delivery status.",
-              "Tell me when it will arrive."),
-    "invoice": ("Send me a corrected invoice.", "I need an invoice for this.", "Please fix the invoice.",
-                "Can you email the receipt?"),
+    "track": (
+        "Where is it now?",
+        "Can you send me the tracking?",
+        "Please check the delivery status.",
+        "Tell me when it will arrive.",
+    ),
+    "invoice": (
+        "Send me a corrected invoice.",
+        "I need an invoice for this.",
+        "Please fix the invoice.",
+        "Can you email the receipt?",
+    ),
 }
 TONES = {
     "negative": ("This is unacceptable!", "Really disappointed.", "Worst service ever.", "I'm furious."),
     "neutral": ("", "Let me know.", "Regards.", "See details above."),
-    "positive": ("Thanks so much!", "Love your shop otherwise :)", "Appreciate the help!", "You're usually great, thanks."),
+    "positive": (
+        "Thanks so much!",
+        "Love your shop otherwise :)",
+        "Appreciate the help!",
+        "You're usually great, thanks.",
+    ),
 }
 GREETINGS = ("Hi,", "Hello,", "Hey there,", "Good morning,", "", "Dear support,")
 SIGNATURES = ("", "", "", "- Sam", "Sent from my phone", "Thanks, Alex", "-- J. Lee")
 DETAILS = (
-    "I bought it as a gift for my mum's birthday.", "Ordered it on the 3rd with express shipping.",
-    "This is my second message about this.", "I have been a customer for years.", "The courier left it at the door.",
-    "I need it for a trip this weekend.", "My neighbour signed for the parcel.", "I checked the app twice already.",
-    "Photos attached.", "It was on sale last week.", "The box itself looked fine.", "I paid with PayPal.",
+    "I bought it as a gift for my mum's birthday.",
+    "Ordered it on the 3rd with express shipping.",
+    "This is my second message about this.",
+    "I have been a customer for years.",
+    "The courier left it at the door.",
+    "I need it for a trip this weekend.",
+    "My neighbour signed for the parcel.",
+    "I checked the app twice already.",
+    "Photos attached.",
+    "It was on sale last week.",
+    "The box itself looked fine.",
+    "I paid with PayPal.",
 )
 ORDER_FORMS = ("order {o}", "order #{o}", "({o})", "order no. {o}", "my order {o}")
 
@@ -93,7 +172,7 @@ def _typo(text: str, rng: random.Random) -> str:
     w = words[i]
     if len(w) > 3 and w.isalpha():
         j = rng.randrange(len(w) - 1)
-        words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
+        words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
     return " ".join(words)
 
 
@@ -130,14 +209,24 @@ def make_ticket(rng: random.Random) -> tuple[str, dict]:
         text = _typo(text, rng)
     if rng.random() < 0.15:
         text = text.lower()
-    answer = {"order_id": order, "product": named if product else None, "issue": issue, "action": action,
-              "sentiment": sentiment}
+    answer = {
+        "order_id": order,
+        "product": named if product else None,
+        "issue": issue,
+        "action": action,
+        "sentiment": sentiment,
+    }
     return text, answer
 
 
 def ticket_example(text: str, answer: dict) -> dict:
-    return {"messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text},
-                         {"role": "assistant", "content": json.dumps(answer)}]}
+    return {
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": json.dumps(answer)},
+        ]
+    }
 
 
 def generate_tickets(n: int = 400, seed: int = 0) -> list[dict]:

@@ -23,8 +23,10 @@ SUITE_PATH = Path(__file__).parent / "regression_suite.jsonl"
 Check = Literal["contains", "exact", "number"]
 CHECKS: tuple[str, ...] = ("contains", "exact", "number")
 
-_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-          "seventeen eighteen nineteen twenty").split()
+_WORDS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty"
+).split()
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w]|\.\d)")
 
 
@@ -43,8 +45,10 @@ def load_suite(path: str | Path | None = None) -> list[dict]:
 
 
 def _numbers(text: str) -> set[str]:
-    found = {m.group(0).rstrip("0").rstrip(".") if "." in m.group(0) else m.group(0)
-             for m in _NUMBER.finditer(text.replace(",", ""))}
+    found = {
+        m.group(0).rstrip("0").rstrip(".") if "." in m.group(0) else m.group(0)
+        for m in _NUMBER.finditer(text.replace(",", ""))
+    }
     words = re.findall(r"[a-z]+", text.lower())
     found.update(str(_WORDS.index(w)) for w in words if w in _WORDS)
     return found
@@ -75,11 +79,11 @@ def generate_answers(model_dir: str | Path, items: list[dict], max_new_tokens: i
             prompt = tokenizer.apply_chat_template(item["messages"], add_generation_prompt=True, tokenize=False)
             ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
             out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
-            answers.append(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+            answers.append(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip())
     return answers
 
 
-if __name__ == "__main__":  # python -m expectations.regression MODEL_DIR: the suite score of a model, greedy
+if __name__ == "__main__":  # python -m ftops.expectations.regression MODEL_DIR: the suite score of a model, greedy
     import sys
 
     suite = load_suite()

@@ -10,8 +10,8 @@ import json
 import os
 from pathlib import Path
 
-from expectations import DataError
-from expectations.validate import Format, example_hash, validate_file
+from ftops.expectations import DataError
+from ftops.expectations.validate import Format, example_hash, validate_file
 
 SPLITS = ("train", "validation", "test")
 #: cumulative percentages: hash bucket < 80 -> train, < 90 -> validation, else test
@@ -37,8 +37,13 @@ def split_examples(examples: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def split_file(path: str | os.PathLike, out_dir: str | os.PathLike, format: Format = "auto",
-               tokenizer=None, context_length: int | None = None) -> dict[str, Path]:
+def split_file(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    format: Format = "auto",
+    tokenizer=None,
+    context_length: int | None = None,
+) -> dict[str, Path]:
     """Validate ``path``, dedup it and write ``train.jsonl``, ``validation.jsonl`` and ``test.jsonl`` (chat form) into
     ``out_dir``. Raises :class:`DataError` when the file has errors other than exact duplicates (which are dropped)."""
     report = validate_file(path, format=format, tokenizer=tokenizer, context_length=context_length)

@@ -97,8 +97,12 @@ class ValidationReport:
 
 def example_hash(example: dict) -> str:
     """sha256 of an example's content (messages and tools, canonical JSON): equal examples, equal hashes."""
-    canon = json.dumps({k: example[k] for k in ("messages", "tools") if k in example}, sort_keys=True,
-                       ensure_ascii=False, separators=(",", ":"))
+    canon = json.dumps(
+        {k: example[k] for k in ("messages", "tools") if k in example},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
@@ -131,12 +135,18 @@ def _file_problem(path: Path) -> Issue | None:
     except OSError as e:
         return Issue(None, "unreadable_file", f"{path}: cannot be read ({e.strerror}); check its permissions")
     if not sample.strip():
-        return Issue(None, "empty_file", f"{path}: the file is empty; it needs one JSON example per line (at least "
-                                         f"{MIN_EXAMPLES})")
+        return Issue(
+            None,
+            "empty_file",
+            f"{path}: the file is empty; it needs one JSON example per line (at least {MIN_EXAMPLES})",
+        )
     if b"\x00" in sample or sample.decode("utf-8", errors="replace").count("\ufffd") > len(sample) // 20:
         hint = " (UTF-16? save it as UTF-8)" if sample[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-        return Issue(None, "binary_file", f"{path}: a binary file, not UTF-8 JSONL text{hint}; give a file with one "
-                                          "JSON example per line")
+        return Issue(
+            None,
+            "binary_file",
+            f"{path}: a binary file, not UTF-8 JSONL text{hint}; give a file with one JSON example per line",
+        )
     return None
 
 
@@ -159,79 +169,155 @@ def _read_lines(path: Path) -> Iterator[tuple[int, bytes | None, int]]:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
 
 
 def _check_chat(record: Any, line: int) -> tuple[dict | None, list[Issue]]:
     """OpenAI's chat checks (its cookbook validator, plus tool calls and weights); the example, or None if invalid."""
     if not isinstance(record, dict):
-        return None, [Issue(line, "data_type", f"the example is {_kind(record)}; each line must be a JSON object "
-                                               'like {"messages": [...]}')]
+        return None, [
+            Issue(
+                line,
+                "data_type",
+                f'the example is {_kind(record)}; each line must be a JSON object like {{"messages": [...]}}',
+            )
+        ]
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         what = "missing" if "messages" not in record else f"{_kind(messages)}" if messages else "empty"
         keys = ", ".join(sorted(record)[:5]) or "none"
-        return None, [Issue(line, "missing_messages_list", f'"messages" is {what} (keys: {keys}); each example needs '
-                                                           'a non-empty "messages" list (or pass --format for '
-                                                           "prompt/completion or alpaca files)")]
+        return None, [
+            Issue(
+                line,
+                "missing_messages_list",
+                f'"messages" is {what} (keys: {keys}); each example needs '
+                'a non-empty "messages" list (or pass --format for '
+                "prompt/completion or alpaca files)",
+            )
+        ]
     issues: list[Issue] = []
     for key in record:
         if key not in EXAMPLE_KEYS:
-            issues.append(Issue(line, "example_unrecognized_key", f'unknown top-level key "{key}" is ignored '
-                                                                  f"(known: {', '.join(EXAMPLE_KEYS)})"))
+            issues.append(
+                Issue(
+                    line,
+                    "example_unrecognized_key",
+                    f'unknown top-level key "{key}" is ignored (known: {", ".join(EXAMPLE_KEYS)})',
+                )
+            )
     errors: list[Issue] = []
     out_messages = []
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
-            errors.append(Issue(line, "data_type", f'{where} is {_kind(m)}; each message must be an object with '
-                                                   '"role" and "content"'))
+            errors.append(
+                Issue(
+                    line,
+                    "data_type",
+                    f'{where} is {_kind(m)}; each message must be an object with "role" and "content"',
+                )
+            )
             continue
         unknown = [k for k in m if k not in MESSAGE_KEYS]
         if unknown:
-            errors.append(Issue(line, "message_unrecognized_key", f"{where} has unrecognized key(s) "
-                                f"{', '.join(map(repr, unknown))}; allowed: {', '.join(MESSAGE_KEYS)}"))
+            errors.append(
+                Issue(
+                    line,
+                    "message_unrecognized_key",
+                    f"{where} has unrecognized key(s) "
+                    f"{', '.join(map(repr, unknown))}; allowed: {', '.join(MESSAGE_KEYS)}",
+                )
+            )
         if "role" not in m:
             errors.append(Issue(line, "message_missing_key", f'{where} has no "role"; add one of {", ".join(ROLES)}'))
             continue
         role = m["role"]
         if role not in ROLES:
-            errors.append(Issue(line, "unrecognized_role", f"{where} has role {json.dumps(role)}; use one of "
-                                                           f"{', '.join(ROLES)}"))
+            errors.append(
+                Issue(
+                    line,
+                    "unrecognized_role",
+                    f"{where} has role {json.dumps(role)}; use one of {', '.join(ROLES)}",
+                )
+            )
             continue
         calls = m.get("tool_calls") or m.get("function_call")
         if role == "assistant" and calls:
-            if "tool_calls" in m and not (isinstance(m["tool_calls"], list)
-                                          and all(isinstance(c, dict) and isinstance(c.get("function"), dict)
-                                                  and isinstance(c["function"].get("name"), str) for c in m["tool_calls"])):
-                errors.append(Issue(line, "invalid_tool_calls", f'{where}: "tool_calls" must be a list of '
-                                    '{"id", "type": "function", "function": {"name", "arguments"}} objects'))
+            if "tool_calls" in m and not (
+                isinstance(m["tool_calls"], list)
+                and all(
+                    isinstance(c, dict)
+                    and isinstance(c.get("function"), dict)
+                    and isinstance(c["function"].get("name"), str)
+                    for c in m["tool_calls"]
+                )
+            ):
+                errors.append(
+                    Issue(
+                        line,
+                        "invalid_tool_calls",
+                        f'{where}: "tool_calls" must be a list of '
+                        '{"id", "type": "function", "function": {"name", "arguments"}} objects',
+                    )
+                )
             content = m.get("content")
             if content is not None and not isinstance(content, str):
-                errors.append(Issue(line, "missing_content", f'{where}: "content" is {_kind(content)}; it must be a '
-                                                             "string or null next to tool calls"))
+                errors.append(
+                    Issue(
+                        line,
+                        "missing_content",
+                        f'{where}: "content" is {_kind(content)}; it must be a string or null next to tool calls',
+                    )
+                )
         elif "content" not in m:
             errors.append(Issue(line, "message_missing_key", f'{where} ({role}) has no "content"; add the text'))
             continue
         elif not isinstance(m["content"], str) or not m["content"]:
             what = "empty" if m["content"] == "" else _kind(m["content"])
-            errors.append(Issue(line, "missing_content", f'{where} ({role}): "content" is {what}; it must be a '
-                                                         "non-empty string"))
+            errors.append(
+                Issue(
+                    line,
+                    "missing_content",
+                    f'{where} ({role}): "content" is {what}; it must be a non-empty string',
+                )
+            )
         elif (role in ("user", "system") and m.get("tool_calls")) or (role != "assistant" and m.get("function_call")):
             errors.append(Issue(line, "message_unrecognized_key", f"{where}: only assistant messages carry tool calls"))
         if "weight" in m:
             if role != "assistant":
-                errors.append(Issue(line, "invalid_weight", f'{where}: "weight" is only allowed on assistant '
-                                                            f"messages, not {role}"))
+                errors.append(
+                    Issue(
+                        line,
+                        "invalid_weight",
+                        f'{where}: "weight" is only allowed on assistant messages, not {role}',
+                    )
+                )
             elif m["weight"] not in (0, 1) or isinstance(m["weight"], bool):
-                errors.append(Issue(line, "invalid_weight", f'{where}: "weight" is {json.dumps(m["weight"])}; it '
-                                                            "must be 0 or 1"))
+                errors.append(
+                    Issue(
+                        line,
+                        "invalid_weight",
+                        f'{where}: "weight" is {json.dumps(m["weight"])}; it must be 0 or 1',
+                    )
+                )
         out_messages.append({k: m[k] for k in MESSAGE_KEYS if k in m})
     readable = all(isinstance(m, dict) and "role" in m for m in messages)  # else the roles are unknown
     if readable and not any(m["role"] == "assistant" for m in messages):
-        errors.append(Issue(line, "example_missing_assistant_message", "no assistant message; each example needs at "
-                                                                       "least one assistant answer to learn from"))
+        errors.append(
+            Issue(
+                line,
+                "example_missing_assistant_message",
+                "no assistant message; each example needs at least one assistant answer to learn from",
+            )
+        )
     if errors:
         return None, errors + issues
     example = {"messages": out_messages}
@@ -241,21 +327,38 @@ def _check_chat(record: Any, line: int) -> tuple[dict | None, list[Issue]]:
     return example, issues
 
 
-def _check_fields(record: Any, line: int, required: tuple[str, ...], optional: tuple[str, ...],
-                  fmt: str) -> list[Issue]:
+def _check_fields(
+    record: Any, line: int, required: tuple[str, ...], optional: tuple[str, ...], fmt: str
+) -> list[Issue]:
     if not isinstance(record, dict):
-        return [Issue(line, "data_type", f"the example is {_kind(record)}; each line must be a JSON object with "
-                                         f"{', '.join(repr(k) for k in required)}")]
+        return [
+            Issue(
+                line,
+                "data_type",
+                f"the example is {_kind(record)}; each line must be a JSON object with "
+                f"{', '.join(repr(k) for k in required)}",
+            )
+        ]
     issues = []
     for key in record:
         if key not in required + optional:
-            issues.append(Issue(line, "message_unrecognized_key", f"unrecognized key {key!r} in a {fmt} example; "
-                                f"allowed: {', '.join(required + optional)}"))
+            issues.append(
+                Issue(
+                    line,
+                    "message_unrecognized_key",
+                    f"unrecognized key {key!r} in a {fmt} example; allowed: {', '.join(required + optional)}",
+                )
+            )
     for key in required + optional:
         if key not in record:
             if key in required:
-                issues.append(Issue(line, "message_missing_key", f"missing key {key!r}; a {fmt} example needs "
-                                                                 f"{', '.join(repr(k) for k in required)}"))
+                issues.append(
+                    Issue(
+                        line,
+                        "message_missing_key",
+                        f"missing key {key!r}; a {fmt} example needs {', '.join(repr(k) for k in required)}",
+                    )
+                )
         elif not isinstance(record[key], str) or (key in required and not record[key]):
             what = "empty" if record[key] == "" else _kind(record[key])
             issues.append(Issue(line, "missing_content", f"{key!r} is {what}; it must be a non-empty string"))
@@ -266,8 +369,12 @@ def _check_completion(record: Any, line: int) -> tuple[dict | None, list[Issue]]
     issues = _check_fields(record, line, COMPLETION_KEYS, (), "prompt/completion")
     if issues:
         return None, issues
-    return {"messages": [{"role": "user", "content": record["prompt"]},
-                         {"role": "assistant", "content": record["completion"]}]}, []
+    return {
+        "messages": [
+            {"role": "user", "content": record["prompt"]},
+            {"role": "assistant", "content": record["completion"]},
+        ]
+    }, []
 
 
 def _check_alpaca(record: Any, line: int) -> tuple[dict | None, list[Issue]]:
@@ -318,8 +425,7 @@ def _loses(message: dict) -> bool:
     return message["role"] == "assistant" and message.get("weight", 1) != 0
 
 
-def _token_counts(examples: list[dict], tokenizer: Any,
-                  context_length: int | None) -> tuple[list[int], list[int], int]:
+def _token_counts(examples: list[dict], tokenizer: Any, context_length: int | None) -> tuple[list[int], list[int], int]:
     """Tokens of each example under the tokenizer's chat template, tokens of its assistant messages that carry loss,
     and how many examples were counted exactly (see ``EXACT_TOKENS_UP_TO``; the others are estimated from the
     exactly counted ones' tokens per byte, and could not reach the context)."""
@@ -392,8 +498,14 @@ def _distribution(values: list[int]) -> dict:
     def q(p: float) -> int:
         return s[min(len(s) - 1, int(p * len(s)))]
 
-    return {"min": s[0], "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": s[-1],
-            "mean": round(sum(s) / len(s), 1)}
+    return {
+        "min": s[0],
+        "p50": q(0.5),
+        "p90": q(0.9),
+        "p99": q(0.99),
+        "max": s[-1],
+        "mean": round(sum(s) / len(s), 1),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- great expectations
@@ -431,21 +543,33 @@ def _run_gx(table: dict[str, list], with_tokens: bool, fmt: str):
 
     context, batch = _gx_context()
     config = load_suite_config()
-    expectations = [e for e in config["expectations"] if (with_tokens or not e["meta"].get("needs_tokenizer"))
-                    and fmt in e["meta"].get("formats", [fmt])]
+    expectations = [
+        e
+        for e in config["expectations"]
+        if (with_tokens or not e["meta"].get("needs_tokenizer")) and fmt in e["meta"].get("formats", [fmt])
+    ]
     _GX["n"] += 1
-    suite = gx.ExpectationSuite(name=f"{config['name']}_{_GX['n']}", expectations=expectations,
-                                meta={**config["meta"], "suite": config["name"]})
+    suite = gx.ExpectationSuite(
+        name=f"{config['name']}_{_GX['n']}",
+        expectations=expectations,
+        meta={**config["meta"], "suite": config["name"]},
+    )
     if len(suite.expectations) != len(expectations):  # GX logs and drops an expectation it cannot build
         raise RuntimeError(f"{SUITE_PATH}: GX accepted {len(suite.expectations)} of {len(expectations)} expectations")
     suite = context.suites.add(suite)
     definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"validate_{_GX['n']}", data=batch, suite=suite))
+        gx.ValidationDefinition(name=f"validate_{_GX['n']}", data=batch, suite=suite)
+    )
     frame = pd.DataFrame(table)
     try:
-        result = definition.run(batch_parameters={"dataframe": frame},
-                              result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["line"],
-                                             "partial_unexpected_count": 0})
+        result = definition.run(
+            batch_parameters={"dataframe": frame},
+            result_format={
+                "result_format": "COMPLETE",
+                "unexpected_index_column_names": ["line"],
+                "partial_unexpected_count": 0,
+            },
+        )
     finally:
         context.validation_definitions.delete(definition.name)
         context.suites.delete(suite.name)
@@ -502,9 +626,22 @@ def _table(records: list[tuple[int, dict | None]], tokenizer: Any, context_lengt
         counts = [_char_counts(ex) for ex in examples]
         totals, losses = [c[0] for c in counts], [c[1] for c in counts]
     nan = float("nan")
-    cols: dict[str, list] = {k: [] for k in ("line", "roles", "n_system", "n_user", "n_blank", "n_tokens",
-                                             "context_length", "excess", "loss_share", "first_line",
-                                             "first_near_line")}
+    cols: dict[str, list] = {
+        k: []
+        for k in (
+            "line",
+            "roles",
+            "n_system",
+            "n_user",
+            "n_blank",
+            "n_tokens",
+            "context_length",
+            "excess",
+            "loss_share",
+            "first_line",
+            "first_near_line",
+        )
+    }
     first: dict[str, int] = {}
     first_near: dict[str, int] = {}
     j = 0
@@ -519,8 +656,13 @@ def _table(records: list[tuple[int, dict | None]], tokenizer: Any, context_lengt
         cols["roles"].append(",".join(roles) + ",")
         cols["n_system"].append(roles.count("system"))
         cols["n_user"].append(roles.count("user"))
-        cols["n_blank"].append(sum(1 for m in ex["messages"] if isinstance(m.get("content"), str)
-                                   and m["content"] and not m["content"].strip()))
+        cols["n_blank"].append(
+            sum(
+                1
+                for m in ex["messages"]
+                if isinstance(m.get("content"), str) and m["content"] and not m["content"].strip()
+            )
+        )
         total, loss = totals[j], losses[j]
         j += 1
         cols["n_tokens"].append(total if with_tokens else nan)
@@ -543,8 +685,9 @@ def _table(records: list[tuple[int, dict | None]], tokenizer: Any, context_lengt
 # ------------------------------------------------------------------------------------------------------- the entry
 
 
-def validate_file(path: str | os.PathLike, format: Format = "auto", tokenizer: Any = None,
-                  context_length: int | None = None) -> ValidationReport:
+def validate_file(
+    path: str | os.PathLike, format: Format = "auto", tokenizer: Any = None, context_length: int | None = None
+) -> ValidationReport:
     """Check every line of ``path``; see the module docstring. ``tokenizer`` (a Hugging Face tokenizer with a chat
     template) and ``context_length`` enable the token checks (``token_limit`` and the token-based loss share)."""
     if format not in FORMATS:
@@ -570,8 +713,14 @@ def validate_file(path: str | os.PathLike, format: Format = "auto", tokenizer: A
 
     for line, raw, size in _read_lines(path):
         if raw is None:
-            errors.append(Issue(line, "line_too_long", f"the line is {size / 2**20:.0f} MB, over the "
-                                f"{MAX_LINE_BYTES // 2**20} MB limit for one example; is this really JSONL?"))
+            errors.append(
+                Issue(
+                    line,
+                    "line_too_long",
+                    f"the line is {size / 2**20:.0f} MB, over the "
+                    f"{MAX_LINE_BYTES // 2**20} MB limit for one example; is this really JSONL?",
+                )
+            )
             records.append((line, None))
             continue
         if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -579,8 +728,14 @@ def validate_file(path: str | os.PathLike, format: Format = "auto", tokenizer: A
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            errors.append(Issue(line, "invalid_utf8", f"byte {e.start + 1} of the line is not valid UTF-8 "
-                                                      f"({raw[e.start:e.start + 4]!r}); re-save the file as UTF-8"))
+            errors.append(
+                Issue(
+                    line,
+                    "invalid_utf8",
+                    f"byte {e.start + 1} of the line is not valid UTF-8 "
+                    f"({raw[e.start : e.start + 4]!r}); re-save the file as UTF-8",
+                )
+            )
             records.append((line, None))
             continue
         if not text.strip():
@@ -590,8 +745,13 @@ def validate_file(path: str | os.PathLike, format: Format = "auto", tokenizer: A
             record = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as e:
             detail = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else "nested too deeply"
-            errors.append(Issue(line, "invalid_json", f"not valid JSON ({detail}); each line must be one complete "
-                                                      "JSON object"))
+            errors.append(
+                Issue(
+                    line,
+                    "invalid_json",
+                    f"not valid JSON ({detail}); each line must be one complete JSON object",
+                )
+            )
             records.append((line, None))
             continue
         if fmt is None:
@@ -638,8 +798,13 @@ def save_gx_report(report: ValidationReport, out_dir: str | os.PathLike) -> Path
     report (``report.json``) into ``out_dir``; returns the folder. Training logs it to MLflow."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps({**report.to_json(), "path": report.path, "format": report.format,
-                                                 "stats": report.stats}, indent=2) + "\n")
+    (out / "report.json").write_text(
+        json.dumps(
+            {**report.to_json(), "path": report.path, "format": report.format, "stats": report.stats},
+            indent=2,
+        )
+        + "\n"
+    )
     if report._gx_validation is None:
         return out
     from great_expectations.render.renderer import ValidationResultsPageRenderer

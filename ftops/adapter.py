@@ -34,6 +34,12 @@ TAG_DATASET_PREFIX = "ftops.dataset."  # + "<split>.digest", e.g. ftops.dataset.
 TAG_GATE_VERDICT = "ftops.gate.verdict"  # "pass" | "fail"
 TAG_GATE_POLICY = "ftops.gate.policy"
 TAG_METRIC_PREFIX = "ftops.metric."  # + metric name: the metrics the gate judged on
+TAG_ADAPTER_DIGEST = "ftops.adapter.digest"  # the manifest's digest as the gate verified it; loaders compare
+TAG_EVAL_SETTINGS = "ftops.eval.settings_sha256"  # hash of the evaluation settings the judged metrics came from
+TAG_REVOKED = "ftops.revoked"  # "true" on a version rollback left (or revoked by hand): never served again
+TAG_REVOKED_BY = "ftops.revoked.by"
+TAG_REVOKED_REASON = "ftops.revoked.reason"
+TAG_REVOKED_AT = "ftops.revoked.at"
 
 
 def save_adapter(model, tokenizer, out: Path, base_name: str, base_sha256: str, quantization: str) -> dict:
@@ -50,8 +56,9 @@ def save_adapter(model, tokenizer, out: Path, base_name: str, base_sha256: str, 
     config = json.loads((out / "adapter_config.json").read_text())
     targets = config.get("target_modules") or []
     lora = {"r": config.get("r"), "lora_alpha": config.get("lora_alpha"), "target_modules": sorted(targets)}
-    return write_manifest(out, {"base": {"name": base_name, "sha256": base_sha256},
-                                "quantization": quantization, "lora": lora})
+    return write_manifest(
+        out, {"base": {"name": base_name, "sha256": base_sha256}, "quantization": quantization, "lora": lora}
+    )
 
 
 def read_adapter(folder: Path) -> dict:

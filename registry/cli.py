@@ -9,42 +9,39 @@ import sys
 _RAW = argparse.RawDescriptionHelpFormatter
 
 
+#: ``ftops eval``/``gate`` options: every EvalConfig field but the rubric; two keep their shorter historic names.
+_EVAL_FLAGS = {
+    "format_schema": "--schema",
+    "judge_base_url": "--judge-url",
+    "judge_api_key_env": "--judge-key-env",
+}
+
+
 def _eval_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("evaluation")
-    g.add_argument("--engine", choices=["vllm", "transformers"], default="vllm",
-                   help="vllm: batched offline engine, the one that serves (default); transformers: generate, the fallback")
-    g.add_argument("--max-new-tokens", type=int, default=128, help="greedy decoding budget per answer (default 128)")
-    g.add_argument("--max-examples", type=int, help="evaluate only the first N held-out examples")
-    g.add_argument("--no-regression", dest="regression", action="store_false",
-                   help="skip the general-skill regression suite (no regression_score/retention)")
-    g.add_argument("--regression-limit", type=int, help="score only the first N regression items")
-    g.add_argument("--schema", help="JSON schema for format compliance: a .json file or 'ticket' (default: derived "
-                   "from the reference answers)")
-    g.add_argument("--max-model-len", type=int, default=2048, help="vLLM context length (default 2048)")
-    g.add_argument("--judge-url", help="LLM-as-judge: an OpenAI-compatible base URL (off by default), e.g. "
-                   "https://api.openai.com/v1 or http://127.0.0.1:3000/v1 (ftops serve)")
-    g.add_argument("--judge-model", default="gpt-4o-mini", help="the judge's model name (default gpt-4o-mini)")
-    g.add_argument("--judge-key-env", default="OPENAI_API_KEY",
-                   help="environment variable with the judge's API key (default OPENAI_API_KEY)")
+    from ftops.config import add_options
+    from ftops.registry.eval import EvalConfig
+
+    fields = [f for f in EvalConfig.model_fields if f != "judge_rubric"]
+    add_options(p.add_argument_group("evaluation"), EvalConfig, fields=fields, flags=_EVAL_FLAGS)
 
 
 def _eval_config(args: argparse.Namespace):
-    from registry.eval import EvalConfig
+    from ftops.config import from_options
+    from ftops.registry.eval import EvalConfig
 
-    return EvalConfig(engine=args.engine, max_new_tokens=args.max_new_tokens, max_examples=args.max_examples,
-                      regression=args.regression, regression_limit=args.regression_limit, schema=args.schema,
-                      max_model_len=args.max_model_len, judge_base_url=args.judge_url, judge_model=args.judge_model,
-                      judge_api_key_env=args.judge_key_env)
+    return from_options(args, EvalConfig, flags=_EVAL_FLAGS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "eval", help="evaluate a run's adapter and its base (held-out + regression suite)", formatter_class=_RAW,
+        "eval",
+        help="evaluate a run's adapter and its base (held-out + regression suite)",
+        formatter_class=_RAW,
         description="""\
 Evaluate the LoRA adapter of training run RUN_ID against its base model, with greedy decoding:
   held-out split (artifact data/test.jsonl): exact-match accuracy; for JSON answers also per-field accuracy and
     format compliance (valid JSON object + schema); improvement = candidate accuracy - base accuracy
-  regression suite (expectations.regression): regression_score of both; retention = candidate / base
+  regression suite (ftops.expectations.regression): regression_score of both; retention = candidate / base
   answer length (tokens), latency (s per answer at batch throughput); optional LLM-as-judge score 0-10
 
 Metrics are logged on the run as eval.* (eval.accuracy, eval.base.accuracy, eval.retention ...), per-example
@@ -61,7 +58,9 @@ examples:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser(
-        "gate", help="judge a run against a policy; register it at @staging if it passes", formatter_class=_RAW,
+        "gate",
+        help="judge a run against a policy; register it at @staging if it passes",
+        formatter_class=_RAW,
         description="""\
 Evaluate RUN_ID if it has no eval.* metrics yet, then judge every rule of the policy (registry/policies/*.yaml):
 absolute floors (accuracy >= 0.8), relative rules (retention >= 0.95, improvement >= 0.05) and rules against
@@ -85,7 +84,9 @@ examples:
     p.set_defaults(func=_gate)
 
     p = sub.add_parser(
-        "promote", help="move alias production to the staging version", formatter_class=_RAW,
+        "promote",
+        help="move alias production to the staging version",
+        formatter_class=_RAW,
         description="""\
 Move alias 'production' of model NAME to its 'staging' version (or --version N), after re-checking it: it passed
 the gate, adapts the same base as the current production version, and is not worse than it by more than the
@@ -105,7 +106,9 @@ examples:
     p.set_defaults(func=_promote)
 
     p = sub.add_parser(
-        "rollback", help="return production to the previous production version", formatter_class=_RAW,
+        "rollback",
+        help="return production to the previous production version",
+        formatter_class=_RAW,
         description="""\
 Move alias 'production' of model NAME back to the version that held it before the current one (from the
 registered-model tag ftops.production.history; a move made in the MLflow UI counts).
@@ -118,7 +121,9 @@ example:
     p.set_defaults(func=_rollback)
 
     p = sub.add_parser(
-        "models", help="list registered models, versions, aliases and gate verdicts", formatter_class=_RAW,
+        "models",
+        help="list registered models, versions, aliases and gate verdicts",
+        formatter_class=_RAW,
         description="List registered models (or one, NAME) with every version's aliases, gate verdict, policy, "
         "run and key metrics, newest first.\n\nexamples:\n  ftops models\n  ftops models support-tickets --json",
     )
@@ -140,7 +145,7 @@ def _quiet(models: bool = False) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from registry.eval import evaluate
+    from ftops.registry.eval import evaluate
 
     _quiet(models=True)
     result = evaluate(args.run_id, _eval_config(args))
@@ -154,7 +159,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from registry.gate import gate
+    from ftops.registry.gate import gate
 
     _quiet(models=True)
     report = gate(args.run_id, args.policy, args.name, _eval_config(args), reevaluate=args.reevaluate)
@@ -163,8 +168,10 @@ def _gate(args: argparse.Namespace) -> int:
     else:
         print(report.markdown())
         if report.verdict == "pass":
-            print(f"registered {report.model_name} version {report.version} at @staging; "
-                  f"`ftops promote {report.model_name} --to production` to deploy it")
+            print(
+                f"registered {report.model_name} version {report.version} at @staging; "
+                f"`ftops promote {report.model_name} --to production` to deploy it"
+            )
         else:
             failed = ", ".join(r.rule for r in report.rules if not r.passed)
             print(f"gate FAILED ({failed}): nothing registered", file=sys.stderr)
@@ -172,7 +179,7 @@ def _gate(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from registry.lifecycle import promote
+    from ftops.registry.lifecycle import promote
 
     _quiet()
     move = promote(args.name, args.to, args.version, args.policy)
@@ -186,7 +193,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from registry.lifecycle import rollback
+    from ftops.registry.lifecycle import rollback
 
     _quiet()
     move = rollback(args.name)
@@ -198,7 +205,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from registry.lifecycle import list_models
+    from ftops.registry.lifecycle import list_models
 
     _quiet()
     models = list_models(args.name)
@@ -213,7 +220,9 @@ def _models(args: argparse.Namespace) -> int:
             aliases = ",".join("@" + a for a in v["aliases"]) or "-"
             acc = v["metrics"].get("accuracy")
             ret = v["metrics"].get("retention")
-            print(f"  v{v['version']:<4} {aliases:<22} gate={v['verdict'] or '-':<5} policy={v['policy'] or '-':<10} "
-                  f"accuracy={'-' if acc is None else f'{acc:.3f}'} retention={'-' if ret is None else f'{ret:.3f}'} "
-                  f"run={v['run_id']}")
+            print(
+                f"  v{v['version']:<4} {aliases:<22} gate={v['verdict'] or '-':<5} policy={v['policy'] or '-':<10} "
+                f"accuracy={'-' if acc is None else f'{acc:.3f}'} retention={'-' if ret is None else f'{ret:.3f}'} "
+                f"run={v['run_id']}"
+            )
     return 0

@@ -12,7 +12,7 @@ Metrics, for the candidate and (``base.`` prefix) for the base:
 - ``field_accuracy``: JSON tasks (every reference is a JSON object): share of reference fields the answer got right.
 - ``format_compliance``: JSON tasks: share of answers that are a JSON object valid against the schema (``schema``
   in the config, else one derived from the references: the keys every reference has are required).
-- ``regression_score``: share of the general-skill regression suite (``expectations.regression``) answered right.
+- ``regression_score``: share of the general-skill regression suite (``ftops.expectations.regression``) answered right.
 - ``answer_tokens``: mean generated tokens; ``latency_s``: seconds per answer at batch throughput; ``tokens_per_s``.
 - ``judge_score``: optional LLM-as-judge, 0-10 on a rubric, through any OpenAI-compatible endpoint.
 
@@ -26,22 +26,42 @@ import json
 import re
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from ftops.errors import FtopsError, UsageError
+from pydantic import Field
+
+from ftops.config import StrictConfig
+from ftops.errors import FtopsError
+from ftops.vllm_settings import KV_CACHE_GIB, MAX_MODEL_LEN
 
 PREFIX = "eval."
 TEST_SPLIT_ARTIFACT = "data/test.jsonl"
 TABLE_ARTIFACT = "eval/examples.json"
 
-_SIDE = ("accuracy", "field_accuracy", "format_compliance", "regression_score", "answer_tokens", "latency_s",
-         "tokens_per_s", "judge_score")
+_SIDE = (
+    "accuracy",
+    "field_accuracy",
+    "format_compliance",
+    "regression_score",
+    "answer_tokens",
+    "latency_s",
+    "tokens_per_s",
+    "judge_score",
+)
 #: Every metric name evaluation can produce (without the ``eval.`` prefix); policies may name only these.
 METRICS = frozenset(
-    [*_SIDE, *(f"base.{m}" for m in _SIDE), "improvement", "field_improvement", "retention", "judge_improvement",
-     "examples", "regression_items"]
+    [
+        *_SIDE,
+        *(f"base.{m}" for m in _SIDE),
+        "improvement",
+        "field_improvement",
+        "retention",
+        "judge_improvement",
+        "examples",
+        "regression_items",
+    ]
 )
 
 DEFAULT_RUBRIC = (
@@ -51,45 +71,39 @@ DEFAULT_RUBRIC = (
 )
 
 
-@dataclass
-class EvalConfig:
-    """How to evaluate one run."""
+class EvalConfig(StrictConfig):
+    """How to evaluate one run. ``ftops eval`` and ``ftops gate`` build their options from these fields."""
 
     engine: Literal["vllm", "transformers"] = "vllm"
-    """``vllm``: batched through vLLM's offline engine (bf16); ``transformers``: ``generate`` (fp32), the fallback."""
-    max_new_tokens: int = 128
-    """Greedy decoding stops at EOS or after this many tokens."""
-    max_examples: int | None = None
-    """Evaluate only the first N held-out examples (None: all)."""
+    """vllm: batched through vLLM's offline engine (bf16), the one that serves; transformers: generate (fp32),
+    the fallback."""
+    max_new_tokens: int = Field(128, ge=1)
+    """Greedy decoding stops at EOS or after this many tokens per answer."""
+    max_examples: int | None = Field(None, ge=1)
+    """Evaluate only the first N held-out examples (none: all)."""
     regression: bool = True
-    """Also score candidate and base on the regression suite (``expectations.regression``), giving ``retention``."""
-    regression_limit: int | None = None
-    """Score only the first N regression items (None: all)."""
-    schema: str | None = None
-    """JSON schema for format compliance: a path to a ``.json`` schema, ``ticket`` for the demo task's
-    ``expectations.demo_data.TICKET_SCHEMA``, or None to derive one from the reference answers."""
-    max_model_len: int = 2048
+    """Also score candidate and base on the general-skill regression suite (ftops.expectations.regression), giving
+    retention."""
+    regression_limit: int | None = Field(None, ge=1)
+    """Score only the first N regression items (none: all)."""
+    format_schema: str | None = None
+    """JSON schema for format compliance: a .json file, or 'ticket' for the demo task's
+    ``ftops.expectations.demo_data.TICKET_SCHEMA`` (none: derived from the reference answers)."""
+    max_model_len: int = Field(MAX_MODEL_LEN, ge=16)
     """vLLM context length (small on CPU: it sizes the KV cache)."""
-    kv_cache_gib: int = 1
-    """vLLM on CPU: KV cache size in GiB (``VLLM_CPU_KVCACHE_SPACE``, unless set). Without it vLLM's CPU backend
-    reserves 92% of host memory and refuses to start beside anything else. Ignored on a GPU host."""
-    batch_size: int = 16
-    """transformers engine: prompts per ``generate`` call."""
+    kv_cache_gib: int = Field(KV_CACHE_GIB, ge=1)
+    """vLLM on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE, unless set); ignored on a GPU host."""
+    batch_size: int = Field(16, ge=1)
+    """transformers engine: prompts per generate call."""
     judge_base_url: str | None = None
-    """LLM-as-judge: an OpenAI-compatible base URL (``https://api.openai.com/v1`` or ftops' own server). Off if None."""
+    """LLM-as-judge: an OpenAI-compatible base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:3000/v1
+    (ftops serve); off when none."""
     judge_model: str = "gpt-4o-mini"
     """The judge's model name at that endpoint."""
     judge_api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the judge's API key (``none`` is sent if unset, as local servers accept)."""
     judge_rubric: str = DEFAULT_RUBRIC
     """The judge's system prompt; it must ask for one integer 0-10."""
-
-    def __post_init__(self) -> None:
-        if self.engine not in ("vllm", "transformers"):
-            raise UsageError(f"eval engine {self.engine!r}: use 'vllm' or 'transformers'")
-        for name in ("max_new_tokens", "max_model_len", "batch_size", "kv_cache_gib"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"eval {name} must be >= 1 (got {getattr(self, name)})")
 
 
 @dataclass
@@ -114,14 +128,21 @@ class VllmEngine:
     def __init__(self, base_path: str, max_lora_rank: int = 64, max_model_len: int = 2048, kv_cache_gib: int = 1):
         import os
 
-        from ftops.settings import vllm_cpu_env
+        from ftops.vllm_settings import DTYPE, vllm_cpu_env
 
         os.environ.update(vllm_cpu_env(kv_cache_gib))  # read by vLLM's CPU worker only
         from vllm import LLM
 
         self.base_path = base_path
-        self.llm = LLM(model=base_path, enable_lora=True, max_lora_rank=max_lora_rank, max_loras=2,
-                       max_model_len=max_model_len, dtype="bfloat16", seed=0)
+        self.llm = LLM(
+            model=base_path,
+            enable_lora=True,
+            max_lora_rank=max_lora_rank,
+            max_loras=2,
+            max_model_len=max_model_len,
+            dtype=DTYPE,
+            seed=0,
+        )
         self._lora_ids: dict[str, int] = {}
 
     def chat(self, conversations: list[list[dict]], adapter: Path | None, max_new_tokens: int) -> list[Generation]:
@@ -188,8 +209,12 @@ class TransformersEngine:
             enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             start = time.perf_counter()
             with torch.no_grad():
-                ids = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                                     pad_token_id=self.tokenizer.pad_token_id)
+                ids = model.generate(
+                    **enc,
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
             per = (time.perf_counter() - start) / len(batch)
             for row in ids[:, enc["input_ids"].shape[1] :]:
                 tokens = [t for t in row.tolist() if t != self.tokenizer.pad_token_id]
@@ -255,10 +280,8 @@ def load_schema(spec: str | None, references: list[dict]) -> dict:
     if spec is None:
         return derive_schema(references)
     if spec == "ticket":
-        try:
-            from expectations.demo_data import TICKET_SCHEMA
-        except ImportError as e:
-            raise FtopsError(f"schema 'ticket' needs expectations.demo_data.TICKET_SCHEMA ({e})") from e
+        from ftops.expectations.demo_data import TICKET_SCHEMA
+
         return TICKET_SCHEMA
     path = Path(spec)
     try:
@@ -276,22 +299,33 @@ def format_ok(prediction: str, schema: dict) -> bool:
     return jsonschema.Draft202012Validator(schema).is_valid(pred)
 
 
-def judge_scores(config: EvalConfig, prompts: list[list[dict]], references: list[str], answers: list[str]) -> list[float]:
+def judge_scores(
+    config: EvalConfig, prompts: list[list[dict]], references: list[str], answers: list[str]
+) -> list[float]:
     """Score each answer 0-10 with an LLM judge at ``config.judge_base_url`` through the ``openai`` client."""
     import os
 
     import openai
 
-    client = openai.OpenAI(base_url=config.judge_base_url, api_key=os.environ.get(config.judge_api_key_env) or "none",
-                           max_retries=2, timeout=60)
+    client = openai.OpenAI(
+        base_url=config.judge_base_url,
+        api_key=os.environ.get(config.judge_api_key_env) or "none",
+        max_retries=2,
+        timeout=60,
+    )
     scores = []
     for prompt, ref, answer in zip(prompts, references, answers):
         question = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
         user = f"Question:\n{question}\n\nReference answer:\n{ref}\n\nAssistant's answer:\n{answer}\n\nScore (0-10):"
         try:
             reply = client.chat.completions.create(
-                model=config.judge_model, temperature=0, max_tokens=8,
-                messages=[{"role": "system", "content": config.judge_rubric}, {"role": "user", "content": user}],
+                model=config.judge_model,
+                temperature=0,
+                max_tokens=8,
+                messages=[
+                    {"role": "system", "content": config.judge_rubric},
+                    {"role": "user", "content": user},
+                ],
             )
         except openai.OpenAIError as e:
             raise FtopsError(f"LLM judge at {config.judge_base_url}: {type(e).__name__}: {e}") from e
@@ -333,7 +367,9 @@ def get_run(run_id: str):
     try:
         run = client.get_run(run_id)
     except MlflowException as e:
-        raise FtopsError(f"no MLflow run {run_id!r} at {client.tracking_uri}; check the id (`ftops train` prints it)") from e
+        raise FtopsError(
+            f"no MLflow run {run_id!r} at {client.tracking_uri}; check the id (`ftops train` prints it)"
+        ) from e
     if run.info.lifecycle_stage == "deleted":
         raise FtopsError(f"run {run_id} is deleted; restore it in the MLflow UI or train again")
     return run
@@ -345,8 +381,10 @@ def fetch_adapter(run_id: str, dst: Path) -> tuple[Path, dict]:
 
     names = {Path(f.path).name for f in _client().list_artifacts(run_id, ARTIFACT_PATH)}
     if "manifest.json" not in names:
-        raise FtopsError(f"run {run_id} has no adapter artifact ({ARTIFACT_PATH}/manifest.json); "
-                         "only runs made by `ftops train` can be evaluated or gated")
+        raise FtopsError(
+            f"run {run_id} has no adapter artifact ({ARTIFACT_PATH}/manifest.json); "
+            "only runs made by `ftops train` can be evaluated or gated"
+        )
     return download_adapter(f"runs:/{run_id}/{ARTIFACT_PATH}", dst)
 
 
@@ -355,10 +393,13 @@ def load_test_split(run_id: str, dst: Path) -> list[dict]:
     import mlflow
 
     try:
-        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TEST_SPLIT_ARTIFACT,
-                                                         dst_path=str(dst)))
+        local = Path(
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TEST_SPLIT_ARTIFACT, dst_path=str(dst))
+        )
     except Exception as e:  # MlflowException / OSError for a missing artifact
-        raise FtopsError(f"run {run_id} has no held-out split {TEST_SPLIT_ARTIFACT} ({e}); it is logged by `ftops train`") from e
+        raise FtopsError(
+            f"run {run_id} has no held-out split {TEST_SPLIT_ARTIFACT} ({e}); it is logged by `ftops train`"
+        ) from e
     rows = []
     for n, line in enumerate(local.read_text().splitlines(), 1):
         if not line.strip():
@@ -394,11 +435,8 @@ def _side_metrics(prefix: str, gens: list[Generation], refs: list[str], json_tas
 
 
 def _regression(engine: Engine, adapter: Path, config: EvalConfig) -> tuple[dict, list[dict]]:
-    try:
-        from expectations import regression
-    except ImportError as e:
-        raise FtopsError(f"the regression suite (expectations.regression) is unavailable ({e}); "
-                         "evaluate with --no-regression to skip retention") from e
+    from ftops.expectations import regression
+
     items = list(regression.load_suite())[: config.regression_limit]
     if not items:
         return {}, []
@@ -408,17 +446,31 @@ def _regression(engine: Engine, adapter: Path, config: EvalConfig) -> tuple[dict
     cand_ok = [bool(regression.score(item, g.text)) for item, g in zip(items, cand)]
     base_ok = [bool(regression.score(item, g.text)) for item, g in zip(items, base)]
     score, base_score = _mean([float(x) for x in cand_ok]), _mean([float(x) for x in base_ok])
-    rows = [{"split": "regression", "id": str(item["id"]), "prompt": item["messages"][-1]["content"],
-             "reference": str(item.get("answer", "")), "candidate": c.text, "base": b.text,
-             "candidate_correct": co, "base_correct": bo}
-            for item, c, b, co, bo in zip(items, cand, base, cand_ok, base_ok)]
+    rows = [
+        {
+            "split": "regression",
+            "id": str(item["id"]),
+            "prompt": item["messages"][-1]["content"],
+            "reference": str(item.get("answer", "")),
+            "candidate": c.text,
+            "base": b.text,
+            "candidate_correct": co,
+            "base_correct": bo,
+        }
+        for item, c, b, co, bo in zip(items, cand, base, cand_ok, base_ok)
+    ]
     retention = score / base_score if base_score > 0 else 1.0  # the base knew nothing: nothing to lose
-    return {"regression_score": score, "base.regression_score": base_score, "retention": retention,
-            "regression_items": float(len(items))}, rows
+    return {
+        "regression_score": score,
+        "base.regression_score": base_score,
+        "retention": retention,
+        "regression_items": float(len(items)),
+    }, rows
 
 
-def _run(engine: Engine, config: EvalConfig, adapter: Path, rows: list[dict], json_task: bool,
-         schema: dict | None) -> tuple[list[dict], dict[str, float]]:
+def _run(
+    engine: Engine, config: EvalConfig, adapter: Path, rows: list[dict], json_task: bool, schema: dict | None
+) -> tuple[list[dict], dict[str, float]]:
     """Answer the held-out prompts (and the regression suite) with candidate and base; score them."""
     prompts = [r["messages"][:-1] for r in rows]
     refs = [str(r["messages"][-1]["content"]) for r in rows]
@@ -431,15 +483,26 @@ def _run(engine: Engine, config: EvalConfig, adapter: Path, rows: list[dict], js
     if json_task:
         metrics["field_improvement"] = metrics["field_accuracy"] - metrics["base.field_accuracy"]
     examples = [
-        {"split": "test", "id": str(i), "prompt": p[-1]["content"], "reference": ref, "candidate": c.text,
-         "base": b.text, "candidate_correct": exact_match(c.text, ref, json_task),
-         "base_correct": exact_match(b.text, ref, json_task)}
+        {
+            "split": "test",
+            "id": str(i),
+            "prompt": p[-1]["content"],
+            "reference": ref,
+            "candidate": c.text,
+            "base": b.text,
+            "candidate_correct": exact_match(c.text, ref, json_task),
+            "base_correct": exact_match(b.text, ref, json_task),
+        }
         for i, (p, ref, c, b) in enumerate(zip(prompts, refs, cand, base_gens))
     ]
     if config.judge_base_url:
         cj = judge_scores(config, prompts, refs, [g.text for g in cand])
         bj = judge_scores(config, prompts, refs, [g.text for g in base_gens])
-        metrics |= {"judge_score": _mean(cj), "base.judge_score": _mean(bj), "judge_improvement": _mean(cj) - _mean(bj)}
+        metrics |= {
+            "judge_score": _mean(cj),
+            "base.judge_score": _mean(bj),
+            "judge_improvement": _mean(cj) - _mean(bj),
+        }
         for row, c, b in zip(examples, cj, bj):
             row |= {"candidate_judge": c, "base_judge": b}
     if config.regression:
@@ -465,12 +528,14 @@ def evaluate(run_id: str, config: EvalConfig | None = None, engine: Engine | Non
         adapter, manifest = fetch_adapter(run_id, Path(tmp) / "adapter")
         base = load_base(manifest["base"]["name"])
         if base.sha256 != manifest["base"]["sha256"]:
-            raise FtopsError(f"run {run_id}: its adapter was trained on base {base.name} sha256 "
-                             f"{manifest['base']['sha256'][:12]}, but the imported {base.name} is {base.sha256[:12]}")
+            raise FtopsError(
+                f"run {run_id}: its adapter was trained on base {base.name} sha256 "
+                f"{manifest['base']['sha256'][:12]}, but the imported {base.name} is {base.sha256[:12]}"
+            )
         rows = load_test_split(run_id, Path(tmp) / "data")[: config.max_examples]
         ref_objects = [parse_json_object(str(r["messages"][-1]["content"])) for r in rows]
         json_task = all(o is not None for o in ref_objects)
-        schema = load_schema(config.schema, ref_objects) if json_task else None
+        schema = load_schema(config.format_schema, ref_objects) if json_task else None
 
         own_engine = engine is None
         engine = engine or make_engine(config, base.path, int(manifest.get("lora", {}).get("r") or 8))
@@ -484,8 +549,7 @@ def evaluate(run_id: str, config: EvalConfig | None = None, engine: Engine | Non
     client.log_batch(run_id, metrics=[Metric(PREFIX + k, float(v), now, 0) for k, v in sorted(metrics.items())])
     columns = sorted({k for row in examples for k in row})
     mlflow.log_table({c: [row.get(c) for row in examples] for c in columns}, TABLE_ARTIFACT, run_id=run_id)
-    client.log_dict(run_id, {"engine": config.engine, **{k: v for k, v in asdict(config).items() if k != "judge_rubric"}},
-                    "eval/config.json")
+    client.log_dict(run_id, config.model_dump(mode="json", exclude={"judge_rubric"}), "eval/config.json")
     client.log_dict(run_id, metrics, "eval/metrics.json")
     client.set_tag(run_id, "ftops.eval.engine", config.engine)
     return EvalResult(run_id, metrics, examples)

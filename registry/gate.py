@@ -21,8 +21,9 @@ from typing import Literal
 from ftops import adapter as fa
 from ftops.errors import FtopsError
 from ftops.names import check_name
-from registry import eval as ev
-from registry.policy import DEFAULT_POLICY, Policy, RuleResult, check_policy, load_policy
+from ftops.registry import eval as ev
+from ftops.registry.lock import registry_lock
+from ftops.registry.policy import DEFAULT_POLICY, Policy, RuleResult, check_policy, load_policy
 
 STAGING = "staging"
 PRODUCTION = "production"
@@ -30,8 +31,18 @@ PRODUCTION = "production"
 TAG_POLICY_RULES = "ftops.gate.policy.rules"
 REPORT_MD = "gate/report.md"
 #: Metrics tagged on every version besides the ones its policy judged (``ftops.metric.<name>``).
-KEY_METRICS = frozenset({"accuracy", "base.accuracy", "improvement", "field_accuracy", "format_compliance",
-                         "regression_score", "base.regression_score", "retention"})
+KEY_METRICS = frozenset(
+    {
+        "accuracy",
+        "base.accuracy",
+        "improvement",
+        "field_accuracy",
+        "format_compliance",
+        "regression_score",
+        "base.regression_score",
+        "retention",
+    }
+)
 REPORT_JSON = "gate/report.json"
 
 
@@ -67,9 +78,22 @@ class GateReport:
             prod = "" if r.production_value is None else f"{r.production_value:.4g}"
             lines.append(f"| {r.rule} | {value} | {r.threshold:.4g} | {prod} | {'pass' if r.passed else '**FAIL**'} |")
         m = self.metrics
-        lines += ["", "### Held-out and regression", "", "| metric | candidate | base |", "| --- | --- | --- |"]
-        for name in ("accuracy", "field_accuracy", "format_compliance", "regression_score", "judge_score",
-                     "answer_tokens", "latency_s"):
+        lines += [
+            "",
+            "### Held-out and regression",
+            "",
+            "| metric | candidate | base |",
+            "| --- | --- | --- |",
+        ]
+        for name in (
+            "accuracy",
+            "field_accuracy",
+            "format_compliance",
+            "regression_score",
+            "judge_score",
+            "answer_tokens",
+            "latency_s",
+        ):
             if name in m:
                 base = m.get(f"base.{name}")
                 lines.append(f"| {name} | {m[name]:.4g} | {'' if base is None else f'{base:.4g}'} |")
@@ -87,8 +111,9 @@ def production_metrics(client, name: str) -> tuple[str | None, dict[str, float]]
     if version is None:
         return None, {}
     mv = client.get_model_version(name, version)
-    return version, {k[len(fa.TAG_METRIC_PREFIX) :]: float(v) for k, v in mv.tags.items()
-                     if k.startswith(fa.TAG_METRIC_PREFIX)}
+    return version, {
+        k[len(fa.TAG_METRIC_PREFIX) :]: float(v) for k, v in mv.tags.items() if k.startswith(fa.TAG_METRIC_PREFIX)
+    }
 
 
 def alias_version(client, name: str, alias: str) -> str | None:
@@ -120,18 +145,23 @@ def verify_lineage(run, adapter_dir: Path, manifest: dict) -> dict[str, str]:
     base_rec = manifest["base"]
     base = load_base(base_rec["name"])
     if base.sha256 != base_rec["sha256"]:
-        raise FtopsError(f"run {run_id}: adapter was trained on {base.name} sha256 {base_rec['sha256'][:12]}, "
-                         f"the imported {base.name} is {base.sha256[:12]}; re-import the right base or retrain")
+        raise FtopsError(
+            f"run {run_id}: adapter was trained on {base.name} sha256 {base_rec['sha256'][:12]}, "
+            f"the imported {base.name} is {base.sha256[:12]}; re-import the right base or retrain"
+        )
     base.verify()
     for tag, expected in ((fa.TAG_BASE_NAME, base.name), (fa.TAG_BASE_SHA256, base.sha256)):
         if tag in tags and tags[tag] != expected:
-            raise FtopsError(f"run {run_id}: tag {tag}={tags[tag]!r} disagrees with the adapter manifest ({expected!r})")
+            raise FtopsError(
+                f"run {run_id}: tag {tag}={tags[tag]!r} disagrees with the adapter manifest ({expected!r})"
+            )
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     rank, targets = config.get("r"), sorted(config.get("target_modules") or [])
     lora = manifest.get("lora", {})
     if lora.get("r") != rank or sorted(lora.get("target_modules") or []) != targets:
-        raise FtopsError(f"run {run_id}: adapter_config.json (r={rank}, targets={targets}) disagrees with the "
-                         f"manifest's lora {lora}")
+        raise FtopsError(
+            f"run {run_id}: adapter_config.json (r={rank}, targets={targets}) disagrees with the manifest's lora {lora}"
+        )
     if fa.TAG_LORA_R in tags and tags[fa.TAG_LORA_R] != str(rank):
         raise FtopsError(f"run {run_id}: tag {fa.TAG_LORA_R}={tags[fa.TAG_LORA_R]} but the adapter has rank {rank}")
     base_keys = [k for f in sorted(Path(base.path).glob("*.safetensors")) for k in _safetensors_header(f)]
@@ -143,7 +173,9 @@ def verify_lineage(run, adapter_dir: Path, manifest: dict) -> dict[str, str]:
     if not a_shapes:
         raise FtopsError(f"run {run_id}: adapter_model.safetensors holds no lora_A weights")
     if any(s[0] != rank for s in a_shapes):
-        raise FtopsError(f"run {run_id}: adapter weights have rank {sorted({s[0] for s in a_shapes})}, config says {rank}")
+        raise FtopsError(
+            f"run {run_id}: adapter weights have rank {sorted({s[0] for s in a_shapes})}, config says {rank}"
+        )
     lineage = {
         fa.TAG_RUN_ID: run_id,
         fa.TAG_BASE_NAME: base.name,
@@ -151,7 +183,7 @@ def verify_lineage(run, adapter_dir: Path, manifest: dict) -> dict[str, str]:
         fa.TAG_QUANTIZATION: str(manifest.get("quantization") or tags.get(fa.TAG_QUANTIZATION, "none")),
         fa.TAG_LORA_R: str(rank),
         fa.TAG_LORA_TARGETS: ",".join(targets),
-        "ftops.adapter.digest": manifest["digest"],
+        fa.TAG_ADAPTER_DIGEST: manifest["digest"],
     }
     for k, v in tags.items():
         if k.startswith(fa.TAG_DATASET_PREFIX) or k in (fa.TAG_TRAINABLE_PARAMS, fa.TAG_TRAINABLE_SHARE):
@@ -175,13 +207,16 @@ def default_model_name(run) -> str:
     return tags.get("ftops.model_name") or f"{tags.get(fa.TAG_BASE_NAME, 'ftops')}-lora"
 
 
-def gate(run_id: str, policy_path: str | Path | None = None, name: str | None = None,
-         eval_config: ev.EvalConfig | None = None, engine: ev.Engine | None = None,
-         reevaluate: bool = False) -> GateReport:
+def gate(
+    run_id: str,
+    policy_path: str | Path | None = None,
+    name: str | None = None,
+    eval_config: ev.EvalConfig | None = None,
+    engine: ev.Engine | None = None,
+    reevaluate: bool = False,
+) -> GateReport:
     """Judge run ``run_id`` against the policy; on pass register a version at ``staging``. Returns the report
     (``verdict`` says which); raises :class:`FtopsError` for bad input, with nothing registered."""
-    from registry.lifecycle import registry_lock
-
     run = ev.get_run(run_id)
     policy: Policy = load_policy(policy_path, ev.METRICS)
     name = check_name(name or default_model_name(run), "registered model name")
@@ -205,13 +240,22 @@ def gate(run_id: str, policy_path: str | Path | None = None, name: str | None = 
         return report
 
     tagged = {r.metric for r in results} | KEY_METRICS  # the rest stays on the run and in gate/report.json
-    tags = {**report.lineage, fa.TAG_GATE_VERDICT: "pass", fa.TAG_GATE_POLICY: policy.name,
-            TAG_POLICY_RULES: json.dumps([r.model_dump(exclude_none=True) for r in policy.rules]),
-            **{fa.TAG_METRIC_PREFIX + k: repr(float(metrics[k])) for k in sorted(tagged) if k in metrics}}
+    tags = {
+        **report.lineage,
+        fa.TAG_GATE_VERDICT: "pass",
+        fa.TAG_GATE_POLICY: policy.name,
+        TAG_POLICY_RULES: json.dumps([r.model_dump(exclude_none=True) for r in policy.rules]),
+        **{fa.TAG_METRIC_PREFIX + k: repr(float(metrics[k])) for k in sorted(tagged) if k in metrics},
+    }
     with registry_lock():
         ensure_registered_model(client, name)
-        mv = client.create_model_version(name, source=f"runs:/{run_id}/{fa.ARTIFACT_PATH}", run_id=run_id,
-                                         tags=tags, description=report.markdown())
+        mv = client.create_model_version(
+            name,
+            source=f"runs:/{run_id}/{fa.ARTIFACT_PATH}",
+            run_id=run_id,
+            tags=tags,
+            description=report.markdown(),
+        )
         client.set_registered_model_alias(name, STAGING, mv.version)
     report.version = str(mv.version)
     client.log_dict(run_id, report.as_dict(), REPORT_JSON)
@@ -225,8 +269,10 @@ def ensure_registered_model(client, name: str) -> None:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(
-            name, description="LoRA adapter registered by `ftops gate`; aliases `staging` and `production` carry the "
-            "lifecycle (`ftops promote NAME --to production`, `ftops rollback NAME`).")
+            name,
+            description="LoRA adapter registered by `ftops gate`; aliases `staging` and `production` carry the "
+            "lifecycle (`ftops promote NAME --to production`, `ftops rollback NAME`).",
+        )
 
 
 __all__ = ["DEFAULT_POLICY", "PRODUCTION", "STAGING", "GateReport", "gate", "verify_lineage"]

@@ -10,8 +10,6 @@ Every read-modify-write of alias + history happens under :func:`registry_lock`, 
 from __future__ import annotations
 
 import json
-import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,38 +17,11 @@ from ftops import adapter as fa
 from ftops import settings
 from ftops.errors import FtopsError
 from ftops.names import check_name
-from registry.gate import PRODUCTION, STAGING, TAG_POLICY_RULES, alias_version, production_metrics
-from registry.policy import Policy, check_policy, load_policy
+from ftops.registry.gate import PRODUCTION, STAGING, TAG_POLICY_RULES, alias_version, production_metrics
+from ftops.registry.lock import registry_lock
+from ftops.registry.policy import Policy, check_policy, load_policy
 
 TAG_HISTORY = "ftops.production.history"
-LOCK_TIMEOUT_S = 120
-
-
-@contextmanager
-def registry_lock():
-    """Serialize registry read-modify-writes between processes: a file lock beside the embedded SQLite store.
-
-    With ``MLFLOW_TRACKING_URI`` set, the lock file in ``$FTOPS_HOME`` serializes the ftops processes of this machine
-    only: against a shared MLflow server, run promotions from one place (e.g. one CI job)."""
-    from filelock import FileLock, Timeout
-
-    home = settings.home()
-    home.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(home / "registry.lock"))
-    try:
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            print(f"waiting for the registry lock ({home / 'registry.lock'}): another promotion is running",
-                  file=sys.stderr, flush=True)
-            lock.acquire(timeout=LOCK_TIMEOUT_S)
-    except Timeout as e:
-        raise FtopsError(f"{home / 'registry.lock'}: another promotion held the registry lock for "
-                         f"{LOCK_TIMEOUT_S} s; retry, or remove the file if no ftops process is running") from e
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _client():
@@ -68,8 +39,9 @@ def _registered_model(client, name: str):
         return client.get_registered_model(name)
     except MlflowException:
         known = ", ".join(m.name for m in client.search_registered_models()) or "none"
-        raise FtopsError(f"no registered model {name!r} (known: {known}); `ftops gate RUN_ID --name {name}` "
-                         "registers one") from None
+        raise FtopsError(
+            f"no registered model {name!r} (known: {known}); `ftops gate RUN_ID --name {name}` registers one"
+        ) from None
 
 
 def production_history(client, name: str) -> list[str]:
@@ -79,8 +51,9 @@ def production_history(client, name: str) -> list[str]:
     try:
         history = [str(v) for v in json.loads(raw)]
     except (ValueError, TypeError) as e:
-        raise FtopsError(f"registered model {name}: tag {TAG_HISTORY} is not a JSON list ({e}); fix or delete it "
-                         "in the MLflow UI") from e
+        raise FtopsError(
+            f"registered model {name}: tag {TAG_HISTORY} is not a JSON list ({e}); fix or delete it in the MLflow UI"
+        ) from e
     current = alias_version(client, name, PRODUCTION)
     if current is not None and (not history or history[-1] != current):
         history.append(current)  # production was moved outside ftops (MLflow UI): that is a promotion too
@@ -98,8 +71,13 @@ class Move:
     checks: list[dict]
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "version": self.version, "previous": self.previous, "history": self.history,
-                "checks": self.checks}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "previous": self.previous,
+            "history": self.history,
+            "checks": self.checks,
+        }
 
 
 def _stored_policy(mv) -> Policy | None:
@@ -113,7 +91,7 @@ def promote(name: str, to: str = PRODUCTION, version: str | None = None, policy_
     """Move ``production`` to ``version`` (default: the version at ``staging``) after re-checking it against the
     current production version: it passed the gate, adapts the same base, and meets the policy's
     ``max_drop_vs_production`` rules (the stored rules it passed, or ``policy_path``)."""
-    from registry.eval import METRICS
+    from ftops.registry.eval import METRICS
 
     if to != PRODUCTION:
         raise FtopsError(f"--to {to!r}: only 'production' is promoted to; `ftops gate` sets '{STAGING}'")
@@ -123,7 +101,9 @@ def promote(name: str, to: str = PRODUCTION, version: str | None = None, policy_
     with registry_lock():
         version = str(version) if version else alias_version(client, name, STAGING)
         if version is None:
-            raise FtopsError(f"model {name} has no version at '{STAGING}'; pass one with `ftops gate RUN_ID --name {name}`")
+            raise FtopsError(
+                f"model {name} has no version at '{STAGING}'; pass one with `ftops gate RUN_ID --name {name}`"
+            )
         mv = _version(client, name, version)
         if mv.tags.get(fa.TAG_GATE_VERDICT) != "pass":
             raise FtopsError(f"{name} version {version} has no passing gate verdict; only gated versions are promoted")
@@ -135,24 +115,37 @@ def promote(name: str, to: str = PRODUCTION, version: str | None = None, policy_
         if current is not None:
             prod = client.get_model_version(name, current)
             if prod.tags.get(fa.TAG_BASE_SHA256) != mv.tags.get(fa.TAG_BASE_SHA256):
-                raise FtopsError(f"{name} version {version} adapts base {mv.tags.get(fa.TAG_BASE_NAME)} "
-                                 f"{str(mv.tags.get(fa.TAG_BASE_SHA256))[:12]}, production version {current} adapts "
-                                 f"{prod.tags.get(fa.TAG_BASE_NAME)} {str(prod.tags.get(fa.TAG_BASE_SHA256))[:12]}: "
-                                 "serving runs one base; register the new base under another model name")
+                raise FtopsError(
+                    f"{name} version {version} adapts base {mv.tags.get(fa.TAG_BASE_NAME)} "
+                    f"{str(mv.tags.get(fa.TAG_BASE_SHA256))[:12]}, production version {current} adapts "
+                    f"{prod.tags.get(fa.TAG_BASE_NAME)} {str(prod.tags.get(fa.TAG_BASE_SHA256))[:12]}: "
+                    "serving runs one base; register the new base under another model name"
+                )
             rules = policy or _stored_policy(mv)
             if rules is not None:
-                relative = Policy(name=rules.name, rules=[r for r in rules.rules if r.max_drop_vs_production is not None]) \
-                    if any(r.max_drop_vs_production is not None for r in rules.rules) else None
+                relative = (
+                    Policy(
+                        name=rules.name,
+                        rules=[r for r in rules.rules if r.max_drop_vs_production is not None],
+                    )
+                    if any(r.max_drop_vs_production is not None for r in rules.rules)
+                    else None
+                )
                 if relative is not None:
-                    metrics = {k[len(fa.TAG_METRIC_PREFIX) :]: float(v) for k, v in mv.tags.items()
-                               if k.startswith(fa.TAG_METRIC_PREFIX)}
+                    metrics = {
+                        k[len(fa.TAG_METRIC_PREFIX) :]: float(v)
+                        for k, v in mv.tags.items()
+                        if k.startswith(fa.TAG_METRIC_PREFIX)
+                    }
                     _, prod_metrics = production_metrics(client, name)
                     results = check_policy(relative, metrics, prod_metrics)
                     checks = [r.as_dict() for r in results]
                     failed = [r for r in results if not r.passed]
                     if failed:
                         detail = "; ".join(f"{r.rule}: {r.value} vs production {r.production_value}" for r in failed)
-                        raise FtopsError(f"{name} version {version} is worse than production version {current}: {detail}")
+                        raise FtopsError(
+                            f"{name} version {version} is worse than production version {current}: {detail}"
+                        )
         history.append(version)
         client.set_registered_model_alias(name, PRODUCTION, version)
         client.set_registered_model_tag(name, TAG_HISTORY, json.dumps(history))
@@ -198,11 +191,26 @@ def list_models(name: str | None = None) -> list[dict]:
         rows = []
         for mv in sorted(versions, key=lambda m: int(m.version), reverse=True):
             t = mv.tags
-            metric = {k[len(fa.TAG_METRIC_PREFIX) :]: float(v) for k, v in t.items() if k.startswith(fa.TAG_METRIC_PREFIX)}
-            rows.append({"version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
-                         "verdict": t.get(fa.TAG_GATE_VERDICT), "policy": t.get(fa.TAG_GATE_POLICY),
-                         "run_id": mv.run_id, "base": t.get(fa.TAG_BASE_NAME), "source": mv.source,
-                         "metrics": metric})
-        out.append({"name": model.name, "versions": rows,
-                    "production_history": json.loads(model.tags.get(TAG_HISTORY, "[]") or "[]")})
+            metric = {
+                k[len(fa.TAG_METRIC_PREFIX) :]: float(v) for k, v in t.items() if k.startswith(fa.TAG_METRIC_PREFIX)
+            }
+            rows.append(
+                {
+                    "version": str(mv.version),
+                    "aliases": sorted(aliases.get(str(mv.version), [])),
+                    "verdict": t.get(fa.TAG_GATE_VERDICT),
+                    "policy": t.get(fa.TAG_GATE_POLICY),
+                    "run_id": mv.run_id,
+                    "base": t.get(fa.TAG_BASE_NAME),
+                    "source": mv.source,
+                    "metrics": metric,
+                }
+            )
+        out.append(
+            {
+                "name": model.name,
+                "versions": rows,
+                "production_history": json.loads(model.tags.get(TAG_HISTORY, "[]") or "[]"),
+            }
+        )
     return out

@@ -10,7 +10,8 @@ A policy (``registry/policies/default.yaml``)::
       - {metric: improvement, min: 0.05}                 # accuracy - base accuracy
       - {metric: accuracy, max_drop_vs_production: 0.02} # not worse than the current production version by > 0.02
 
-Metric names are those :mod:`registry.eval` logs, without the ``eval.`` prefix (see :data:`registry.eval.METRICS`).
+Metric names are those :mod:`ftops.registry.eval` logs, without the ``eval.`` prefix
+(see :data:`ftops.registry.eval.METRICS`).
 A rule against production passes when there is no production version yet.
 """
 
@@ -19,9 +20,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
+from ftops.config import read_yaml, validate
 from ftops.errors import FtopsError
 
 POLICIES_DIR = Path(__file__).resolve().parent / "policies"
@@ -95,22 +96,7 @@ def load_policy(path: str | Path | None = None, known_metrics: frozenset[str] | 
     Raises :class:`FtopsError` naming the file and the field for malformed YAML, unknown keys, and rules naming a
     metric that is not in ``known_metrics``."""
     path = Path(path) if path else DEFAULT_POLICY
-    if not path.is_file():
-        raise FtopsError(f"{path}: no such policy file (policies ship in {POLICIES_DIR})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        line = f" line {where.line + 1}" if where else ""
-        raise FtopsError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)}); fix the file") from e
-    if not isinstance(data, dict):
-        raise FtopsError(f"{path}: a policy is a mapping with 'name' and 'rules' (got {type(data).__name__})")
-    try:
-        policy = Policy.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise FtopsError(f"{path}: field {field}: {err['msg']} ({len(e.errors())} problem(s) in total)") from e
+    policy = validate(Policy, read_yaml(path, "policy"), str(path), hint=f"policies ship in {POLICIES_DIR}")
     if known_metrics is not None:
         for i, rule in enumerate(policy.rules, 1):
             if rule.metric not in known_metrics:
@@ -128,16 +114,35 @@ def check_policy(policy: Policy, metrics: dict[str, float], production: dict[str
     for rule in policy.rules:
         value = metrics.get(rule.metric)
         if rule.min is not None:
-            results.append(RuleResult(rule.describe(), rule.metric, value, rule.min, value is not None and value >= rule.min))
+            results.append(
+                RuleResult(rule.describe(), rule.metric, value, rule.min, value is not None and value >= rule.min)
+            )
         elif rule.max is not None:
-            results.append(RuleResult(rule.describe(), rule.metric, value, rule.max, value is not None and value <= rule.max))
+            results.append(
+                RuleResult(rule.describe(), rule.metric, value, rule.max, value is not None and value <= rule.max)
+            )
         else:
             prod = (production or {}).get(rule.metric)
             if prod is None:  # nothing in production (or it was never judged on this metric): nothing to be worse than
-                results.append(RuleResult(rule.describe() + " (no production version)", rule.metric, value,
-                                          rule.max_drop_vs_production, value is not None))
+                results.append(
+                    RuleResult(
+                        rule.describe() + " (no production version)",
+                        rule.metric,
+                        value,
+                        rule.max_drop_vs_production,
+                        value is not None,
+                    )
+                )
             else:
                 floor = prod - rule.max_drop_vs_production
-                results.append(RuleResult(rule.describe(), rule.metric, value, floor,
-                                          value is not None and value >= floor, production_value=prod))
+                results.append(
+                    RuleResult(
+                        rule.describe(),
+                        rule.metric,
+                        value,
+                        floor,
+                        value is not None and value >= floor,
+                        production_value=prod,
+                    )
+                )
     return results

@@ -55,14 +55,17 @@ def wait_for(url: str, timeout_s: float, server: subprocess.Popen) -> None:
     raise FtopsError(f"mlflow ui did not answer {url} within {timeout_s:.0f} s")
 
 
-def screenshot(name: str | None, out: Path, port: int | None = None, wait_s: float = 20.0,
-               size: str = "1900,1700") -> Path:
+def screenshot(
+    name: str | None, out: Path, port: int | None = None, wait_s: float = 20.0, size: str = "1900,1700"
+) -> Path:
     """Start the MLflow UI on the embedded store, screenshot model ``name``'s page into ``out``, stop the UI."""
     import mlflow
 
     uri = settings.configure_mlflow()
     if not settings.is_embedded():
-        raise FtopsError("MLFLOW_TRACKING_URI points at a server: open its UI directly; this script serves the embedded store")
+        raise FtopsError(
+            "MLFLOW_TRACKING_URI points at a server: open its UI directly; this script serves the embedded store"
+        )
     models = mlflow.MlflowClient().search_registered_models()
     if not models:
         raise FtopsError(f"no registered models in {uri}; run `make demo` or `ftops gate RUN_ID` first")
@@ -73,9 +76,21 @@ def screenshot(name: str | None, out: Path, port: int | None = None, wait_s: flo
     port = port or free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     server = subprocess.Popen(
-        [str(mlflow_bin), "ui", "--backend-store-uri", uri, "--default-artifact-root", settings.artifact_root(),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(mlflow_bin),
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--default-artifact-root",
+            settings.artifact_root(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -83,10 +98,21 @@ def screenshot(name: str | None, out: Path, port: int | None = None, wait_s: flo
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="ftops-chromium-") as profile:
             subprocess.run(
-                [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                 f"--user-data-dir={profile}", f"--window-size={size}",
-                 f"--virtual-time-budget={int(wait_s * 1000)}", f"--screenshot={out}", f"{base}/#/models/{name}"],
-                check=True, capture_output=True, timeout=180,
+                [
+                    chromium,
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--hide-scrollbars",
+                    f"--user-data-dir={profile}",
+                    f"--window-size={size}",
+                    f"--virtual-time-budget={int(wait_s * 1000)}",
+                    f"--screenshot={out}",
+                    f"{base}/#/models/{name}",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=180,
             )
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -75,8 +75,10 @@ def fetch_adapter(name: str, version: str, base: BaseModel) -> ResolvedAdapter:
         raise FtopsError(f"{name} version {version}: not in the registry ({e.message})") from e
     tagged = (mv.tags or {}).get(TAG_BASE_SHA256)
     if tagged and tagged != base.sha256:
-        raise FtopsError(f"{name} version {version} was trained on base sha256 {tagged[:12]}, but this service serves "
-                         f"{base.name} ({base.sha256[:12]}); serve the base it was trained on")
+        raise FtopsError(
+            f"{name} version {version} was trained on base sha256 {tagged[:12]}, but this service serves "
+            f"{base.name} ({base.sha256[:12]}); serve the base it was trained on"
+        )
     dst = cache_dir() / name / version
     if dst.is_dir():
         import shutil
@@ -86,7 +88,9 @@ def fetch_adapter(name: str, version: str, base: BaseModel) -> ResolvedAdapter:
     folder, manifest = download_adapter(f"models:/{name}/{version}", dst)
     base_sha = manifest["base"].get("sha256")
     if base_sha != base.sha256:
-        raise FtopsError(f"{name} version {version}: adapter manifest names base {manifest['base'].get('name')!r} "
-                         f"sha256 {str(base_sha)[:12]}, but this service serves {base.name} ({base.sha256[:12]}); "
-                         "refusing to load it")
+        raise FtopsError(
+            f"{name} version {version}: adapter manifest names base {manifest['base'].get('name')!r} "
+            f"sha256 {str(base_sha)[:12]}, but this service serves {base.name} ({base.sha256[:12]}); "
+            "refusing to load it"
+        )
     return ResolvedAdapter(name=name, version=version, path=folder, lora_rank=(manifest.get("lora") or {}).get("r"))

@@ -1,4 +1,4 @@
-"""``ftops serve``: the short form of ``bentoml serve serving.service:FtopsLLM`` with a pre-flight check."""
+"""``ftops serve``: the short form of ``bentoml serve ftops.serving.service:FtopsLLM`` with a pre-flight check."""
 
 from __future__ import annotations
 
@@ -33,21 +33,25 @@ def preflight(config) -> list[str]:
     from ftops import settings
     from ftops.base import load_base
     from ftops.errors import FtopsError
-    from serving.adapters import alias_version, fetch_adapter
-    from serving.costs import load_hardware, load_prices
+    from ftops.serving.adapters import alias_version, fetch_adapter
+    from ftops.serving.costs import load_hardware, load_prices
 
     # A broken price table stops the service here, before any engine starts (the ledger prices every request).
     prices, hardware = load_prices(), load_hardware()
     settings.configure_mlflow()
     base = load_base(config.base)
-    lines = [f"base {base.name} ({base.sha256[:12]}) at {base.path}",
-             f"cost ledger: {len(prices.models)} hosted prices, replica {hardware.default}"]
+    lines = [
+        f"base {base.name} ({base.sha256[:12]}) at {base.path}",
+        f"cost ledger: {len(prices.models)} hosted prices, replica {hardware.default}",
+    ]
     for name, alias in config.adapter_specs():
         version = alias_version(name, alias)
         if version is None:
             if config.require_adapters:
-                raise FtopsError(f"registered model {name!r} has no alias {alias!r}; promote a version first "
-                                 f"(ftops promote {name} --to {alias})")
+                raise FtopsError(
+                    f"registered model {name!r} has no alias {alias!r}; promote a version first "
+                    f"(ftops promote {name} --to {alias})"
+                )
             lines.append(f"adapter {name}@{alias}: not set yet; served as soon as the alias exists")
             continue
         adapter = fetch_adapter(name, version, base)
@@ -61,8 +65,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from ftops import settings
     from ftops.errors import UsageError
-    from serving.config import API_KEY_ENV, CONFIG_ENV, load_api_keys, load_config
-    from serving.engine import cpu_env
+    from ftops.serving.config import API_KEY_ENV, CONFIG_ENV, load_api_keys, load_config
+    from ftops.serving.engine import cpu_env
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: not a TCP port (1-65535)")
@@ -80,7 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.update(cpu_env(config.engine))
     bentoml = shutil.which("bentoml", path=os.path.dirname(sys.executable)) or "bentoml"
-    argv = [bentoml, "serve", "serving.service:FtopsLLM", "--host", args.host, "--port", str(args.port)]
+    argv = [bentoml, "serve", "ftops.serving.service:FtopsLLM", "--host", args.host, "--port", str(args.port)]
     print(f"serving on http://{args.host}:{args.port}/v1 (OpenAI-compatible; /readyz once loaded)", flush=True)
     os.execve(bentoml, argv, env)
     return 0  # not reached

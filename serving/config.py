@@ -2,7 +2,7 @@
 
 Loaded from YAML (``ftops serve --config FILE`` or ``$FTOPS_SERVE_CONFIG``); every field has a default, so no file
 at all means "SmolLM2 with nothing registered yet". The bentoml worker reads the same file through
-``$FTOPS_SERVE_CONFIG``, so ``ftops serve`` and ``bentoml serve serving.service:FtopsLLM`` serve the same thing.
+``$FTOPS_SERVE_CONFIG``, so ``ftops serve`` and ``bentoml serve ftops.serving.service:FtopsLLM`` serve the same thing.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ftops.config import read_yaml, validate
 from ftops.errors import FtopsError, UsageError
+from ftops.vllm_settings import DTYPE, KV_CACHE_GIB, MAX_MODEL_LEN
 
 CONFIG_ENV = "FTOPS_SERVE_CONFIG"
 API_KEY_ENV = "FTOPS_API_KEY"
@@ -28,7 +29,7 @@ class EngineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_model_len: int = Field(2048, ge=16)
+    max_model_len: int = Field(MAX_MODEL_LEN, ge=16)
     """Context length the engine serves; requests beyond it answer 400."""
     max_lora_rank: int = Field(16, ge=1)
     """Largest LoRA rank an adapter may have."""
@@ -36,9 +37,9 @@ class EngineConfig(BaseModel):
     """Adapters active in one batch (an alias move briefly has the old and new version side by side)."""
     max_cpu_loras: int = Field(8, ge=1)
     """Adapters kept loaded (current versions, pinned versions, the one before a move)."""
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = DTYPE
     """Weights and activations dtype."""
-    kv_cache_gib: int = Field(1, ge=1)
+    kv_cache_gib: int = Field(KV_CACHE_GIB, ge=1)
     """CPU KV cache size in GiB (``VLLM_CPU_KVCACHE_SPACE``); on a GPU host ``gpu_memory_utilization`` applies."""
     cpu_reserved_cores: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     """CPU hosts: cores vLLM keeps free of its compute threads for its scheduler and the HTTP front
@@ -107,24 +108,8 @@ class ServeConfig(BaseModel):
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> ServeConfig:
     """Read ``path`` (or ``$FTOPS_SERVE_CONFIG``; none: defaults) and apply ``overrides``; one clear error if bad."""
     path = path or os.environ.get(CONFIG_ENV)
-    data: dict = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise UsageError(f"{path}: no such serving config file")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UsageError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
-        if not isinstance(data, dict):
-            raise UsageError(f"{path}: expected a mapping of settings at the top level")
-    data.update(overrides or {})
-    try:
-        return ServeConfig(**data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "config"
-        raise UsageError(f"{path or 'serving config'}: {where}: {first['msg']}") from e
+    data = read_yaml(path, "serving config", error=UsageError) if path else {}
+    return validate(ServeConfig, {**data, **(overrides or {})}, str(path or "serving config"), error=UsageError)
 
 
 def load_api_keys(config: ServeConfig) -> dict[str, str]:
@@ -134,10 +119,7 @@ def load_api_keys(config: ServeConfig) -> dict[str, str]:
         keys["default"] = os.environ[API_KEY_ENV]
     if config.api_keys_file:
         p = Path(config.api_keys_file)
-        try:
-            data = yaml.safe_load(p.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise FtopsError(f"{p}: cannot read the API keys file ({e})") from e
+        data = read_yaml(p, "API keys", mapping=False)
         if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
             raise FtopsError(f"{p}: expected a YAML mapping of key id -> key (strings)")
         for key_id, key in data.items():

@@ -11,13 +11,21 @@ from pathlib import Path
 from ftops.errors import UsageError
 
 # Hosted models drawn in the chart's monthly-cost panel when the price table has them (the table may hold more).
-PLOT_MODELS = ("openai/gpt-4o", "openai/ft:gpt-4o-mini", "openai/ft:gpt-4.1-mini", "openai/gpt-4.1-nano",
-               "together/llama-3.1-8b-instruct-turbo")
+PLOT_MODELS = (
+    "openai/gpt-4o",
+    "openai/ft:gpt-4o-mini",
+    "openai/ft:gpt-4.1-mini",
+    "openai/gpt-4.1-nano",
+    "together/llama-3.1-8b-instruct-turbo",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cost", help="cost of served tokens against hosted APIs",
-                       description="Cost of the tokens in the request ledger, against hosted APIs.")
+    p = sub.add_parser(
+        "cost",
+        help="cost of served tokens against hosted APIs",
+        description="Cost of the tokens in the request ledger, against hosted APIs.",
+    )
     csub = p.add_subparsers(dest="cost_command", metavar="ACTION", required=True)
     rep = csub.add_parser(
         "report",
@@ -34,18 +42,31 @@ examples:
   ftops cost report --since 24h --json
   ftops cost report --replica aws-g6.xlarge --plot cost.png""",
     )
-    rep.add_argument("--since", help="only requests that ended at/after this: ISO date/time (UTC if no offset) "
-                     "or a duration back from now like 30m, 24h, 7d")
+    rep.add_argument(
+        "--since",
+        help="only requests that ended at/after this: ISO date/time (UTC if no offset) "
+        "or a duration back from now like 30m, 24h, 7d",
+    )
     rep.add_argument("--json", action="store_true", help="print the report as JSON")
     rep.add_argument("--plot", metavar="PATH", help="write a PNG chart here and log it to MLflow (run 'cost-report')")
     rep.add_argument("--ledger", metavar="URL", help="ledger database URL (default sqlite:///$FTOPS_HOME/ledger.db)")
     rep.add_argument("--prices", metavar="YAML", help="hosted price table (default serving/prices.yaml, $FTOPS_PRICES)")
-    rep.add_argument("--hardware", metavar="YAML",
-                     help="replica price table (default serving/hardware.yaml, $FTOPS_HARDWARE)")
-    rep.add_argument("--replica", help="hardware.yaml instance the replica runs on (default: the table's default, "
-                     "$FTOPS_REPLICA)")
-    rep.add_argument("--train-run", action="append", default=[], metavar="RUN_ID",
-                     help="also price this MLflow training run (repeatable); adapters' runs are found by version")
+    rep.add_argument(
+        "--hardware",
+        metavar="YAML",
+        help="replica price table (default serving/hardware.yaml, $FTOPS_HARDWARE)",
+    )
+    rep.add_argument(
+        "--replica",
+        help="hardware.yaml instance the replica runs on (default: the table's default, $FTOPS_REPLICA)",
+    )
+    rep.add_argument(
+        "--train-run",
+        action="append",
+        default=[],
+        metavar="RUN_ID",
+        help="also price this MLflow training run (repeatable); adapters' runs are found by version",
+    )
     rep.set_defaults(func=_report)
 
 
@@ -61,14 +82,16 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
-        raise UsageError(f"--since {text!r}: expected an ISO date/time (2026-11-01, 2026-11-01T12:00) or a "
-                         f"duration like 30m, 24h, 7d") from None
+        raise UsageError(
+            f"--since {text!r}: expected an ISO date/time (2026-11-01, 2026-11-01T12:00) or a "
+            f"duration like 30m, 24h, 7d"
+        ) from None
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
 
 def _report(args: argparse.Namespace) -> int:
-    from serving.costs import load_hardware, load_prices, training_cost, usage_report
-    from serving.ledger import Ledger
+    from ftops.serving.costs import load_hardware, load_prices, training_cost, usage_report
+    from ftops.serving.ledger import Ledger
 
     since = parse_since(args.since)
     prices = load_prices(args.prices)
@@ -108,18 +131,24 @@ def _tok(x: float | None) -> str:
 
 def _block(title: str, s: dict, replica: str) -> list[str]:
     st = s["by_status"]
-    lines = [title,
-             (f"  requests {s['requests']} (ok {st['ok']}, cancelled {st['cancelled']}, failed {st['failed']}); "
-              f"tokens {s['tokens']:,} (prompt {s['prompt_tokens']:,}, completion {s['completion_tokens']:,})"),
-             f"  self-hosted on {replica}: {_usd(s['self_hosted_usd'])}  = {_usd(s['self_hosted_usd_per_mtok'])}/M tokens"]
+    lines = [
+        title,
+        (
+            f"  requests {s['requests']} (ok {st['ok']}, cancelled {st['cancelled']}, failed {st['failed']}); "
+            f"tokens {s['tokens']:,} (prompt {s['prompt_tokens']:,}, completion {s['completion_tokens']:,})"
+        ),
+        f"  self-hosted on {replica}: {_usd(s['self_hosted_usd'])}  = {_usd(s['self_hosted_usd_per_mtok'])}/M tokens",
+    ]
     if not s["tokens"]:
         return lines
     lines.append(f"  {'hosted model':<40} {'cost':>10} {'$/M tok':>10} {'savings':>10} {'break-even tokens/month':>24}")
     for key, usd in sorted(s["hosted_usd"].items(), key=lambda kv: kv[1]):
         be = s["break_even"][key]
         note = "" if be["within_replica_capacity"] is not False else " (beyond 1 replica's capacity)"
-        lines.append(f"  {key:<40} {_usd(usd):>10} {_usd(s['hosted_usd_per_mtok'][key]):>10} "
-                     f"{_usd(s['savings_usd'][key]):>10} {_tok(be['monthly_tokens']):>24}{note}")
+        lines.append(
+            f"  {key:<40} {_usd(usd):>10} {_usd(s['hosted_usd_per_mtok'][key]):>10} "
+            f"{_usd(s['savings_usd'][key]):>10} {_tok(be['monthly_tokens']):>24}{note}"
+        )
     return lines
 
 
@@ -129,24 +158,32 @@ def _training_lines(t: dict) -> list[str]:
         return [f"  training ({name}run {t.get('run_id', '-')}): unknown: {t['reason']}"]
     cheapest = min(t["hosted_usd"].items(), key=lambda kv: kv[1]) if t["hosted_usd"] else None
     hosted = ", ".join(f"{k} {_usd(v)}" for k, v in sorted(t["hosted_usd"].items(), key=lambda kv: kv[1]))
-    return [f"  training ({name}run {t['run_id']}): {_tok(t['trained_tokens'])} tokens in {t['runtime_s']:.0f} s "
-            f"= {_usd(t['self_hosted_usd'])} on this hardware; hosted: {hosted or 'no training prices'}"
-            + (f" (cheapest {cheapest[0]})" if cheapest else "")]
+    return [
+        f"  training ({name}run {t['run_id']}): {_tok(t['trained_tokens'])} tokens in {t['runtime_s']:.0f} s "
+        f"= {_usd(t['self_hosted_usd'])} on this hardware; hosted: {hosted or 'no training prices'}"
+        + (f" (cheapest {cheapest[0]})" if cheapest else "")
+    ]
 
 
 def format_report(report: dict) -> str:
     r, t = report["replica"], report["total"]
-    lines = [(f"cost report{' since ' + report['since'] if report['since'] else ''} "
-              f"(prices as of {report['prices_as_of']}, hardware as of {report['hardware_as_of']})"),
-             f"replica {r['name']}: {_usd(r['usd_per_hour'])}/h = {_usd(r['monthly_usd'])}/month ({r['description']})"]
+    lines = [
+        (
+            f"cost report{' since ' + report['since'] if report['since'] else ''} "
+            f"(prices as of {report['prices_as_of']}, hardware as of {report['hardware_as_of']})"
+        ),
+        f"replica {r['name']}: {_usd(r['usd_per_hour'])}/h = {_usd(r['monthly_usd'])}/month ({r['description']})",
+    ]
     if not t["requests"]:
         lines.append("the ledger has no requests in this window; serve some traffic with `ftops serve` first")
         return "\n".join(lines + [x for tr in report.get("training_runs", []) for x in _training_lines(tr)])
     util = f", utilization {t['utilization']:.0%}" if t["utilization"] is not None else ""
-    lines.append(f"engine busy {t['busy_s']:.1f} s over a {t['window_s']:.1f} s window{util}; measured throughput "
-                 f"{t['throughput_tokens_per_s'] or 0:.1f} tokens/s -> one replica serves up to "
-                 f"{_tok(t['replica_capacity_monthly_tokens'])} tokens/month; this traffic is "
-                 f"{_tok(t['projected_monthly_tokens'])} tokens/month")
+    lines.append(
+        f"engine busy {t['busy_s']:.1f} s over a {t['window_s']:.1f} s window{util}; measured throughput "
+        f"{t['throughput_tokens_per_s'] or 0:.1f} tokens/s -> one replica serves up to "
+        f"{_tok(t['replica_capacity_monthly_tokens'])} tokens/month; this traffic is "
+        f"{_tok(t['projected_monthly_tokens'])} tokens/month"
+    )
     lines.append("")
     lines += _block("TOTAL", t, r["name"])
     for a in report["adapters"]:
@@ -199,8 +236,13 @@ def plot_report(report: dict, path: Path) -> Path:
     hi = min(hi, 1e14)
     xs = [10 ** (math.log10(lo) + i * (math.log10(hi) - math.log10(lo)) / 200) for i in range(201)]
     replicas = [max(1, math.ceil(x / capacity)) if capacity else 1 for x in xs]
-    ax2.plot(xs, [n * monthly for n in replicas], color="tab:green", lw=2.5,
-             label=f"self-hosted: {r['name']} x replicas needed (${monthly:,.0f}/month each)")
+    ax2.plot(
+        xs,
+        [n * monthly for n in replicas],
+        color="tab:green",
+        lw=2.5,
+        label=f"self-hosted: {r['name']} x replicas needed (${monthly:,.0f}/month each)",
+    )
     keys = [k for k in PLOT_MODELS if k in per_mtok] or [k for k, _ in bars if k in per_mtok][:5]
     for key, color in zip(keys, ("tab:red", "tab:blue", "tab:orange", "tab:purple", "tab:brown"), strict=False):
         price = per_mtok[key] / 1e6
@@ -217,8 +259,10 @@ def plot_report(report: dict, path: Path) -> Path:
     ax2.set_title("Monthly cost: fixed replicas vs per-token APIs (dots: break-even within 1 replica)", fontsize=10)
     ax2.legend(fontsize=7, loc="upper left")
     ax2.grid(True, which="major", alpha=0.3)
-    fig.suptitle(f"ftops cost report: {t['requests']} requests, {t['tokens']:,} tokens; "
-                 f"prices as of {report['prices_as_of']}", fontsize=11)
+    fig.suptitle(
+        f"ftops cost report: {t['requests']} requests, {t['tokens']:,} tokens; prices as of {report['prices_as_of']}",
+        fontsize=11,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -240,8 +284,13 @@ def log_report_to_mlflow(report: dict, png: Path) -> str:
     t = report["total"]
     with mlflow.start_run(experiment_id=exp, run_name="cost-report") as run:
         mlflow.set_tag("ftops.kind", "cost-report")
-        mlflow.log_params({"replica": report["replica"]["name"], "since": report["since"] or "all",
-                           "prices_as_of": report["prices_as_of"]})
+        mlflow.log_params(
+            {
+                "replica": report["replica"]["name"],
+                "since": report["since"] or "all",
+                "prices_as_of": report["prices_as_of"],
+            }
+        )
         metrics = {"requests": t["requests"], "tokens": t["tokens"], "self_hosted_usd": t["self_hosted_usd"]}
         if t["self_hosted_usd_per_mtok"] is not None:
             metrics["self_hosted_usd_per_mtok"] = t["self_hosted_usd_per_mtok"]

@@ -17,9 +17,9 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ftops.config import read_yaml, validate
 from ftops.errors import FtopsError
 
 HERE = Path(__file__).resolve().parent
@@ -67,8 +67,10 @@ class PriceTable(BaseModel):
 
     def hosted_cost(self, prompt_tokens: int, completion_tokens: int) -> dict[str, float]:
         """``{key: prompt x input + completion x output}`` in USD for every model of the table."""
-        return {key: (prompt_tokens * p.input_usd_per_mtok + completion_tokens * p.output_usd_per_mtok) / MTOK
-                for key, p in self.models.items()}
+        return {
+            key: (prompt_tokens * p.input_usd_per_mtok + completion_tokens * p.output_usd_per_mtok) / MTOK
+            for key, p in self.models.items()
+        }
 
 
 class Instance(BaseModel):
@@ -113,37 +115,23 @@ class HardwareTable(BaseModel):
 
 
 def _load_yaml_table(path: Path, model: type[BaseModel], what: str) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise FtopsError(f"{path}: cannot read the {what} ({e.strerror}); give an existing YAML file") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise FtopsError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)}); fix the file") from e
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        more = f" (and {e.error_count() - 1} more problems)" if e.error_count() > 1 else ""
-        raise FtopsError(f"{path}: field {field}: {first['msg']}{more}; fix the {what} and restart") from e
+    return validate(model, read_yaml(path, what, mapping=False), str(path), hint=f"fix the {what} and restart")
 
 
 def load_prices(path: str | Path | None = None) -> PriceTable:
     """Load and validate the hosted price table: ``path``, ``$FTOPS_PRICES`` or ``serving/prices.yaml``.
 
     Raises :class:`FtopsError` naming the file and the field (missing field, negative price, bad date...)."""
-    return _load_yaml_table(Path(path or os.environ.get("FTOPS_PRICES") or PRICES_PATH), PriceTable,
-                            "hosted price table")
+    return _load_yaml_table(
+        Path(path or os.environ.get("FTOPS_PRICES") or PRICES_PATH), PriceTable, "hosted price table"
+    )
 
 
 def load_hardware(path: str | Path | None = None) -> HardwareTable:
     """Load and validate the replica price table: ``path``, ``$FTOPS_HARDWARE`` or ``serving/hardware.yaml``."""
-    table = _load_yaml_table(Path(path or os.environ.get("FTOPS_HARDWARE") or HARDWARE_PATH), HardwareTable,
-                             "hardware price table")
+    table = _load_yaml_table(
+        Path(path or os.environ.get("FTOPS_HARDWARE") or HARDWARE_PATH), HardwareTable, "hardware price table"
+    )
     if os.environ.get("FTOPS_REPLICA"):
         table.instance(os.environ["FTOPS_REPLICA"])
         table.default = os.environ["FTOPS_REPLICA"]
@@ -200,8 +188,13 @@ class BusyClock:
 
 
 # --------------------------------------------------------------------------------------------- the report
-def summarize(rows: list[dict], prices: PriceTable, usd_per_token: float | None,
-              usd_per_hour: float, throughput: float | None) -> dict:
+def summarize(
+    rows: list[dict],
+    prices: PriceTable,
+    usd_per_token: float | None,
+    usd_per_hour: float,
+    throughput: float | None,
+) -> dict:
     """Tokens and costs of ``rows``, with self-hosted cost at ``usd_per_token`` (the window's measured rate)."""
     prompt = sum(r["prompt_tokens"] for r in rows)
     completion = sum(r["completion_tokens"] for r in rows)
@@ -234,9 +227,15 @@ def summarize(rows: list[dict], prices: PriceTable, usd_per_token: float | None,
     }
 
 
-def usage_report(ledger, since: datetime | None = None, *, prices: PriceTable | None = None,
-                 hardware: HardwareTable | None = None, replica: str | None = None,
-                 training: bool = False) -> dict:
+def usage_report(
+    ledger,
+    since: datetime | None = None,
+    *,
+    prices: PriceTable | None = None,
+    hardware: HardwareTable | None = None,
+    replica: str | None = None,
+    training: bool = False,
+) -> dict:
     """The cost report over the ledger's rows (all, or those that ended at/after ``since``), per adapter and in total.
 
     Every figure follows from the rows and the two tables by the formula of ``docs/cost.md``; the stamped per-row
@@ -258,28 +257,48 @@ def usage_report(ledger, since: datetime | None = None, *, prices: PriceTable | 
     total["savings_usd"] = {k: v - total["self_hosted_usd"] for k, v in total["hosted_usd"].items()}
     starts = [r["ts"].timestamp() - r["latency_s"] for r in rows]
     window = (rows[-1]["ts"].timestamp() - (since.timestamp() if since else min(starts))) if rows else 0.0
-    total.update(busy_s=busy, window_s=window, throughput_tokens_per_s=throughput,
-                 utilization=busy / window if window > 0 else None,
-                 projected_monthly_tokens=tokens / window * 3600 * HOURS_PER_MONTH if window > 0 else None,
-                 replica_capacity_monthly_tokens=throughput * 3600 * HOURS_PER_MONTH if throughput else None)
+    total.update(
+        busy_s=busy,
+        window_s=window,
+        throughput_tokens_per_s=throughput,
+        utilization=busy / window if window > 0 else None,
+        projected_monthly_tokens=tokens / window * 3600 * HOURS_PER_MONTH if window > 0 else None,
+        replica_capacity_monthly_tokens=throughput * 3600 * HOURS_PER_MONTH if throughput else None,
+    )
     groups: dict[tuple[str, str | None], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["adapter"]), []).append(r)
     adapters = []
     for (model, adapter), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
-        entry = {"model": model, "adapter": adapter,
-                 "registry_versions": sorted({r["registry_version"] for r in group if r["registry_version"]},
-                                             key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v)),
-                 **summarize(group, prices, usd_per_token, instance.usd_per_hour, throughput)}
+        entry = {
+            "model": model,
+            "adapter": adapter,
+            "registry_versions": sorted(
+                {r["registry_version"] for r in group if r["registry_version"]},
+                key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v),
+            ),
+            **summarize(group, prices, usd_per_token, instance.usd_per_hour, throughput),
+        }
         if training:
-            entry["training"] = [training_cost_for_version(adapter, v, prices, instance.usd_per_hour)
-                                 for v in entry["registry_versions"]] if adapter else []
+            entry["training"] = (
+                [
+                    training_cost_for_version(adapter, v, prices, instance.usd_per_hour)
+                    for v in entry["registry_versions"]
+                ]
+                if adapter
+                else []
+            )
         adapters.append(entry)
     return {
         "since": since.isoformat() if since else None,
         "generated_at": datetime.now(UTC).isoformat(),
-        "replica": {"name": replica, "usd_per_hour": instance.usd_per_hour, "description": instance.description,
-                    "monthly_usd": instance.usd_per_hour * HOURS_PER_MONTH, "hours_per_month": HOURS_PER_MONTH},
+        "replica": {
+            "name": replica,
+            "usd_per_hour": instance.usd_per_hour,
+            "description": instance.description,
+            "monthly_usd": instance.usd_per_hour * HOURS_PER_MONTH,
+            "hours_per_month": HOURS_PER_MONTH,
+        },
         "prices_as_of": prices.as_of.isoformat(),
         "hardware_as_of": hardware.as_of.isoformat(),
         "total": total,
@@ -291,7 +310,13 @@ def usage_report(ledger, since: datetime | None = None, *, prices: PriceTable | 
 # What a training run logs (metrics or params), by the names ftops' trainer and HF/TRL trainers use.
 # transformers logs num_input_tokens_seen (every epoch's tokens, as hosted training bills) and train_runtime (s);
 # TRL logs num_tokens. Without a runtime metric, a finished run's wall time (end - start) is used and said so.
-TRAIN_TOKEN_KEYS = ("train_tokens", "trained_tokens", "num_input_tokens_seen", "num_tokens", "train/num_tokens")
+TRAIN_TOKEN_KEYS = (
+    "train_tokens",
+    "trained_tokens",
+    "num_input_tokens_seen",
+    "num_tokens",
+    "train/num_tokens",
+)
 TRAIN_RUNTIME_KEYS = ("train_runtime_s", "train_runtime", "train/train_runtime")
 
 
@@ -303,7 +328,11 @@ def training_cost(run_id: str, prices: PriceTable, usd_per_hour: float) -> dict:
     try:
         run = _mlflow_client().get_run(run_id)
     except (MlflowException, OSError) as e:  # an unknown id, an unreachable store
-        return {"run_id": run_id, "available": False, "reason": f"cannot read the run: {str(e).splitlines()[0]}"}
+        return {
+            "run_id": run_id,
+            "available": False,
+            "reason": f"cannot read the run: {str(e).splitlines()[0]}",
+        }
     values = {**run.data.params, **run.data.metrics}
     token_key = next((k for k in TRAIN_TOKEN_KEYS if k in values), None)
     runtime_key = next((k for k in TRAIN_RUNTIME_KEYS if k in values), None)
@@ -311,16 +340,30 @@ def training_cost(run_id: str, prices: PriceTable, usd_per_hour: float) -> dict:
     runtime = float(values[runtime_key]) if runtime_key else None
     if runtime is None and run.info.status == "FINISHED" and run.info.end_time and tokens is not None:
         runtime, runtime_key = (run.info.end_time - run.info.start_time) / 1000, "run wall time (end - start)"
-    out: dict = {"run_id": run_id, "trained_tokens": tokens, "runtime_s": runtime,
-                 "tokens_from": token_key, "runtime_from": runtime_key}
+    out: dict = {
+        "run_id": run_id,
+        "trained_tokens": tokens,
+        "runtime_s": runtime,
+        "tokens_from": token_key,
+        "runtime_from": runtime_key,
+    }
     missing = [what for what, v in (("trained tokens", tokens), ("runtime", runtime)) if v is None]
     out["available"] = not missing
     if missing:
-        out["reason"] = (f"run {run_id} logged no {' and no '.join(missing)} (looked for "
-                         f"{', '.join(TRAIN_TOKEN_KEYS if tokens is None else TRAIN_RUNTIME_KEYS)})")
+        out["reason"] = (
+            f"run {run_id} logged no {' and no '.join(missing)} (looked for "
+            f"{', '.join(TRAIN_TOKEN_KEYS if tokens is None else TRAIN_RUNTIME_KEYS)})"
+        )
     out["self_hosted_usd"] = runtime / 3600 * usd_per_hour if runtime is not None else None
-    out["hosted_usd"] = ({k: tokens * p.training_usd_per_mtok / MTOK for k, p in prices.models.items()
-                          if p.training_usd_per_mtok is not None} if tokens is not None else {})
+    out["hosted_usd"] = (
+        {
+            k: tokens * p.training_usd_per_mtok / MTOK
+            for k, p in prices.models.items()
+            if p.training_usd_per_mtok is not None
+        }
+        if tokens is not None
+        else {}
+    )
     return out
 
 
@@ -331,11 +374,19 @@ def training_cost_for_version(name: str, version: str, prices: PriceTable, usd_p
     try:
         run_id = _mlflow_client().get_model_version(name, str(version)).run_id
     except (MlflowException, OSError) as e:
-        return {"registered_model": name, "version": str(version), "available": False,
-                "reason": f"no registered model version {name}/{version} ({str(e).splitlines()[0]})"}
+        return {
+            "registered_model": name,
+            "version": str(version),
+            "available": False,
+            "reason": f"no registered model version {name}/{version} ({str(e).splitlines()[0]})",
+        }
     if not run_id:
-        return {"registered_model": name, "version": str(version), "available": False,
-                "reason": f"registered model version {name}/{version} records no training run"}
+        return {
+            "registered_model": name,
+            "version": str(version),
+            "available": False,
+            "reason": f"registered model version {name}/{version} records no training run",
+        }
     return {"registered_model": name, "version": str(version), **training_cost(run_id, prices, usd_per_hour)}
 
 

@@ -9,24 +9,41 @@ import os
 from contextlib import AsyncExitStack
 
 from ftops.base import BaseModel
-from serving.config import EngineConfig
+from ftops.serving.config import EngineConfig
 
 
 def engine_argv(base: BaseModel, engine: EngineConfig) -> list[str]:
     """vLLM server arguments for ``base`` with LoRA enabled."""
     return [
-        "--model", base.path, "--served-model-name", base.name, "--tokenizer", base.path,
-        "--enable-lora", "--max-lora-rank", str(engine.max_lora_rank), "--max-loras", str(engine.max_loras),
-        "--max-cpu-loras", str(engine.max_cpu_loras), "--max-model-len", str(engine.max_model_len),
-        "--dtype", engine.dtype, "--gpu-memory-utilization", str(engine.gpu_memory_utilization),
-        "--max-num-seqs", str(engine.max_num_seqs), "--disable-uvicorn-access-log",
+        "--model",
+        base.path,
+        "--served-model-name",
+        base.name,
+        "--tokenizer",
+        base.path,
+        "--enable-lora",
+        "--max-lora-rank",
+        str(engine.max_lora_rank),
+        "--max-loras",
+        str(engine.max_loras),
+        "--max-cpu-loras",
+        str(engine.max_cpu_loras),
+        "--max-model-len",
+        str(engine.max_model_len),
+        "--dtype",
+        engine.dtype,
+        "--gpu-memory-utilization",
+        str(engine.gpu_memory_utilization),
+        "--max-num-seqs",
+        str(engine.max_num_seqs),
+        "--disable-uvicorn-access-log",
         *engine.extra_args,
     ]
 
 
 def cpu_env(engine: EngineConfig) -> dict[str, str]:
     """The environment vLLM's CPU engine reads at start-up for ``engine`` (the caller's own settings win)."""
-    from ftops.settings import vllm_cpu_env
+    from ftops.vllm_settings import vllm_cpu_env
 
     return vllm_cpu_env(engine.kv_cache_gib, engine.cpu_reserved_cores)
 
@@ -57,6 +74,7 @@ async def load_lora(app, name: str, path: str) -> None:
     from ftops.errors import FtopsError
 
     result = await app.state.openai_serving_models.load_lora_adapter(
-        LoadLoRAAdapterRequest(lora_name=name, lora_path=path))
+        LoadLoRAAdapterRequest(lora_name=name, lora_path=path)
+    )
     if not isinstance(result, str):
         raise FtopsError(f"vLLM refused adapter {name} at {path}: {result.error.message}")

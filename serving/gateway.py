@@ -27,10 +27,18 @@ log = logging.getLogger("ftops.serving")
 OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz"})
 GENERATE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
-LATENCY = Histogram("ftops_request_latency_seconds", "End-to-end request latency, by model and adapter",
-                    ["model", "adapter"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
-TTFT = Histogram("ftops_time_to_first_token_seconds", "Time to the first streamed token, by model and adapter",
-                 ["model", "adapter"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
+LATENCY = Histogram(
+    "ftops_request_latency_seconds",
+    "End-to-end request latency, by model and adapter",
+    ["model", "adapter"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+)
+TTFT = Histogram(
+    "ftops_time_to_first_token_seconds",
+    "Time to the first streamed token, by model and adapter",
+    ["model", "adapter"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+)
 
 Scope = dict
 Receive = Callable[[], Awaitable[dict]]
@@ -41,19 +49,39 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
     return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
 
 
-async def send_error(send: Send, status: int, message: str, type_: str, code: str | None = None,
-                     param: str | None = None, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_error(
+    send: Send,
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None = None,
+    param: str | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = error_body(message, type_, code, param)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 async def send_json(send: Send, payload: object, status: int = 200) -> None:
     body = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -89,8 +117,11 @@ class ApiKeyMiddleware:
             return await self.app(scope, receive, send)
         key_id = match_key(bearer(scope), self.keys())
         if key_id is None:
-            message = ("Incorrect API key provided." if bearer(scope) else
-                       "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' (FTOPS_API_KEY).")
+            message = (
+                "Incorrect API key provided."
+                if bearer(scope)
+                else "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' (FTOPS_API_KEY)."
+            )
             return await send_error(send, 401, message, "invalid_request_error", "invalid_api_key")
         scope.setdefault("state", {})["ftops_key_id"] = key_id
         return await self.app(scope, receive, send)
@@ -128,7 +159,7 @@ class Gateway:
     """The app mounted at ``/``: routes ``/v1/*`` to vLLM's app (``engine_app``) once the service is ready."""
 
     def __init__(self, service) -> None:
-        self.service = service  # serving.service.FtopsLLM: .ready, .startup_error, .routing, .config, .ledger
+        self.service = service  # ftops.serving.service.FtopsLLM: .ready, .startup_error, .routing, .config, .ledger
         self.inflight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -145,15 +176,17 @@ class Gateway:
         path, method = scope["path"], scope["method"]
         if path in GENERATE_PATHS:
             if method != "POST":
-                return await send_error(send, 405, f"{method} {path}: use POST", "invalid_request_error",
-                                        "method_not_allowed")
+                return await send_error(
+                    send, 405, f"{method} {path}: use POST", "invalid_request_error", "method_not_allowed"
+                )
             return await self.generate(scope, receive, send)
         if path == "/v1/models" and method == "GET":
             return await self.models(send)
         if path == "/v1/usage" and method == "GET":
             return await self.usage(scope, send)
-        return await send_error(send, 404, f"Unknown request URL: {method} {path}.", "invalid_request_error",
-                                "unknown_url")
+        return await send_error(
+            send, 404, f"Unknown request URL: {method} {path}.", "invalid_request_error", "unknown_url"
+        )
 
     def _not_ready(self) -> tuple[int, str] | None:
         svc = self.service
@@ -165,8 +198,7 @@ class Gateway:
 
     async def models(self, send: Send) -> None:
         if (err := self._not_ready()) is not None:
-            return await send_error(send, err[0], err[1], "server_error", "not_ready",
-                                    headers=[(b"retry-after", b"5")])
+            return await send_error(send, err[0], err[1], "server_error", "not_ready", headers=[(b"retry-after", b"5")])
         svc, routing = self.service, self.service.routing
         listed = (await svc.engine_state.openai_serving_models.show_available_models()).model_dump()
         cards = []
@@ -177,30 +209,47 @@ class Gateway:
             if info is None:  # the base: its name and digest, not a path on this server
                 card.update(root=f"{routing.base}@sha256:{svc.base.sha256[:12]}")
             if info is not None:
-                card.update(parent=routing.base, registry_name=info["name"], registry_version=info["version"],
-                            root=f"models:/{info['name']}/{info['version']}")
+                card.update(
+                    parent=routing.base,
+                    registry_name=info["name"],
+                    registry_version=info["version"],
+                    root=f"models:/{info['name']}/{info['version']}",
+                )
             cards.append(card)
         for name, version in sorted(routing.current.items()):
-            cards.append({"id": name, "object": "model", "created": int(time.time()), "owned_by": "ftops",
-                          "root": f"models:/{name}@{routing.aliases[name]}", "parent": routing.base,
-                          "registry_name": name, "registry_alias": routing.aliases[name],
-                          "registry_version": version, "max_model_len": svc.config.engine.max_model_len})
+            cards.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": int(time.time()),
+                    "owned_by": "ftops",
+                    "root": f"models:/{name}@{routing.aliases[name]}",
+                    "parent": routing.base,
+                    "registry_name": name,
+                    "registry_alias": routing.aliases[name],
+                    "registry_version": version,
+                    "max_model_len": svc.config.engine.max_model_len,
+                }
+            )
         await send_json(send, {"object": "list", "data": cards})
 
     async def usage(self, scope: Scope, send: Send) -> None:
         import os
 
-        from serving.config import ADMIN_KEY_ENV
+        from ftops.serving.config import ADMIN_KEY_ENV
 
         admin = os.environ.get(ADMIN_KEY_ENV)
         presented = bearer(scope)
         if not admin or not presented or not hmac.compare_digest(presented.encode(), admin.encode()):
-            return await send_error(send, 403, "GET /v1/usage needs the admin key (FTOPS_ADMIN_KEY).",
-                                    "invalid_request_error", "forbidden")
-        from serving import costs
+            return await send_error(
+                send,
+                403,
+                "GET /v1/usage needs the admin key (FTOPS_ADMIN_KEY).",
+                "invalid_request_error",
+                "forbidden",
+            )
+        from ftops.serving import costs
 
-        if not hasattr(costs, "usage_report"):
-            return await send_error(send, 501, "the usage report is not available in this build", "server_error")
         report = await asyncio.get_running_loop().run_in_executor(None, costs.usage_report, self.service.ledger)
         await send_json(send, report)
 
@@ -226,8 +275,13 @@ class Gateway:
         # 1. the body: refuse an oversize one before reading it all
         for k, v in scope.get("headers", []):
             if k == b"content-length" and v.isdigit() and int(v) > limits.max_body_bytes:
-                return await send_error(send, 413, f"Request body is {int(v)} bytes; the limit is "
-                                        f"{limits.max_body_bytes}.", "invalid_request_error", "request_too_large")
+                return await send_error(
+                    send,
+                    413,
+                    f"Request body is {int(v)} bytes; the limit is {limits.max_body_bytes}.",
+                    "invalid_request_error",
+                    "request_too_large",
+                )
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -236,62 +290,104 @@ class Gateway:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limits.max_body_bytes:
-                return await send_error(send, 413, f"Request body exceeds the limit of {limits.max_body_bytes} "
-                                        "bytes.", "invalid_request_error", "request_too_large")
+                return await send_error(
+                    send,
+                    413,
+                    f"Request body exceeds the limit of {limits.max_body_bytes} bytes.",
+                    "invalid_request_error",
+                    "request_too_large",
+                )
             chunks.append(chunk)
             if not message.get("more_body"):
                 break
         if (err := self._not_ready()) is not None:
-            return await send_error(send, err[0], err[1], "server_error", "not_ready",
-                                    headers=[(b"retry-after", b"5")])
+            return await send_error(send, err[0], err[1], "server_error", "not_ready", headers=[(b"retry-after", b"5")])
         # 2. concurrency
         if self.inflight >= limits.max_concurrency:
-            return await send_error(send, 429, f"Too many requests in flight (limit {limits.max_concurrency}); "
-                                    f"retry after {limits.retry_after_s} s.", "rate_limit_exceeded",
-                                    "rate_limit_exceeded",
-                                    headers=[(b"retry-after", str(limits.retry_after_s).encode())])
+            return await send_error(
+                send,
+                429,
+                f"Too many requests in flight (limit {limits.max_concurrency}); retry after {limits.retry_after_s} s.",
+                "rate_limit_exceeded",
+                "rate_limit_exceeded",
+                headers=[(b"retry-after", str(limits.retry_after_s).encode())],
+            )
         self.inflight += 1
         try:
             await self._generate(scope, receive, send, b"".join(chunks), started, key_id, request_id)
         finally:
             self.inflight -= 1
 
-    async def _generate(self, scope: Scope, receive: Receive, send: Send, raw: bytes, started: float,
-                        key_id: str | None, request_id: str) -> None:
+    async def _generate(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        raw: bytes,
+        started: float,
+        key_id: str | None,
+        request_id: str,
+    ) -> None:
         svc = self.service
         # 3. JSON and model
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
-            return await send_error(send, 400, f"We could not parse the JSON body of your request ({e}).",
-                                    "invalid_request_error", "invalid_json")
+            return await send_error(
+                send,
+                400,
+                f"We could not parse the JSON body of your request ({e}).",
+                "invalid_request_error",
+                "invalid_json",
+            )
         if not isinstance(body, dict):
-            return await send_error(send, 400, "The request body must be a JSON object.", "invalid_request_error",
-                                    "invalid_json")
+            return await send_error(
+                send, 400, "The request body must be a JSON object.", "invalid_request_error", "invalid_json"
+            )
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            return await send_error(send, 400, "You must provide a model parameter.", "invalid_request_error",
-                                    "missing_model", "model")
+            return await send_error(
+                send,
+                400,
+                "You must provide a model parameter.",
+                "invalid_request_error",
+                "missing_model",
+                "model",
+            )
         resolved = self.resolve(model)
         if resolved is None and ":" in model:
             resolved = await svc.load_pinned(model)  # a registry version of a served model, loaded on first use
         if resolved is None:
             await self._record(request_id, key_id, model, None, None, Outcome(status=404), started)
-            return await send_error(send, 404, f"The model `{model}` does not exist or you do not have access to "
-                                    "it. GET /v1/models lists what this service serves.", "invalid_request_error",
-                                    "model_not_found", "model")
+            return await send_error(
+                send,
+                404,
+                f"The model `{model}` does not exist or you do not have access to "
+                "it. GET /v1/models lists what this service serves.",
+                "invalid_request_error",
+                "model_not_found",
+                "model",
+            )
         engine_model, adapter, version = resolved
         body["model"] = engine_model
         stream = bool(body.get("stream"))
         opts = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
-        want_usage, want_continuous = bool(opts.get("include_usage")), bool(opts.get("continuous_usage_stats"))
+        want_usage, want_continuous = (
+            bool(opts.get("include_usage")),
+            bool(opts.get("continuous_usage_stats")),
+        )
         if stream:  # the ledger needs the tokens of every stream, also one cancelled half-way
             body["stream_options"] = {**opts, "include_usage": True, "continuous_usage_stats": True}
         new_raw = json.dumps(body).encode()
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
         headers.append((b"content-length", str(len(new_raw)).encode()))
-        inner_scope = {**scope, "headers": headers, "root_path": "", "path": scope["path"],
-                       "raw_path": scope["path"].encode()}
+        inner_scope = {
+            **scope,
+            "headers": headers,
+            "root_path": "",
+            "path": scope["path"],
+            "raw_path": scope["path"].encode(),
+        }
         sent_body = False
 
         async def inner_receive() -> dict:
@@ -324,8 +420,8 @@ class Gateway:
             buffer.extend(chunk)
             out = bytearray()
             while (cut := buffer.find(b"\n\n")) >= 0:
-                event = bytes(buffer[:cut + 2])
-                del buffer[:cut + 2]
+                event = bytes(buffer[: cut + 2])
+                del buffer[: cut + 2]
                 out.extend(_rewrite_event(event, outcome, want_usage, want_continuous, started))
             if not message.get("more_body"):
                 out.extend(buffer)
@@ -340,8 +436,16 @@ class Gateway:
         finally:
             await self._record(request_id, key_id, model, adapter, version, outcome, started)
 
-    async def _record(self, request_id: str, key_id: str | None, model: str, adapter: str | None,
-                      version: str | None, outcome: Outcome, started: float) -> None:
+    async def _record(
+        self,
+        request_id: str,
+        key_id: str | None,
+        model: str,
+        adapter: str | None,
+        version: str | None,
+        outcome: Outcome,
+        started: float,
+    ) -> None:
         latency = time.perf_counter() - started
         if outcome.status == 200 and outcome.done:
             status = "ok"
@@ -360,10 +464,18 @@ class Gateway:
         ledger = self.service.ledger
         if ledger is None:
             return
-        kwargs = dict(request_id=outcome.response_id or request_id, api_key_id=key_id,
-                      model=self.service.routing.base, adapter=adapter, registry_version=version,
-                      prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
-                      latency_s=latency, ttft_s=ttft, status=status)
+        kwargs = dict(
+            request_id=outcome.response_id or request_id,
+            api_key_id=key_id,
+            model=self.service.routing.base,
+            adapter=adapter,
+            registry_version=version,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            latency_s=latency,
+            ttft_s=ttft,
+            status=status,
+        )
         try:
             await asyncio.get_running_loop().run_in_executor(None, lambda: ledger.record(**kwargs))
         except Exception as e:  # the answer is already sent; a ledger outage must be loud, not fatal

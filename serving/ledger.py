@@ -21,7 +21,7 @@ from prometheus_client import Counter
 
 from ftops import settings
 from ftops.errors import FtopsError
-from serving.costs import BusyClock, HardwareTable, PriceTable, load_hardware, load_prices
+from ftops.serving.costs import BusyClock, HardwareTable, PriceTable, load_hardware, load_prices
 
 Status = Literal["ok", "cancelled", "failed"]
 STATUSES: tuple[str, ...] = ("ok", "cancelled", "failed")
@@ -48,15 +48,24 @@ requests_table = sa.Table(
 )
 
 # Prometheus counters in the default registry (created once per process; the service's /metrics exposes them).
-TOKENS = Counter("ftops_tokens", "Tokens served, by model, adapter and kind (prompt|completion)",
-                 ["model", "adapter", "kind"])
-REQUESTS = Counter("ftops_requests", "Requests recorded in the ledger, by model, adapter and status",
-                   ["model", "adapter", "status"])
-SELF_HOSTED_USD = Counter("ftops_self_hosted_cost_usd", "Self-hosted cost stamped on ledger rows (USD)",
-                          ["model", "adapter"])
-HOSTED_USD = Counter("ftops_hosted_equivalent_cost_usd",
-                     "What the same tokens would have cost on a hosted API (USD), per price table entry",
-                     ["model", "adapter", "hosted_model"])
+TOKENS = Counter(
+    "ftops_tokens",
+    "Tokens served, by model, adapter and kind (prompt|completion)",
+    ["model", "adapter", "kind"],
+)
+REQUESTS = Counter(
+    "ftops_requests",
+    "Requests recorded in the ledger, by model, adapter and status",
+    ["model", "adapter", "status"],
+)
+SELF_HOSTED_USD = Counter(
+    "ftops_self_hosted_cost_usd", "Self-hosted cost stamped on ledger rows (USD)", ["model", "adapter"]
+)
+HOSTED_USD = Counter(
+    "ftops_hosted_equivalent_cost_usd",
+    "What the same tokens would have cost on a hosted API (USD), per price table entry",
+    ["model", "adapter", "hosted_model"],
+)
 
 
 def default_url() -> str:
@@ -76,13 +85,20 @@ class Ledger:
     """Durable, thread-safe request ledger.
 
     ``url``: SQLAlchemy URL; ``None`` means ``sqlite:///$FTOPS_HOME/ledger.db``. ``prices``/``hardware``: the tables
-    (default: the YAML files next to this module, see :func:`serving.costs.load_prices`). ``replica``: the
+    (default: the YAML files next to this module, see :func:`ftops.serving.costs.load_prices`). ``replica``: the
     ``hardware.yaml`` instance this server runs on (default: the table's ``default``). ``create=False``: refuse a
     SQLite file that does not exist yet (for readers such as the report) instead of creating it.
     """
 
-    def __init__(self, url: str | None = None, *, prices: PriceTable | None = None,
-                 hardware: HardwareTable | None = None, replica: str | None = None, create: bool = True) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        prices: PriceTable | None = None,
+        hardware: HardwareTable | None = None,
+        replica: str | None = None,
+        create: bool = True,
+    ) -> None:
         self.url = url or default_url()
         self.prices = prices or load_prices()
         self.hardware = hardware or load_hardware()
@@ -94,8 +110,10 @@ class Ledger:
             db = self.url.removeprefix("sqlite:///")
             if db and db != ":memory:":
                 if not create and not Path(db).is_file():
-                    raise FtopsError(f"no ledger at {db}: nothing has been served with this ledger yet; start "
-                                     f"`ftops serve` (same FTOPS_HOME), or pass --ledger URL")
+                    raise FtopsError(
+                        f"no ledger at {db}: nothing has been served with this ledger yet; start "
+                        f"`ftops serve` (same FTOPS_HOME), or pass --ledger URL"
+                    )
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
         try:
             self._engine = sa.create_engine(_with_installed_driver(self.url), pool_pre_ping=True)
@@ -103,17 +121,32 @@ class Ledger:
                 sa.event.listen(self._engine, "connect", _sqlite_pragmas)
             metadata.create_all(self._engine)
         except ModuleNotFoundError as e:
-            raise FtopsError(f"ledger {self.url!r}: the database driver {e.name!r} is not installed "
-                             f"(for PostgreSQL: pip install 'psycopg[binary]' or psycopg2-binary)") from e
+            raise FtopsError(
+                f"ledger {self.url!r}: the database driver {e.name!r} is not installed "
+                f"(for PostgreSQL: pip install 'psycopg[binary]' or psycopg2-binary)"
+            ) from e
         except sa.exc.SQLAlchemyError as e:
-            raise FtopsError(f"ledger {self.url!r}: cannot open the database ({e.__class__.__name__}: "
-                             f"{str(e).splitlines()[0]})") from e
+            raise FtopsError(
+                f"ledger {self.url!r}: cannot open the database ({e.__class__.__name__}: {str(e).splitlines()[0]})"
+            ) from e
         self._lock = threading.Lock()
         self._clock = BusyClock()  # busy time and tokens seen by this process: the running throughput estimate
 
-    def record(self, *, request_id: str, api_key_id: str | None, model: str, adapter: str | None,
-               registry_version: str | int | None, prompt_tokens: int, completion_tokens: int, latency_s: float,
-               ttft_s: float | None, status: Status, at: datetime | None = None) -> dict:
+    def record(
+        self,
+        *,
+        request_id: str,
+        api_key_id: str | None,
+        model: str,
+        adapter: str | None,
+        registry_version: str | int | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        latency_s: float,
+        ttft_s: float | None,
+        status: Status,
+        at: datetime | None = None,
+    ) -> dict:
         """Commit one row and return it (as :meth:`rows` would). Synchronous, thread-safe, durable.
 
         ``at`` is when the request ended (default: now, UTC); it started ``latency_s`` before. Tokens must equal the
@@ -134,13 +167,20 @@ class Ledger:
             # tokens x (usd per hour / 3600 / measured throughput), throughput = tokens / busy time seen so far
             self_hosted = tokens * self.instance.usd_per_hour / 3600 * (busy_s / seen_tokens) if seen_tokens else 0.0
             row = {
-                "ts": ended.replace(tzinfo=None), "request_id": str(request_id),
-                "api_key_id": None if api_key_id is None else str(api_key_id), "model": str(model),
+                "ts": ended.replace(tzinfo=None),
+                "request_id": str(request_id),
+                "api_key_id": None if api_key_id is None else str(api_key_id),
+                "model": str(model),
                 "adapter": None if adapter is None else str(adapter),
                 "registry_version": None if registry_version is None else str(registry_version),
-                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "latency_s": float(latency_s), "ttft_s": None if ttft_s is None else float(ttft_s),
-                "status": status, "replica": self.replica, "self_hosted_usd": self_hosted, "hosted_usd": hosted,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "latency_s": float(latency_s),
+                "ttft_s": None if ttft_s is None else float(ttft_s),
+                "status": status,
+                "replica": self.replica,
+                "self_hosted_usd": self_hosted,
+                "hosted_usd": hosted,
             }
             with self._engine.begin() as conn:  # committed when the block exits
                 row["id"] = conn.execute(requests_table.insert().values(**row)).inserted_primary_key[0]
@@ -176,8 +216,11 @@ def _with_installed_driver(url: str) -> str:
     """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only that one is installed."""
     import importlib.util
 
-    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
+    if (
+        url.startswith(("postgresql://", "postgres://"))
+        and importlib.util.find_spec("psycopg") is None
+        and importlib.util.find_spec("psycopg2") is not None
+    ):
         return "postgresql+psycopg2://" + url.split("://", 1)[1]
     return url
 

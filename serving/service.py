@@ -1,7 +1,7 @@
 """The BentoML service: a vLLM engine with the base model and the registry's LoRA adapters, behind vLLM's own
 OpenAI-compatible app, following the registry aliases.
 
-    bentoml serve serving.service:FtopsLLM --port 3000      # or: ftops serve
+    bentoml serve ftops.serving.service:FtopsLLM --port 3000      # or: ftops serve
     FTOPS_SERVE_CONFIG=configs/serve.yaml                   # which base and adapters (serving/config.py)
 
 Startup returns at once (``/livez`` answers); the engine and the adapters load in the background and ``/readyz``
@@ -19,8 +19,8 @@ from contextlib import AsyncExitStack
 
 import bentoml
 
-from serving.config import ADMIN_KEY_ENV, load_api_keys, load_config
-from serving.gateway import ApiKeyMiddleware, Gateway, Routing
+from ftops.serving.config import ADMIN_KEY_ENV, load_api_keys, load_config
+from ftops.serving.gateway import ApiKeyMiddleware, Gateway, Routing
 
 log = logging.getLogger("ftops.serving")
 
@@ -76,11 +76,11 @@ class FtopsLLM:
             self.ledger.close()
 
     async def _start(self) -> None:
-        from serving.engine import start_engine
+        from ftops.serving.engine import start_engine
 
         loop = asyncio.get_running_loop()
         try:
-            from serving.ledger import Ledger
+            from ftops.serving.ledger import Ledger
 
             self.ledger = await loop.run_in_executor(None, lambda: Ledger(url=self.config.ledger_url))
             _client, self.engine_app = await start_engine(self.base, self.config.engine, self._stack)
@@ -92,8 +92,11 @@ class FtopsLLM:
             self.startup_error = f"{type(e).__name__}: {e}"
             return
         self.ready = True
-        log.info("ready: base %s, adapters %s", self.base.name,
-                 ", ".join(f"{n}:{v}" for n, v in self.routing.current.items()) or "none")
+        log.info(
+            "ready: base %s, adapters %s",
+            self.base.name,
+            ", ".join(f"{n}:{v}" for n, v in self.routing.current.items()) or "none",
+        )
         self._tasks.append(asyncio.create_task(self._watch()))
 
     async def _watch(self) -> None:
@@ -108,14 +111,19 @@ class FtopsLLM:
     async def _follow(self, name: str, alias: str, initial: bool = False) -> None:
         """Load the version ``alias`` points at, then route ``model: name`` to it."""
         from ftops.errors import FtopsError
-        from serving.adapters import alias_version
+        from ftops.serving.adapters import alias_version
 
         version = await asyncio.get_running_loop().run_in_executor(None, alias_version, name, alias)
         if version is None:
             if initial and self.config.require_adapters:
                 raise FtopsError(f"registered model {name!r} has no alias {alias!r}")
             if name in self.routing.current:
-                log.warning("%s@%s no longer exists; still serving version %s", name, alias, self.routing.current[name])
+                log.warning(
+                    "%s@%s no longer exists; still serving version %s",
+                    name,
+                    alias,
+                    self.routing.current[name],
+                )
             return
         if self.routing.current.get(name) == version:
             return
@@ -134,8 +142,8 @@ class FtopsLLM:
         log.info("%s@%s -> version %s (was %s)", name, alias, version, previous)
 
     async def _ensure_loaded(self, name: str, version: str, alias: str | None) -> None:
-        from serving.adapters import fetch_adapter
-        from serving.engine import load_lora
+        from ftops.serving.adapters import fetch_adapter
+        from ftops.serving.engine import load_lora
 
         served = f"{name}:{version}"
         async with self._load_lock:
@@ -143,13 +151,17 @@ class FtopsLLM:
                 return
             adapter = await asyncio.get_running_loop().run_in_executor(None, fetch_adapter, name, version, self.base)
             await load_lora(self.engine_app, served, str(adapter.path))
-            self.routing.loaded[served] = {"name": name, "version": version, "alias": alias,
-                                           "path": str(adapter.path)}
+            self.routing.loaded[served] = {
+                "name": name,
+                "version": version,
+                "alias": alias,
+                "path": str(adapter.path),
+            }
 
     async def load_pinned(self, model: str) -> tuple[str, str, str] | None:
         """``NAME:VERSION`` of a served registered model, loaded from the registry on first use; None if unknown."""
         from ftops.errors import FtopsError
-        from serving.adapters import version_exists
+        from ftops.serving.adapters import version_exists
 
         name, _, version = model.partition(":")
         if name not in self.routing.aliases or not version.isdigit() or model in self._refused:

@@ -62,7 +62,10 @@ def ftops_home(tmp_path, monkeypatch, models_dir):
 
 # --- registry: training runs with an adapter, built here until training/job.py makes them (registry tests use it) ---
 
-def build_adapter(base, out: Path, *, b_init: float = 0.0, r: int = 8, targets=("q_proj", "v_proj"), seed: int = 0) -> Path:
+
+def build_adapter(
+    base, out: Path, *, b_init: float = 0.0, r: int = 8, targets=("q_proj", "v_proj"), seed: int = 0
+) -> Path:
     """A PEFT LoRA on ``base`` saved with ``ftops.adapter.save_adapter`` into ``out``; deterministic in ``seed``.
     ``b_init=0`` leaves LoRA B at zero (exactly "learning rate 0"); otherwise B ~ N(0, b_init) moves the outputs."""
     import torch
@@ -84,8 +87,16 @@ def build_adapter(base, out: Path, *, b_init: float = 0.0, r: int = 8, targets=(
     return out
 
 
-def log_adapter_run(base, test_rows: list[dict], *, b_init: float = 0.0, r: int = 8, targets=("q_proj", "v_proj"),
-                    seed: int = 0, tags: dict | None = None) -> str:
+def log_adapter_run(
+    base,
+    test_rows: list[dict],
+    *,
+    b_init: float = 0.0,
+    r: int = 8,
+    targets=("q_proj", "v_proj"),
+    seed: int = 0,
+    tags: dict | None = None,
+) -> str:
     """A finished MLflow run shaped like one of ``ftops train``: :func:`build_adapter` as artifact ``adapter/``, the
     held-out split as ``data/test.jsonl`` and the lineage tags. Returns the run id."""
     import json
@@ -102,9 +113,15 @@ def log_adapter_run(base, test_rows: list[dict], *, b_init: float = 0.0, r: int 
         data.mkdir()
         with open(data / "test.jsonl", "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in test_rows)
-        lineage = {fa.TAG_BASE_NAME: base.name, fa.TAG_BASE_SHA256: base.sha256, fa.TAG_QUANTIZATION: "none",
-                   fa.TAG_LORA_R: str(r), fa.TAG_LORA_TARGETS: ",".join(sorted(targets)),
-                   fa.TAG_DATASET_PREFIX + "test.digest": "0" * 64, **(tags or {})}
+        lineage = {
+            fa.TAG_BASE_NAME: base.name,
+            fa.TAG_BASE_SHA256: base.sha256,
+            fa.TAG_QUANTIZATION: "none",
+            fa.TAG_LORA_R: str(r),
+            fa.TAG_LORA_TARGETS: ",".join(sorted(targets)),
+            fa.TAG_DATASET_PREFIX + "test.digest": "0" * 64,
+            **(tags or {}),
+        }
         with mlflow.start_run(experiment_id=settings.experiment_id(), tags=lineage) as run:
             mlflow.log_artifacts(str(out), fa.ARTIFACT_PATH)
             mlflow.log_artifacts(str(data), "data")
@@ -117,8 +134,8 @@ def tiny_trainer(config, base, data: dict[str, Path], out: Path):
     Returns ``(trainer, tokenizer, splits)``."""
     from transformers import AutoTokenizer
 
-    from training.chat_template import training_chat_template
-    from training.job import _build_trainer, load_model, validate_split
+    from ftops.training.chat_template import training_chat_template
+    from ftops.training.job import _build_trainer, load_model, validate_split
 
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     tokenizer.chat_template = training_chat_template(tokenizer, base.name)
@@ -127,7 +144,10 @@ def tiny_trainer(config, base, data: dict[str, Path], out: Path):
     return trainer, tokenizer, splits
 
 
-LEARNED_ADAPTER = {"b_init": 0.5, "seed": 1}  # registry tests: an adapter whose answers differ from its base's
+LEARNED_ADAPTER = {
+    "b_init": 0.5,
+    "seed": 1,
+}  # registry tests: an adapter whose answers differ from its base's
 
 
 @pytest.fixture(scope="session")
@@ -135,11 +155,13 @@ def learned_rows(tiny_base, tmp_path_factory) -> list[dict]:
     """Held-out rows whose reference answers are what the ``LEARNED_ADAPTER`` adapter answers greedily (and the base
     does not): a candidate that really beats its base on them, without a training run. ``log_adapter_run(tiny_base,
     learned_rows, **LEARNED_ADAPTER)`` logs that same adapter (it is deterministic in its seed)."""
-    from registry.eval import TransformersEngine
+    from ftops.registry.eval import TransformersEngine
 
     adapter = build_adapter(tiny_base, tmp_path_factory.mktemp("learned") / "adapter", **LEARNED_ADAPTER)
-    prompts = [[{"role": "user", "content": f"Ticket {i}: the {item} arrived broken."}]
-               for i, item in enumerate(("kettle", "lamp", "toaster", "scarf"))]
+    prompts = [
+        [{"role": "user", "content": f"Ticket {i}: the {item} arrived broken."}]
+        for i, item in enumerate(("kettle", "lamp", "toaster", "scarf"))
+    ]
     engine = TransformersEngine(tiny_base.path)
     cand = engine.chat(prompts, adapter, 8)
     base = engine.chat(prompts, None, 8)

@@ -29,8 +29,9 @@ COMMANDS = [path for path, _ in _all_commands(build_parser())]
 
 def ftops(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "ftops.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ftops.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_top_level_help_lists_every_subcommand():

@@ -21,9 +21,9 @@ import yaml
 
 from ftops.cli import main
 from ftops.errors import FtopsError
-from serving import costs
-from serving.costs import BusyClock, busy_seconds, load_hardware, load_prices, usage_report
-from serving.ledger import Ledger
+from ftops.serving import costs
+from ftops.serving.costs import BusyClock, busy_seconds, load_hardware, load_prices, usage_report
+from ftops.serving.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[1]
 PRICES = yaml.safe_load((REPO / "serving" / "prices.yaml").read_text())
@@ -32,8 +32,18 @@ T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def _record(ledger: Ledger, i: int | str, **kw) -> dict:
-    args = {"request_id": f"req-{i}", "api_key_id": "key-1", "model": "smollm2", "adapter": "support", "registry_version": 1,
-                "prompt_tokens": 10, "completion_tokens": 5, "latency_s": 1.0, "ttft_s": 0.1, "status": "ok"}
+    args = {
+        "request_id": f"req-{i}",
+        "api_key_id": "key-1",
+        "model": "smollm2",
+        "adapter": "support",
+        "registry_version": 1,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "latency_s": 1.0,
+        "ttft_s": 0.1,
+        "status": "ok",
+    }
     return ledger.record(**{**args, **kw})
 
 
@@ -47,8 +57,14 @@ def test_ledger_keeps_every_row_under_concurrent_threads(ftops_home):
         rng = random.Random(c)
         for i in range(25):
             p, q = rng.randint(1, 500), rng.randint(0, 200)
-            _record(ledger, f"{c}-{i}", prompt_tokens=p, completion_tokens=q,
-                    status=rng.choice(["ok", "cancelled", "failed"]), adapter=rng.choice(["a", "b", None]))
+            _record(
+                ledger,
+                f"{c}-{i}",
+                prompt_tokens=p,
+                completion_tokens=q,
+                status=rng.choice(["ok", "cancelled", "failed"]),
+                adapter=rng.choice(["a", "b", None]),
+            )
             with lock:
                 sent.append((f"req-{c}-{i}", p, q))
 
@@ -74,7 +90,7 @@ def test_ledger_rows_survive_reopen_and_a_killed_process(ftops_home):
     code = textwrap.dedent("""
         import os, signal, sys
         sys.path.insert(0, sys.argv[1])
-        from serving.ledger import Ledger
+        from ftops.serving.ledger import Ledger
         ledger = Ledger()
         for i in range(5):
             ledger.record(request_id=f"killed-{i}", api_key_id=None, model="smollm2", adapter=None,
@@ -100,8 +116,9 @@ def test_rows_since_filters_by_end_time(ftops_home):
         assert [r["request_id"] for r in ledger.rows(naive)] == ["req-4"]
 
 
-@pytest.mark.parametrize("bad", [{"status": "timeout"}, {"prompt_tokens": -1}, {"completion_tokens": 2.5},
-                                 {"latency_s": -0.1}])
+@pytest.mark.parametrize(
+    "bad", [{"status": "timeout"}, {"prompt_tokens": -1}, {"completion_tokens": 2.5}, {"latency_s": -0.1}]
+)
 def test_record_refuses_bad_values_and_writes_nothing(ftops_home, bad):
     with Ledger() as ledger:
         with pytest.raises(FtopsError, match="ledger.record"):
@@ -116,12 +133,22 @@ def test_record_stamps_costs_and_increments_prometheus_counters(ftops_home):
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
     labels = {"model": "smollm2-stamp", "adapter": "stamp"}
-    before = (sample("ftops_tokens_total", kind="prompt", **labels),
-              sample("ftops_tokens_total", kind="completion", **labels),
-              sample("ftops_hosted_equivalent_cost_usd_total", hosted_model="openai/gpt-4o", **labels))
+    before = (
+        sample("ftops_tokens_total", kind="prompt", **labels),
+        sample("ftops_tokens_total", kind="completion", **labels),
+        sample("ftops_hosted_equivalent_cost_usd_total", hosted_model="openai/gpt-4o", **labels),
+    )
     with Ledger() as ledger:
-        row = _record(ledger, "s1", model="smollm2-stamp", adapter="stamp", prompt_tokens=1000,
-                      completion_tokens=300, latency_s=2.0, at=T0)
+        row = _record(
+            ledger,
+            "s1",
+            model="smollm2-stamp",
+            adapter="stamp",
+            prompt_tokens=1000,
+            completion_tokens=300,
+            latency_s=2.0,
+            at=T0,
+        )
     gpt4o = PRICES["models"]["openai/gpt-4o"]
     expected = (1000 * gpt4o["input_usd_per_mtok"] + 300 * gpt4o["output_usd_per_mtok"]) / 1e6
     assert row["hosted_usd"]["openai/gpt-4o"] == pytest.approx(expected)
@@ -132,8 +159,9 @@ def test_record_stamps_costs_and_increments_prometheus_counters(ftops_home):
     assert row["self_hosted_usd"] == pytest.approx(2.0 * replica["usd_per_hour"] / 3600)
     assert sample("ftops_tokens_total", kind="prompt", **labels) - before[0] == 1000
     assert sample("ftops_tokens_total", kind="completion", **labels) - before[1] == 300
-    assert sample("ftops_hosted_equivalent_cost_usd_total", hosted_model="openai/gpt-4o", **labels) - before[2] \
-        == pytest.approx(expected)
+    assert sample("ftops_hosted_equivalent_cost_usd_total", hosted_model="openai/gpt-4o", **labels) - before[
+        2
+    ] == pytest.approx(expected)
     assert sample("ftops_requests_total", status="ok", **labels) >= 1
 
 
@@ -155,12 +183,38 @@ def test_report_figures_follow_from_rows_and_tables(ftops_home):
     """Recompute every figure of the report from the rows by the formula of docs/cost.md, by hand."""
     with Ledger() as ledger:
         # intervals [6,10] and [8,12] overlap, [25,30] stands alone: busy time 6 + 5 = 11 s
-        _record(ledger, 1, adapter="support", registry_version=1, prompt_tokens=100, completion_tokens=50,
-                latency_s=4.0, at=T0 + timedelta(seconds=10))
-        _record(ledger, 2, adapter="sql", registry_version=3, prompt_tokens=300, completion_tokens=20,
-                latency_s=4.0, status="cancelled", at=T0 + timedelta(seconds=12))
-        _record(ledger, 3, adapter="support", registry_version=2, prompt_tokens=60, completion_tokens=0,
-                latency_s=5.0, status="failed", at=T0 + timedelta(seconds=30))
+        _record(
+            ledger,
+            1,
+            adapter="support",
+            registry_version=1,
+            prompt_tokens=100,
+            completion_tokens=50,
+            latency_s=4.0,
+            at=T0 + timedelta(seconds=10),
+        )
+        _record(
+            ledger,
+            2,
+            adapter="sql",
+            registry_version=3,
+            prompt_tokens=300,
+            completion_tokens=20,
+            latency_s=4.0,
+            status="cancelled",
+            at=T0 + timedelta(seconds=12),
+        )
+        _record(
+            ledger,
+            3,
+            adapter="support",
+            registry_version=2,
+            prompt_tokens=60,
+            completion_tokens=0,
+            latency_s=5.0,
+            status="failed",
+            at=T0 + timedelta(seconds=30),
+        )
         report = usage_report(ledger)
     hourly = HARDWARE["instances"][HARDWARE["default"]]["usd_per_hour"]
     busy, tokens = 11.0, 100 + 50 + 300 + 20 + 60
@@ -193,7 +247,8 @@ def test_report_figures_follow_from_rows_and_tables(ftops_home):
     assert sum(a["self_hosted_usd"] for a in report["adapters"]) == pytest.approx(total["self_hosted_usd"])
     mini = PRICES["models"]["openai/ft:gpt-4o-mini"]
     assert support["hosted_usd"]["openai/ft:gpt-4o-mini"] == pytest.approx(
-        (160 * mini["input_usd_per_mtok"] + 50 * mini["output_usd_per_mtok"]) / 1e6)
+        (160 * mini["input_usd_per_mtok"] + 50 * mini["output_usd_per_mtok"]) / 1e6
+    )
     assert report["replica"]["monthly_usd"] == pytest.approx(hourly * 730)
 
 
@@ -247,7 +302,8 @@ def test_training_cost_from_the_registered_run(ftops_home):
     assert v1["available"] and v1["run_id"] == run.info.run_id
     assert v1["self_hosted_usd"] == pytest.approx(1.5 * hourly)
     assert v1["hosted_usd"]["openai/ft:gpt-4o-mini"] == pytest.approx(
-        2 * PRICES["models"]["openai/ft:gpt-4o-mini"]["training_usd_per_mtok"])
+        2 * PRICES["models"]["openai/ft:gpt-4o-mini"]["training_usd_per_mtok"]
+    )
     assert "openai/gpt-4o" not in v1["hosted_usd"]  # no training price for a base model
     assert not v3["available"] and "logged no trained tokens and no runtime" in v3["reason"]
     assert not v9["available"] and "support/9" in v9["reason"]
@@ -262,15 +318,23 @@ def _write_prices(tmp_path: Path, mutate) -> Path:
     return path
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda d: d["models"]["openai/gpt-4o"].pop("output_usd_per_mtok"), "models.openai/gpt-4o.output_usd_per_mtok"),
-    (lambda d: d["models"]["openai/gpt-4o-mini"].update(input_usd_per_mtok=-0.15),
-     "models.openai/gpt-4o-mini.input_usd_per_mtok"),
-    (lambda d: d["models"]["openai/ft:gpt-4o"].update(training_usd_per_mtok=-1), "training_usd_per_mtok"),
-    (lambda d: d["models"]["openai/gpt-4o"].update(input_usd_per_mtok="cheap"), "input_usd_per_mtok"),
-    (lambda d: d.pop("as_of"), "field as_of"),
-    (lambda d: d.update(models={}), "field models"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (
+            lambda d: d["models"]["openai/gpt-4o"].pop("output_usd_per_mtok"),
+            "models.openai/gpt-4o.output_usd_per_mtok",
+        ),
+        (
+            lambda d: d["models"]["openai/gpt-4o-mini"].update(input_usd_per_mtok=-0.15),
+            "models.openai/gpt-4o-mini.input_usd_per_mtok",
+        ),
+        (lambda d: d["models"]["openai/ft:gpt-4o"].update(training_usd_per_mtok=-1), "training_usd_per_mtok"),
+        (lambda d: d["models"]["openai/gpt-4o"].update(input_usd_per_mtok="cheap"), "input_usd_per_mtok"),
+        (lambda d: d.pop("as_of"), "missing required key 'as_of'"),
+        (lambda d: d.update(models={}), "models: "),
+    ],
+)
 def test_bad_price_table_is_refused_naming_file_and_field(tmp_path, mutate, field):
     path = _write_prices(tmp_path, mutate)
     with pytest.raises(FtopsError) as e:
@@ -280,7 +344,7 @@ def test_bad_price_table_is_refused_naming_file_and_field(tmp_path, mutate, fiel
 
 
 def test_unreadable_tables_and_bad_hardware(tmp_path, monkeypatch):
-    with pytest.raises(FtopsError, match="cannot read"):
+    with pytest.raises(FtopsError, match="missing.yaml: no such hosted price table file"):
         load_prices(tmp_path / "missing.yaml")
     (tmp_path / "broken.yaml").write_text("models: [unclosed\n")
     with pytest.raises(FtopsError, match=r"broken.yaml: line \d+ is not valid YAML"):
@@ -301,8 +365,15 @@ def test_unreadable_tables_and_bad_hardware(tmp_path, monkeypatch):
 
 def test_shipped_tables_are_valid_and_dated():
     prices, hardware = load_prices(), load_hardware()
-    assert {"openai/gpt-4o", "openai/gpt-4o-mini", "openai/gpt-4.1", "openai/gpt-4.1-mini", "openai/gpt-4.1-nano",
-            "openai/ft:gpt-4o-mini", "openai/ft:gpt-4.1-nano"} <= set(prices.models)
+    assert {
+        "openai/gpt-4o",
+        "openai/gpt-4o-mini",
+        "openai/gpt-4.1",
+        "openai/gpt-4.1-mini",
+        "openai/gpt-4.1-nano",
+        "openai/ft:gpt-4o-mini",
+        "openai/ft:gpt-4.1-nano",
+    } <= set(prices.models)
     assert all(p.training_usd_per_mtok is not None for p in prices.models.values() if p.fine_tuned)
     assert any(p.provider == "together" for p in prices.models.values())
     assert all(p.source.startswith("https://") for p in prices.models.values())
@@ -315,8 +386,15 @@ def test_shipped_tables_are_valid_and_dated():
 def _seed(n: int = 6) -> None:
     with Ledger() as ledger:
         for i in range(n):
-            _record(ledger, i, adapter=["support", None][i % 2], prompt_tokens=20 + i, completion_tokens=10,
-                    latency_s=1.5, at=datetime.now(UTC) - timedelta(minutes=10 - i))
+            _record(
+                ledger,
+                i,
+                adapter=["support", None][i % 2],
+                prompt_tokens=20 + i,
+                completion_tokens=10,
+                latency_s=1.5,
+                at=datetime.now(UTC) - timedelta(minutes=10 - i),
+            )
 
 
 def test_cost_report_json_shape(ftops_home, capsys):
@@ -361,11 +439,14 @@ def test_cost_report_on_missing_or_empty_ledger_says_what_to_do(ftops_home, caps
     assert "no requests" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, code, message", [
-    (["--since", "yesterday"], 2, "--since 'yesterday'"),
-    (["--replica", "nope"], 1, "unknown replica 'nope'"),
-    (["--prices", "/nonexistent/prices.yaml"], 1, "/nonexistent/prices.yaml: cannot read"),
-])
+@pytest.mark.parametrize(
+    "argv, code, message",
+    [
+        (["--since", "yesterday"], 2, "--since 'yesterday'"),
+        (["--replica", "nope"], 1, "unknown replica 'nope'"),
+        (["--prices", "/nonexistent/prices.yaml"], 1, "/nonexistent/prices.yaml: no such hosted price table file"),
+    ],
+)
 def test_cost_report_bad_input_is_one_line(ftops_home, capsys, argv, code, message):
     assert main(["cost", "report", *argv]) == code
     err = capsys.readouterr().err
@@ -374,9 +455,17 @@ def test_cost_report_bad_input_is_one_line(ftops_home, capsys, argv, code, messa
 
 def test_cost_report_bad_price_table_exits_1(ftops_home, tmp_path):
     path = _write_prices(tmp_path, lambda d: d["models"]["openai/gpt-4o"].update(output_usd_per_mtok=-10))
-    proc = subprocess.run([sys.executable, "-m", "ftops.cli", "cost", "report", "--prices", str(path)],
-                          capture_output=True, text=True, cwd=REPO, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftops.cli", "cost", "report", "--prices", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        (f"ftops cost: error: {path}: field models.openai/gpt-4o.output_usd_per_mtok: Input should be greater "
-         f"than or equal to 0; fix the hosted price table and restart")]
+        (
+            f"ftops cost: error: {path}: models.openai/gpt-4o.output_usd_per_mtok: Input should be greater "
+            f"than or equal to 0 (got -10); fix the hosted price table and restart"
+        )
+    ]

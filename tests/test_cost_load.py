@@ -31,11 +31,23 @@ PROMPT = [{"role": "user", "content": "Write a long story about a ticket queue."
 
 def _start(config: Path, home: Path, extra_env: dict | None = None) -> tuple[subprocess.Popen, str, object]:
     port = free_port()
-    env = {**os.environ, "FTOPS_API_KEY": API_KEY, "FTOPS_ADMIN_KEY": ADMIN_KEY,
-           "BENTOML_HOME": str(home / "bentoml"), "VLLM_CPU_KVCACHE_SPACE": "1", **(extra_env or {})}
+    env = {
+        **os.environ,
+        "FTOPS_API_KEY": API_KEY,
+        "FTOPS_ADMIN_KEY": ADMIN_KEY,
+        "BENTOML_HOME": str(home / "bentoml"),
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        **(extra_env or {}),
+    }
     log = open(home / "server.log", "wb")  # noqa: SIM115 (open for the server's lifetime, closed by _stop)
-    proc = subprocess.Popen([sys.executable, "-m", "ftops.cli", "serve", "--config", str(config), "--port", str(port)],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftops.cli", "serve", "--config", str(config), "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     return proc, f"http://127.0.0.1:{port}", log
 
 
@@ -62,8 +74,10 @@ def test_bad_price_table_stops_the_service_at_startup(tiny_base, models_dir, tmp
     bad = tmp_path / "prices.yaml"
     bad.write_text(yaml.safe_dump(prices))
     config = home / "serve.yaml"
-    config.write_text(f"# ftops serve --config serve.yaml (tests/test_cost_load.py)\nbase: {BASE}\n"
-                      "engine: {max_model_len: 512, max_lora_rank: 8}\n")
+    config.write_text(
+        f"# ftops serve --config serve.yaml (tests/test_cost_load.py)\nbase: {BASE}\n"
+        "engine: {max_model_len: 512, max_lora_rank: 8}\n"
+    )
     proc, url, log = _start(config, home, {"FTOPS_PRICES": str(bad)})
     field = "models.openai/gpt-4o-mini.output_usd_per_mtok"
     try:
@@ -87,8 +101,9 @@ def load_service(tiny_base, models_dir, tmp_path_factory):
         mp.delenv("FTOPS_PRICES", raising=False)
         from mlflow import MlflowClient
 
-        v1 = register_version(ADAPTER, make_adapter(tiny_base, tmp_path_factory.mktemp("load-adapter") / "v1", 3),
-                              tiny_base)
+        v1 = register_version(
+            ADAPTER, make_adapter(tiny_base, tmp_path_factory.mktemp("load-adapter") / "v1", 3), tiny_base
+        )
         MlflowClient().set_registered_model_alias(ADAPTER, "production", v1)
         ledger_url = f"sqlite:///{home / 'ledger.db'}"
         config = home / "serve.yaml"
@@ -112,8 +127,8 @@ def test_load_every_request_in_the_ledger_with_the_usage_the_client_got(load_ser
     from openai import OpenAI
     from prometheus_client.parser import text_string_to_metric_families
 
-    from serving.costs import usage_report
-    from serving.ledger import Ledger
+    from ftops.serving.costs import usage_report
+    from ftops.serving.ledger import Ledger
 
     client = OpenAI(base_url=load_service["url"] + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
     lock = threading.Lock()
@@ -126,15 +141,26 @@ def test_load_every_request_in_the_ledger_with_the_usage_the_client_got(load_ser
             r = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=12, temperature=0)
             seen, status = (r.usage.prompt_tokens, r.usage.completion_tokens), "ok"
         elif kind == "stream":
-            stream = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=12, temperature=0,
-                                                    stream=True, stream_options={"include_usage": True})
+            stream = client.chat.completions.create(
+                model=model,
+                messages=PROMPT,
+                max_tokens=12,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
             usage = [c.usage for c in stream if c.usage is not None]
             seen, status = (usage[-1].prompt_tokens, usage[-1].completion_tokens), "ok"
         else:  # a long answer the client walks away from after 3 chunks
             stream = client.chat.completions.create(
-                model=model, messages=PROMPT, max_tokens=800, temperature=0, stream=True,
+                model=model,
+                messages=PROMPT,
+                max_tokens=800,
+                temperature=0,
+                stream=True,
                 stream_options={"include_usage": True, "continuous_usage_stats": True},
-                extra_body={"ignore_eos": True})
+                extra_body={"ignore_eos": True},
+            )
             usage = None
             for n, chunk in enumerate(stream):
                 usage = chunk.usage or usage
@@ -158,9 +184,11 @@ def test_load_every_request_in_the_ledger_with_the_usage_the_client_got(load_ser
         time.sleep(0.5)
     assert len(rows) == N_REQUESTS
     cancelled = [r for r in rows if r["status"] == "cancelled"]
-    print(f"ledger: {len(rows)} rows, {len(cancelled)} cancelled; prompt {sum(r['prompt_tokens'] for r in rows)}, "
-          f"completion {sum(r['completion_tokens'] for r in rows)} tokens; cancelled completion tokens "
-          f"{sum(r['completion_tokens'] for r in cancelled)} (the clients saw {sum(c for _, c in got['cancelled'])})")
+    print(
+        f"ledger: {len(rows)} rows, {len(cancelled)} cancelled; prompt {sum(r['prompt_tokens'] for r in rows)}, "
+        f"completion {sum(r['completion_tokens'] for r in rows)} tokens; cancelled completion tokens "
+        f"{sum(r['completion_tokens'] for r in cancelled)} (the clients saw {sum(c for _, c in got['cancelled'])})"
+    )
     by_status = {s: [r for r in rows if r["status"] == s] for s in ("ok", "cancelled", "failed")}
     assert by_status["failed"] == []
     # A stream the client walks away from is `cancelled` once the server sees the disconnect. When a busy client thread
@@ -183,12 +211,15 @@ def test_load_every_request_in_the_ledger_with_the_usage_the_client_got(load_ser
     assert all(0 < t < 800 for t in cancelled_tokens), cancelled_tokens
     assert sum(r["completion_tokens"] for r in abandoned) >= sum(c for _, c in got["cancelled"])
     assert {(r["model"], r["adapter"], r["registry_version"]) for r in rows} == {
-        (BASE, None, None), (BASE, ADAPTER, load_service["version"])}
+        (BASE, None, None),
+        (BASE, ADAPTER, load_service["version"]),
+    }
     assert {r["api_key_id"] for r in rows} == {"default"}
 
     # GET /v1/usage (admin key) reports the same rows by the same formula as the report recomputed here
-    status, _, served_report = http("GET", load_service["url"] + "/v1/usage", None,
-                                    {"Authorization": f"Bearer {ADMIN_KEY}"})
+    status, _, served_report = http(
+        "GET", load_service["url"] + "/v1/usage", None, {"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
     assert status == 200
     mine = usage_report(ledger)
     ledger.close()

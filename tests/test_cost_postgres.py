@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from serving.costs import usage_report
-from serving.ledger import Ledger
+from ftops.serving.costs import usage_report
+from ftops.serving.ledger import Ledger
 
-PG_BIN = next((p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-               if (p / "initdb").exists()), None)
+PG_BIN = next(
+    (p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True) if (p / "initdb").exists()),
+    None,
+)
 
 
 def _as_postgres(argv: list[str]) -> list[str]:
@@ -46,9 +48,20 @@ def pg_url():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for argv in ([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                 [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"), "-w", "-o",
-                  f"-p {port} -k {root} -h 127.0.0.1", "start"]):
+    for argv in (
+        [str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        [
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(root / "pg.log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {root} -h 127.0.0.1",
+            "start",
+        ],
+    ):
         proc = subprocess.run(_as_postgres(argv), capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             shutil.rmtree(root, ignore_errors=True)
@@ -56,8 +69,11 @@ def pg_url():
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
-                       capture_output=True, check=False)
+        subprocess.run(
+            _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
+            capture_output=True,
+            check=False,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -65,10 +81,22 @@ def test_postgres_ledger_concurrent_durable_and_reported_like_sqlite(pg_url, fto
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
 
     def rows_for(c: int) -> list[dict]:
-        return [{"request_id": f"req-{c}-{i}", "api_key_id": "k", "model": "smollm2", "adapter": ("a", "b", None)[c % 3],
-                     "registry_version": (c % 3) or None, "prompt_tokens": 10 + c, "completion_tokens": i,
-                     "latency_s": 0.5 + i / 10, "ttft_s": 0.1, "status": ("ok", "cancelled", "failed")[i % 3],
-                     "at": t0 + timedelta(seconds=c * 7 + i)} for i in range(10)]
+        return [
+            {
+                "request_id": f"req-{c}-{i}",
+                "api_key_id": "k",
+                "model": "smollm2",
+                "adapter": ("a", "b", None)[c % 3],
+                "registry_version": (c % 3) or None,
+                "prompt_tokens": 10 + c,
+                "completion_tokens": i,
+                "latency_s": 0.5 + i / 10,
+                "ttft_s": 0.1,
+                "status": ("ok", "cancelled", "failed")[i % 3],
+                "at": t0 + timedelta(seconds=c * 7 + i),
+            }
+            for i in range(10)
+        ]
 
     ledger = Ledger(pg_url)
     threads = [threading.Thread(target=lambda c=c: [ledger.record(**r) for r in rows_for(c)]) for c in range(16)]
@@ -77,7 +105,10 @@ def test_postgres_ledger_concurrent_durable_and_reported_like_sqlite(pg_url, fto
     for t in threads:
         t.join()
     ledger.close()
-    with Ledger(pg_url) as again, Ledger() as sqlite:  # reopened; the same rows into the default SQLite ledger
+    with (
+        Ledger(pg_url) as again,
+        Ledger() as sqlite,
+    ):  # reopened; the same rows into the default SQLite ledger
         rows = again.rows()
         assert len(rows) == 160 and len({r["request_id"] for r in rows}) == 160
         assert rows[0]["ts"] == t0 and rows[0]["ts"].tzinfo is not None

@@ -31,8 +31,8 @@ def reference(x, a, b, indices, scale):
             continue
         offset = 0
         for a_s, b_s, out in zip(a, b, OUTS, strict=True):
-            shrunk = (x[row:row + 1].float() @ a_s[slot, 0].float().T) * scale
-            y[row, offset:offset + out] += (shrunk.to(torch.bfloat16) @ b_s[slot, 0].T)[0]
+            shrunk = (x[row : row + 1].float() @ a_s[slot, 0].float().T) * scale
+            y[row, offset : offset + out] += (shrunk.to(torch.bfloat16) @ b_s[slot, 0].T)[0]
             offset += out
     return y
 
@@ -81,8 +81,11 @@ def registered(monkeypatch):
     return lora_ops, punica_cpu
 
 
-@pytest.mark.parametrize("indices", [[0, -1, 1, 0, -1], [1, 1, 1], [-1, -1, -1], [0, 0]],
-                         ids=["mixed", "uniform", "none", "uniform-0"])
+@pytest.mark.parametrize(
+    "indices",
+    [[0, -1, 1, 0, -1], [1, 1, 1], [-1, -1, -1], [0, 0]],
+    ids=["mixed", "uniform", "none", "uniform-0"],
+)
 def test_wrapper_add_lora_linear_matches_the_reference(indices, registered):
     """The wrapper's one-adapter fast path and its mixed fallback (vLLM's path over the registered ops) both equal
     the per-row reference."""
@@ -146,16 +149,26 @@ def test_real_engine_base_request_beside_two_adapters_answers_as_the_base(tiny_b
     assert "VLLM_PLUGINS" not in os.environ
     a = LoRARequest("a", 1, str(make_adapter(tiny_base, tmp_path / "a", 1)))
     b = LoRARequest("b", 2, str(make_adapter(tiny_base, tmp_path / "b", 2)))
-    llm = LLM(model=tiny_base.path, enable_lora=True, max_lora_rank=8, max_loras=2, max_model_len=256,
-              dtype="float32", gpu_memory_utilization=0.3, seed=0)
+    llm = LLM(
+        model=tiny_base.path,
+        enable_lora=True,
+        max_lora_rank=8,
+        max_loras=2,
+        max_model_len=256,
+        dtype="float32",
+        gpu_memory_utilization=0.3,
+        seed=0,
+    )
     try:
         params = SamplingParams(max_tokens=12, temperature=0)
         messages = [{"role": "user", "content": "Name three colours."}]
-        alone = [llm.chat(messages, params, lora_request=r, use_tqdm=False)[0].outputs[0].token_ids
-                 for r in (a, b, None)]
+        alone = [
+            llm.chat(messages, params, lora_request=r, use_tqdm=False)[0].outputs[0].token_ids for r in (a, b, None)
+        ]
         assert len({tuple(t) for t in alone}) == 3  # the adapters change the answer
-        mixed = [o.outputs[0].token_ids for o in llm.chat([messages] * 3, params, lora_request=[a, b, None],
-                                                          use_tqdm=False)]
+        mixed = [
+            o.outputs[0].token_ids for o in llm.chat([messages] * 3, params, lora_request=[a, b, None], use_tqdm=False)
+        ]
         assert mixed == alone
     finally:
         llm.llm_engine.engine_core.shutdown()

@@ -9,9 +9,9 @@ from collections import Counter
 import jsonschema
 import pytest
 
-from expectations.demo_data import SYSTEM_PROMPT, TICKET_SCHEMA, generate_tickets, write_tickets
-from expectations.regression import load_suite, score
-from expectations.validate import validate_file
+from ftops.expectations.demo_data import SYSTEM_PROMPT, TICKET_SCHEMA, generate_tickets, write_tickets
+from ftops.expectations.regression import load_suite, score
+from ftops.expectations.validate import validate_file
 
 
 def test_tickets_are_deterministic_valid_short_and_varied(tmp_path, smollm2):
@@ -59,20 +59,27 @@ def test_regression_suite_shape():
     suite = load_suite()
     assert 35 <= len(suite) <= 50 and len({i["id"] for i in suite}) == len(suite)
     for item in suite:
-        assert [m["role"] for m in item["messages"]] == ["user"] and item["check"] in ("contains", "exact", "number")
+        assert [m["role"] for m in item["messages"]] == ["user"] and item["check"] in (
+            "contains",
+            "exact",
+            "number",
+        )
     assert {"cap-france", "math-add", "code-len", "inst-yes"} <= {i["id"] for i in suite}
 
 
-@pytest.mark.parametrize("check,answer,text,ok", [
-    ("contains", "Paris", "The capital of France is Paris.", True),
-    ("contains", "Paris", "The capital of France is Lyon.", False),
-    ("exact", "yes", ' "Yes." ', True),
-    ("exact", "yes", "Yes, of course.", False),
-    ("number", "12", "3 x 4 = 12.", True),
-    ("number", "12", "The answer is 120.", False),
-    ("number", "5", "20 divided by 4 is five.", True),
-    ("number", "42", "It is 4.2", False),
-    ("number", "1000", "1,000 people", True),
-])
+@pytest.mark.parametrize(
+    "check,answer,text,ok",
+    [
+        ("contains", "Paris", "The capital of France is Paris.", True),
+        ("contains", "Paris", "The capital of France is Lyon.", False),
+        ("exact", "yes", ' "Yes." ', True),
+        ("exact", "yes", "Yes, of course.", False),
+        ("number", "12", "3 x 4 = 12.", True),
+        ("number", "12", "The answer is 120.", False),
+        ("number", "5", "20 divided by 4 is five.", True),
+        ("number", "42", "It is 4.2", False),
+        ("number", "1000", "1,000 people", True),
+    ],
+)
 def test_score_checks(check, answer, text, ok):
     assert score({"answer": answer, "check": check}, text) is ok

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from expectations import DataError
-from expectations.demo_data import generate_tickets, write_tickets
-from expectations.split import assign_split, split_file
+from ftops.expectations import DataError
+from ftops.expectations.demo_data import generate_tickets, write_tickets
+from ftops.expectations.split import assign_split, split_file
 
 DATA = Path(__file__).parent / "data"
 

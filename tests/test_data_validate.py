@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from expectations.validate import (
+from ftops.expectations.validate import (
     MAX_LINE_BYTES,
     SUITE_PATH,
     ValidationReport,
@@ -35,8 +35,13 @@ def write_lines(path: Path, records: list) -> Path:
 
 
 def chat(q: str, a: str) -> dict:
-    return {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": q},
-                         {"role": "assistant", "content": a}]}
+    return {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": q},
+            {"role": "assistant", "content": a},
+        ]
+    }
 
 
 CLEAN = [chat(f"What is {i} + {i}?", str(2 * i)) for i in range(12)]
@@ -45,9 +50,19 @@ CLEAN = [chat(f"What is {i} + {i}?", str(2 * i)) for i in range(12)]
 def test_corpus_index_covers_every_file():
     files = {p.name for p in (DATA / "malformed").glob("*.jsonl")}
     assert files == set(MALFORMED) and len(files) >= 25
-    openai_codes = {"data_type", "missing_messages_list", "message_missing_key", "message_unrecognized_key",
-                    "unrecognized_role", "missing_content", "example_missing_assistant_message", "invalid_json",
-                    "invalid_utf8", "too_few_examples", "duplicate_example"}
+    openai_codes = {
+        "data_type",
+        "missing_messages_list",
+        "message_missing_key",
+        "message_unrecognized_key",
+        "unrecognized_role",
+        "missing_content",
+        "example_missing_assistant_message",
+        "invalid_json",
+        "invalid_utf8",
+        "too_few_examples",
+        "duplicate_example",
+    }
     assert openai_codes <= {case["code"] for case in MALFORMED.values()}
 
 
@@ -69,8 +84,15 @@ def test_warning_file_is_valid_and_warns_at_the_line(name):
     assert (expected["line"], expected["code"]) in [(i.line, i.code) for i in report.warnings]
 
 
-@pytest.mark.parametrize("name,fmt", [("chat.jsonl", "chat"), ("completion.jsonl", "completion"),
-                                      ("alpaca.jsonl", "alpaca"), ("chat_tools_weights.jsonl", "chat")])
+@pytest.mark.parametrize(
+    "name,fmt",
+    [
+        ("chat.jsonl", "chat"),
+        ("completion.jsonl", "completion"),
+        ("alpaca.jsonl", "alpaca"),
+        ("chat_tools_weights.jsonl", "chat"),
+    ],
+)
 def test_clean_files_pass_with_no_errors_or_warnings(name, fmt, tokenizer):
     report = validate_file(DATA / "clean" / name, tokenizer=tokenizer, context_length=8192)
     assert (report.valid, report.errors, report.warnings, report.format) == (True, [], [], fmt)
@@ -81,8 +103,9 @@ def test_clean_files_pass_with_no_errors_or_warnings(name, fmt, tokenizer):
 
 def test_examples_are_normalized_to_chat_form():
     completion = validate_file(DATA / "clean" / "completion.jsonl").examples[0]
-    assert completion == {"messages": [{"role": "user", "content": "What is 2 + 2?"},
-                                       {"role": "assistant", "content": "4"}]}
+    assert completion == {
+        "messages": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]
+    }
     alpaca = validate_file(DATA / "clean" / "alpaca.jsonl").examples
     assert alpaca[0]["messages"][0]["content"] == "What is 2 + 2?\n\nAnswer briefly."
     assert alpaca[1]["messages"][0]["content"] == "Name the capital of Italy."  # empty input adds nothing
@@ -102,7 +125,11 @@ def test_every_problem_is_reported_in_one_pass(tmp_path):
     path.write_text("\n".join(records) + "\n")
     report = validate_file(path)
     assert [(i.line, i.code) for i in report.errors] == [
-        (2, "invalid_json"), (5, "unrecognized_role"), (7, "duplicate_example"), (10, "example_missing_assistant_message")]
+        (2, "invalid_json"),
+        (5, "unrecognized_role"),
+        (7, "duplicate_example"),
+        (10, "example_missing_assistant_message"),
+    ]
     assert "line 1" in report.errors[2].message
     assert report.to_json()["examples"] == 9  # 12 lines, 3 structurally broken (the duplicate is still an example)
 
@@ -134,8 +161,9 @@ def test_token_limit_says_how_many_tokens_would_be_cut(tmp_path, tokenizer):
     assert [i.line for i in limits] == [13]
     assert f"{n} tokens" in limits[0].message and f"last {n - 200} tokens would be cut" in limits[0].message
     assert report.stats["tokens"]["max"] == n
-    assert not [i for i in validate_file(path, tokenizer=tokenizer, context_length=n).warnings
-                if i.code == "token_limit"]
+    assert not [
+        i for i in validate_file(path, tokenizer=tokenizer, context_length=n).warnings if i.code == "token_limit"
+    ]
 
 
 def test_gx_suite_is_versioned_and_every_expectation_maps_to_a_code():
@@ -213,11 +241,10 @@ def test_huge_line_among_good_ones_does_not_hide_the_rest(tmp_path):
 
 
 def test_large_files_count_risky_examples_exactly_and_estimate_the_rest(tmp_path, tokenizer, monkeypatch):
-    import expectations.validate as validate
+    import ftops.expectations.validate as validate
 
     long = chat("Summarize: " + "the cat sat on the mat. " * 40, "A cat sat.")
-    path = write_lines(tmp_path / "big.jsonl", [chat(f"Question {i}?", f"Answer {i}.") for i in range(60)]
-                       + [long])
+    path = write_lines(tmp_path / "big.jsonl", [chat(f"Question {i}?", f"Answer {i}.") for i in range(60)] + [long])
     exact = validate_file(path, tokenizer=tokenizer, context_length=200)
     monkeypatch.setattr(validate, "EXACT_TOKENS_UP_TO", 10)
     sampled = validate_file(path, tokenizer=tokenizer, context_length=200)

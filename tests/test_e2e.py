@@ -34,10 +34,30 @@ rules:
 def test_demo_runs_the_whole_flow_on_the_tiny_base(tiny_base, ftops_home, tmp_path):
     policy = tmp_path / "e2e.yaml"
     policy.write_text(POLICY)
-    cmd = [sys.executable, "-m", "ftops.cli", "demo", "--base", tiny_base.name, "--examples", "200",
-           "--replay", "0",  # the random tiny model never ends an answer, so it has no replay data to give
-           "--questions", "2", "--policy", str(policy),
-           "--set", "max_steps=2", "--set", "eval_steps=2", "--set", "save_steps=2", "--set", "progress=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ftops.cli",
+        "demo",
+        "--base",
+        tiny_base.name,
+        "--examples",
+        "200",
+        "--replay",
+        "0",  # the random tiny model never ends an answer, so it has no replay data to give
+        "--questions",
+        "2",
+        "--policy",
+        str(policy),
+        "--set",
+        "max_steps=2",
+        "--set",
+        "eval_steps=2",
+        "--set",
+        "save_steps=2",
+        "--set",
+        "progress=false",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=dict(os.environ))
     out = result.stdout
     assert result.returncode == 0, (out[-4000:], result.stderr[-4000:])
@@ -57,7 +77,7 @@ def test_demo_runs_the_whole_flow_on_the_tiny_base(tiny_base, ftops_home, tmp_pa
 
     # both the adapter and the base answered over HTTP, with usage, and every request is in the ledger
     assert out.count("adapter  :") == 3 and out.count("base     :") == 3  # 2 tickets + 1 general question
-    from serving.ledger import Ledger
+    from ftops.serving.ledger import Ledger
 
     with Ledger(None, create=False) as ledger:
         rows = ledger.rows()
@@ -70,8 +90,13 @@ def test_demo_runs_the_whole_flow_on_the_tiny_base(tiny_base, ftops_home, tmp_pa
     # the cost report printed and charted what the ledger holds
     chart = Path(ftops_home) / "demo" / "cost.png"
     assert chart.is_file() and chart.stat().st_size > 10_000
-    report = subprocess.run([sys.executable, "-m", "ftops.cli", "cost", "report", "--json"], capture_output=True,
-                            text=True, timeout=300, env=dict(os.environ))
+    report = subprocess.run(
+        [sys.executable, "-m", "ftops.cli", "cost", "report", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
+    )
     assert report.returncode == 0, report.stderr
     total = json.loads(report.stdout)["total"]
     assert total["requests"] == len(rows)

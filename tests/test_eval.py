@@ -14,9 +14,15 @@ from typing import ClassVar
 import pytest
 from conftest import LEARNED_ADAPTER, build_adapter, log_adapter_run
 
-from registry import eval as ev
+from ftops.registry import eval as ev
 
-TICKET = {"order_id": "A-10234", "product": "kettle", "issue": "damaged", "action": "refund", "sentiment": "negative"}
+TICKET = {
+    "order_id": "A-10234",
+    "product": "kettle",
+    "issue": "damaged",
+    "action": "refund",
+    "sentiment": "negative",
+}
 
 
 def test_exact_match_and_field_accuracy():
@@ -31,7 +37,7 @@ def test_exact_match_and_field_accuracy():
 
 
 def test_format_compliance_with_the_ticket_schema_and_a_derived_one():
-    from expectations.demo_data import TICKET_SCHEMA
+    from ftops.expectations.demo_data import TICKET_SCHEMA
 
     assert ev.format_ok(json.dumps(TICKET), TICKET_SCHEMA)
     assert not ev.format_ok(json.dumps({**TICKET, "order_id": "10234"}), TICKET_SCHEMA)  # pattern
@@ -43,14 +49,26 @@ def test_format_compliance_with_the_ticket_schema_and_a_derived_one():
 
 
 def test_policy_rules_report_values():
-    from registry.policy import Policy, check_policy
+    from ftops.registry.policy import Policy, check_policy
 
-    policy = Policy.model_validate({"name": "p", "rules": [
-        {"metric": "accuracy", "min": 0.8}, {"metric": "latency_s", "max": 1.0},
-        {"metric": "accuracy", "max_drop_vs_production": 0.02}, {"metric": "retention", "min": 0.95}]})
+    policy = Policy.model_validate(
+        {
+            "name": "p",
+            "rules": [
+                {"metric": "accuracy", "min": 0.8},
+                {"metric": "latency_s", "max": 1.0},
+                {"metric": "accuracy", "max_drop_vs_production": 0.02},
+                {"metric": "retention", "min": 0.95},
+            ],
+        }
+    )
     results = check_policy(policy, {"accuracy": 0.85, "latency_s": 2.0}, {"accuracy": 0.9})
     assert [(r.passed, r.value, r.threshold) for r in results] == [
-        (True, 0.85, 0.8), (False, 2.0, 1.0), (False, 0.85, pytest.approx(0.88)), (False, None, 0.95)]
+        (True, 0.85, 0.8),
+        (False, 2.0, 1.0),
+        (False, 0.85, pytest.approx(0.88)),
+        (False, None, 0.95),
+    ]
     assert results[2].production_value == 0.9
     assert check_policy(policy, {"accuracy": 0.85, "latency_s": 0.5, "retention": 1.0}, None)[2].passed
 
@@ -67,12 +85,18 @@ def vllm_engine(tiny_base):
 def test_vllm_evaluation_logs_metrics_and_table(tiny_base, fast_ftops_home, vllm_engine, learned_rows):
     import mlflow
 
-    rows = [{"messages": [{"role": "system", "content": "Extract the ticket as JSON."},
-                          {"role": "user", "content": f"order A-1023{i}: the kettle arrived broken, refund!"},
-                          {"role": "assistant", "content": json.dumps({**TICKET, "order_id": f"A-1023{i}"})}]}
-            for i in range(3)]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Extract the ticket as JSON."},
+                {"role": "user", "content": f"order A-1023{i}: the kettle arrived broken, refund!"},
+                {"role": "assistant", "content": json.dumps({**TICKET, "order_id": f"A-1023{i}"})},
+            ]
+        }
+        for i in range(3)
+    ]
     lr0 = log_adapter_run(tiny_base, rows, b_init=0.0)
-    config = ev.EvalConfig(engine="vllm", max_new_tokens=12, regression_limit=3, schema="ticket")
+    config = ev.EvalConfig(engine="vllm", max_new_tokens=12, regression_limit=3, format_schema="ticket")
     result = ev.evaluate(lr0, config, engine=vllm_engine)
     m = result.metrics
     assert m["examples"] == 3 and m["regression_items"] == 3
@@ -121,9 +145,14 @@ class _StandInOpenAI(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                 "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "7"}}],
-                 "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}
+        reply = {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "7"}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+        }
         data = json.dumps(reply).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -140,8 +169,11 @@ def test_llm_judge_through_the_openai_client(monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("JUDGE_KEY", "sk-test")
-        config = ev.EvalConfig(judge_base_url=f"http://127.0.0.1:{server.server_port}/v1", judge_model="judge",
-                               judge_api_key_env="JUDGE_KEY")
+        config = ev.EvalConfig(
+            judge_base_url=f"http://127.0.0.1:{server.server_port}/v1",
+            judge_model="judge",
+            judge_api_key_env="JUDGE_KEY",
+        )
         prompts = [[{"role": "user", "content": "What is the capital of France?"}]]
         assert ev.judge_scores(config, prompts, ["Paris"], ["It is Paris."]) == [7.0]
     finally:
@@ -166,7 +198,7 @@ def test_eval_command_with_the_transformers_fallback(tiny_base, fast_ftops_home,
     assert metrics["accuracy"] == 1.0 and metrics["base.accuracy"] == 0.0 and metrics["improvement"] == 1.0
     assert "retention" not in metrics and "format_compliance" not in metrics  # no suite asked, not a JSON task
     rc = main(["eval", run_id, "--engine", "transformers", "--max-new-tokens", "0"])
-    assert rc == 2 and "max_new_tokens must be >= 1" in capsys.readouterr().err
+    assert rc == 2 and "--max-new-tokens: Input should be greater than or equal to 1 (got '0')" in capsys.readouterr().err
 
 
 def test_eval_command_with_vllm_prints_only_json_on_stdout(tiny_base, fast_ftops_home, learned_rows):
@@ -177,9 +209,25 @@ def test_eval_command_with_vllm_prints_only_json_on_stdout(tiny_base, fast_ftops
 
     run_id = log_adapter_run(tiny_base, learned_rows, **LEARNED_ADAPTER)
     env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_STREAM"}
-    proc = subprocess.run([sys.executable, "-m", "ftops.cli", "eval", run_id, "--max-new-tokens", "4",
-                           "--no-regression", "--max-model-len", "512", "--json"],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ftops.cli",
+            "eval",
+            run_id,
+            "--max-new-tokens",
+            "4",
+            "--no-regression",
+            "--max-model-len",
+            "512",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     answer = json.loads(proc.stdout)  # fails on any log line printed to stdout
     assert answer["run_id"] == run_id and answer["metrics"]["examples"] == len(learned_rows)

@@ -50,7 +50,9 @@ def _gate(capsys, run_id: str, policy: Path, *extra: str) -> tuple[int, str, str
     return rc, out, err
 
 
-def test_passing_candidate_becomes_staging_version_with_lineage(tiny_base, fast_ftops_home, learned_rows, policy, capsys, tmp_path):
+def test_passing_candidate_becomes_staging_version_with_lineage(
+    tiny_base, fast_ftops_home, learned_rows, policy, capsys, tmp_path
+):
     run_id = log_adapter_run(tiny_base, learned_rows, **LEARNED_ADAPTER)
     rc, out, _ = _gate(capsys, run_id, policy, "--json")
     assert rc == 0, out
@@ -86,7 +88,9 @@ def test_passing_candidate_becomes_staging_version_with_lineage(tiny_base, fast_
     assert manifest["base"]["sha256"] == tiny_base.sha256 and (folder / "adapter_model.safetensors").is_file()
 
 
-def test_learning_rate_zero_fails_registers_nothing_moves_nothing(tiny_base, fast_ftops_home, learned_rows, policy, capsys):
+def test_learning_rate_zero_fails_registers_nothing_moves_nothing(
+    tiny_base, fast_ftops_home, learned_rows, policy, capsys
+):
     good = log_adapter_run(tiny_base, learned_rows, **LEARNED_ADAPTER)
     assert _gate(capsys, good, policy)[0] == 0
     lr0 = log_adapter_run(tiny_base, learned_rows, b_init=0.0)
@@ -112,7 +116,9 @@ def _one_error_line(err: str, *needles: str) -> None:
         assert needle in lines[0], lines[0]
 
 
-def test_bad_input_is_one_clear_error_and_registers_nothing(tiny_base, fast_ftops_home, learned_rows, policy, capsys, tmp_path):
+def test_bad_input_is_one_clear_error_and_registers_nothing(
+    tiny_base, fast_ftops_home, learned_rows, policy, capsys, tmp_path
+):
     import mlflow
 
     from ftops import settings
@@ -175,8 +181,8 @@ def test_tampered_adapter_is_refused(tiny_base, fast_ftops_home, learned_rows, p
 
 
 def test_shipped_policies_load():
-    from registry.eval import METRICS
-    from registry.policy import POLICIES_DIR, load_policy
+    from ftops.registry.eval import METRICS
+    from ftops.registry.policy import POLICIES_DIR, load_policy
 
     files = sorted(POLICIES_DIR.glob("*.yaml"))
     assert files
@@ -187,22 +193,33 @@ def test_shipped_policies_load():
 
 
 def test_adapter_trained_one_step_fails_the_default_policy(tiny_base, fast_ftops_home, tmp_path, capsys):
-    """A real `ftops train` job (training.job.train, LoRA, one optimizer step) on the demo's ticket task: the
+    """A real `ftops train` job (ftops.training.job.train, LoRA, one optimizer step) on the demo's ticket task: the
     shipped default policy refuses it (no task accuracy, no improvement over the base) and registers nothing."""
-    from expectations.demo_data import generate_tickets
-    from training.config import TrainConfig
-    from training.job import train
+    from ftops.expectations.demo_data import generate_tickets
+    from ftops.training.config import TrainConfig
+    from ftops.training.job import train
 
     tickets = generate_tickets(30, seed=3)
     paths = {}
     for split, rows in {"train": tickets[:10], "validation": tickets[10:20], "test": tickets[20:]}.items():
         paths[split] = tmp_path / f"{split}.jsonl"
         paths[split].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = TrainConfig.model_validate({
-        "base": "tiny-llama", "data": {k: str(v) for k, v in paths.items()}, "method": "lora",
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-        "max_steps": 1, "batch_size": 4, "max_seq_length": 256, "gradient_checkpointing": False,
-        "eval_steps": 1, "save_steps": 1, "logging_steps": 1, "progress": False})
+    config = TrainConfig.model_validate(
+        {
+            "base": "tiny-llama",
+            "data": {k: str(v) for k, v in paths.items()},
+            "method": "lora",
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+            "max_steps": 1,
+            "batch_size": 4,
+            "max_seq_length": 256,
+            "gradient_checkpointing": False,
+            "eval_steps": 1,
+            "save_steps": 1,
+            "logging_steps": 1,
+            "progress": False,
+        }
+    )
     run_id = train(config)
     capsys.readouterr()
     rc = main(["gate", run_id, "--name", "tickets", "--schema", "ticket", "--max-examples", "4", *FAST])

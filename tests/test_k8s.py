@@ -57,7 +57,7 @@ def test_ftops_commands_in_manifests_parse(path):
 
 
 def test_serving_config_in_configmap_is_accepted_by_the_service():
-    from serving.config import load_config
+    from ftops.serving.config import load_config
 
     configmap = _documents(K8S / "serving.yaml")[0]
     config = yaml.safe_load(configmap["data"]["serve.yaml"])

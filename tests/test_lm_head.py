@@ -11,25 +11,40 @@ from conftest import tiny_trainer
 
 
 def _chat(i: int) -> dict:
-    return {"messages": [{"role": "system", "content": "Answer in JSON."},
-                         {"role": "user", "content": f"Give the number {i} and its square, please, in a JSON object."},
-                         {"role": "assistant", "content": json.dumps({"n": i, "square": i * i})}]}
+    return {
+        "messages": [
+            {"role": "system", "content": "Answer in JSON."},
+            {"role": "user", "content": f"Give the number {i} and its square, please, in a JSON object."},
+            {"role": "assistant", "content": json.dumps({"n": i, "square": i * i})},
+        ]
+    }
 
 
 @pytest.fixture(scope="module")
 def trainer(tiny_base, tmp_path_factory):
-    from training.config import TrainConfig
+    from ftops.training.config import TrainConfig
 
     folder = tmp_path_factory.mktemp("lm-head-data")
     data = {}
     for name, offset in {"train": 0, "validation": 100}.items():
         data[name] = folder / f"{name}.jsonl"
         data[name].write_text("".join(json.dumps(_chat(i)) + "\n" for i in range(offset, offset + 12)))
-    config = TrainConfig.model_validate({
-        "base": "tiny-llama", "data": {**{k: str(v) for k, v in data.items()}, "test": str(data["validation"])},
-        "method": "lora", "max_seq_length": 256, "batch_size": 4, "max_steps": 1, "progress": False,
-        "lora": {"r": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},  # no dropout: two passes comparable
-    })
+    config = TrainConfig.model_validate(
+        {
+            "base": "tiny-llama",
+            "data": {**{k: str(v) for k, v in data.items()}, "test": str(data["validation"])},
+            "method": "lora",
+            "max_seq_length": 256,
+            "batch_size": 4,
+            "max_steps": 1,
+            "progress": False,
+            "lora": {
+                "r": 4,
+                "dropout": 0.0,
+                "target_modules": ["q_proj", "v_proj"],
+            },  # no dropout: two passes comparable
+        }
+    )
     trainer, _, _ = tiny_trainer(config, tiny_base, data, tmp_path_factory.mktemp("out"))
     return trainer
 
@@ -51,7 +66,7 @@ def test_only_labelled_positions_are_scored_and_the_results_are_the_same(trainer
     import torch
     from trl.trainer import utils as trl_utils
 
-    from training.lm_head import labelled_positions_only
+    from ftops.training.lm_head import labelled_positions_only
 
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     labelled = int((batch["labels"][:, 1:] != -100).sum())
@@ -85,7 +100,7 @@ def test_only_labelled_positions_are_scored_and_the_results_are_the_same(trainer
 def test_the_hook_is_restored_after_the_block_even_on_error():
     from trl.trainer import utils as trl_utils
 
-    from training.lm_head import labelled_positions_only
+    from ftops.training.lm_head import labelled_positions_only
 
     original = trl_utils._use_triton
     with pytest.raises(KeyError), labelled_positions_only():
@@ -97,7 +112,7 @@ def test_the_hook_is_restored_after_the_block_even_on_error():
 def test_a_trl_without_the_hook_is_an_error_not_a_silent_slowdown(monkeypatch):
     from trl.trainer import utils as trl_utils
 
-    from training.lm_head import labelled_positions_only
+    from ftops.training.lm_head import labelled_positions_only
 
     monkeypatch.delattr(trl_utils, "_use_triton")
     with pytest.raises(RuntimeError, match="update training/lm_head.py"), labelled_positions_only():

@@ -15,8 +15,12 @@ from conftest import tiny_trainer
 
 def _chat(i: int) -> dict:
     words = " ".join(["word"] * (i % 5 + 1))
-    return {"messages": [{"role": "user", "content": f"Repeat {words} {i} times."},
-                         {"role": "assistant", "content": json.dumps({"n": i, "text": words})}]}
+    return {
+        "messages": [
+            {"role": "user", "content": f"Repeat {words} {i} times."},
+            {"role": "assistant", "content": json.dumps({"n": i, "text": words})},
+        ]
+    }
 
 
 @pytest.fixture(scope="module")
@@ -31,26 +35,37 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def packed_trainer(data, tiny_base, tmp_path_factory):
-    from training.config import TrainConfig
+    from ftops.training.config import TrainConfig
 
-    config = TrainConfig.model_validate({
-        "base": "tiny-llama", "data": {k: str(v) for k, v in data.items()}, "method": "lora", "packing": True,
-        "max_seq_length": 256, "batch_size": 2, "max_steps": 1, "progress": False,
-        "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]},
-    })
+    config = TrainConfig.model_validate(
+        {
+            "base": "tiny-llama",
+            "data": {k: str(v) for k, v in data.items()},
+            "method": "lora",
+            "packing": True,
+            "max_seq_length": 256,
+            "batch_size": 2,
+            "max_steps": 1,
+            "progress": False,
+            "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]},
+        }
+    )
     trainer, tokenizer, _ = tiny_trainer(config, tiny_base, data, tmp_path_factory.mktemp("out"))
     return trainer, tokenizer
 
 
 def test_rows_hold_several_examples_and_stay_separate_rows(packed_trainer):
-    from training.packing import PackedRowsCollator
+    from ftops.training.packing import PackedRowsCollator
 
     trainer, _ = packed_trainer
     assert isinstance(trainer.data_collator, PackedRowsCollator)
     rows = [trainer.train_dataset[i] for i in range(2)]
     assert all(len(r["seq_lengths"]) > 1 for r in rows)  # several examples per row
     batch = trainer.data_collator(rows)
-    assert batch["input_ids"].shape == (2, max(len(r["input_ids"]) for r in rows))  # rows, not one flat sequence
+    assert batch["input_ids"].shape == (
+        2,
+        max(len(r["input_ids"]) for r in rows),
+    )  # rows, not one flat sequence
     assert "attention_mask" not in batch
     for i, r in enumerate(rows):
         starts = [0, *[sum(r["seq_lengths"][:k]) for k in range(1, len(r["seq_lengths"]))]]
@@ -70,9 +85,9 @@ def test_a_packed_row_computes_what_its_examples_compute_alone(packed_trainer):
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0].float()
         start = 0
         for length in row["seq_lengths"]:
-            ids = torch.tensor([row["input_ids"][start:start + length]])
+            ids = torch.tensor([row["input_ids"][start : start + length]])
             alone = model(input_ids=ids).logits[0].float()
-            torch.testing.assert_close(packed[start:start + length], alone, atol=2e-2, rtol=2e-2)
+            torch.testing.assert_close(packed[start : start + length], alone, atol=2e-2, rtol=2e-2)
             start += length
         # the check can fail: the same row with a plain causal mask (what the attention mask would give) differs
         leaky = model(input_ids=batch["input_ids"], attention_mask=torch.ones_like(batch["input_ids"])).logits[0]

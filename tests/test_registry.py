@@ -13,15 +13,17 @@ from conftest import LEARNED_ADAPTER, log_adapter_run
 
 from ftops.cli import main
 
-LENIENT = "# ftops gate RUN_ID --policy THIS_FILE\nname: lenient\nrules:\n  - {metric: accuracy, min: 0.0}\n" \
-          "  - {metric: accuracy, max_drop_vs_production: 0.02}\n"
+LENIENT = (
+    "# ftops gate RUN_ID --policy THIS_FILE\nname: lenient\nrules:\n  - {metric: accuracy, min: 0.0}\n"
+    "  - {metric: accuracy, max_drop_vs_production: 0.02}\n"
+)
 
 
 @pytest.fixture
 def gate_run(tiny_base, fast_ftops_home, tmp_path):
     """``gate_run(run_id)`` gates a run into model ``tickets`` with the lenient policy; returns the version."""
-    from registry.eval import EvalConfig
-    from registry.gate import gate
+    from ftops.registry.eval import EvalConfig
+    from ftops.registry.gate import gate
 
     policy = tmp_path / "lenient.yaml"
     policy.write_text(LENIENT)
@@ -45,7 +47,7 @@ def _client():
 
 
 def _alias(alias: str) -> str | None:
-    from registry.gate import alias_version
+    from ftops.registry.gate import alias_version
 
     return alias_version(_client(), "tickets", alias)
 
@@ -70,8 +72,13 @@ def test_promote_rollback_and_a_move_in_the_ui(tiny_base, learned_rows, gate_run
 
     rc, out, _ = _cli(capsys, "promote", "tickets", "--to", "production", "--json")
     assert rc == 0, out
-    assert json.loads(out) | {"checks": []} == {"name": "tickets", "version": "2", "previous": None, "history": ["2"],
-                                                "checks": []}
+    assert json.loads(out) | {"checks": []} == {
+        "name": "tickets",
+        "version": "2",
+        "previous": None,
+        "history": ["2"],
+        "checks": [],
+    }
     assert _alias("production") == "2" and _history() == ["2"]
 
     # the weak version passed its gate when nothing was in production, but is worse than production now
@@ -110,16 +117,34 @@ def test_promote_rollback_and_a_move_in_the_ui(tiny_base, learned_rows, gate_run
 def test_two_promotions_at_once_leave_one_production_and_an_exact_history(tiny_base, learned_rows, gate_run):
     strong = log_adapter_run(tiny_base, learned_rows, **LEARNED_ADAPTER)
     assert [gate_run(strong) for _ in range(3)] == ["1", "2", "3"]
-    from registry.lifecycle import promote
+    from ftops.registry.lifecycle import promote
 
     promote("tickets", version="1")
-    from registry.lifecycle import registry_lock
+    from ftops.registry.lock import registry_lock
 
     env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     with registry_lock():  # both start, both block on the lock; released at once, they contend for real
-        procs = [subprocess.Popen([sys.executable, "-m", "ftops.cli", "promote", "tickets", "--to", "production",
-                                   "--version", v, "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for v in ("2", "3")]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ftops.cli",
+                    "promote",
+                    "tickets",
+                    "--to",
+                    "production",
+                    "--version",
+                    v,
+                    "--json",
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for v in ("2", "3")
+        ]
         for p in procs:
             assert "waiting for the registry lock" in p.stderr.readline()
     results = [p.communicate(timeout=300) for p in procs]
@@ -131,7 +156,7 @@ def test_two_promotions_at_once_leave_one_production_and_an_exact_history(tiny_b
     # the second to take the lock saw the first's version as the previous production
     first, second = sorted(moves, key=lambda m: len(m["history"]))
     assert first["previous"] == "1" and second["previous"] == first["version"]
-    from registry.lifecycle import list_models, rollback
+    from ftops.registry.lifecycle import list_models, rollback
 
     (model,) = list_models("tickets")
     assert sum("production" in v["aliases"] for v in model["versions"]) == 1

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from expectations.regression import load_suite
-from expectations.replay import replay_prompts
+from ftops.expectations.regression import load_suite
+from ftops.expectations.replay import replay_prompts
 
 
 def _suite_prompts() -> set[str]:
@@ -31,8 +31,8 @@ def test_prompts_are_deterministic_distinct_and_disjoint_from_the_regression_sui
 
 
 def test_cli_writes_the_base_answers_as_valid_chat_jsonl(ftops_home, smollm2, tmp_path, capsys):
-    from expectations.validate import validate_file
     from ftops.cli import main
+    from ftops.expectations.validate import validate_file
 
     out = tmp_path / "replay.jsonl"
     assert main(["data", "replay", str(out), "--base", smollm2.name, "-n", "6", "--max-new-tokens", "40"]) == 0
@@ -48,12 +48,15 @@ def test_cli_writes_the_base_answers_as_valid_chat_jsonl(ftops_home, smollm2, tm
     assert [e.code for e in report.errors] == ["too_few_examples"] and len(report.examples) == len(rows)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["-n", "0"], "-n must be at least 1"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be between 1 and 4096"),
-    (["--base", "../etc"], "base model name"),
-    (["--base", "never-imported"], "'never-imported' is not imported"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-n", "0"], "-n must be at least 1"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be between 1 and 4096"),
+        (["--base", "../etc"], "base model name"),
+        (["--base", "never-imported"], "'never-imported' is not imported"),
+    ],
+)
 def test_cli_refuses_bad_arguments_with_one_line(argv, message, ftops_home, tmp_path, capsys):
     from ftops.cli import main
 
@@ -77,8 +80,8 @@ def test_training_mixes_replay_in_and_logs_it(ftops_home, tiny_base, tmp_path):
     import mlflow
 
     from ftops import adapter as A
-    from training.config import TrainConfig
-    from training.job import train
+    from ftops.training.config import TrainConfig
+    from ftops.training.job import train
 
     def write(name: str, rows: list[dict]) -> str:
         path = tmp_path / f"{name}.jsonl"
@@ -88,13 +91,25 @@ def test_training_mixes_replay_in_and_logs_it(ftops_home, tiny_base, tmp_path):
     def chat(user: str, answer: str) -> dict:
         return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
 
-    data = {name: write(name, [chat(f"{name} ticket {i}", json.dumps({"id": i})) for i in range(n)])
-            for name, n in (("train", 12), ("validation", 10), ("test", 10))}
+    data = {
+        name: write(name, [chat(f"{name} ticket {i}", json.dumps({"id": i})) for i in range(n)])
+        for name, n in (("train", 12), ("validation", 10), ("test", 10))
+    }
     data["replay"] = write("replay", [chat(p, "An answer.") for p in replay_prompts(10)])
-    config = TrainConfig.model_validate({
-        "base": "tiny-llama", "data": data, "method": "lora", "max_steps": 1, "batch_size": 2, "eval_steps": 1,
-        "save_steps": 1, "max_seq_length": 128, "progress": False, "lora": {"r": 4, "target_modules": ["q_proj"]},
-    })
+    config = TrainConfig.model_validate(
+        {
+            "base": "tiny-llama",
+            "data": data,
+            "method": "lora",
+            "max_steps": 1,
+            "batch_size": 2,
+            "eval_steps": 1,
+            "save_steps": 1,
+            "max_seq_length": 128,
+            "progress": False,
+            "lora": {"r": 4, "target_modules": ["q_proj"]},
+        }
+    )
     seen = TrainSetSize()
     run_id = train(config, callbacks=[seen])
     assert seen.size == 12 + 10

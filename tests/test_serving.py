@@ -63,8 +63,12 @@ def register_version(name: str, folder: Path, base) -> str:
         client.create_registered_model(name)
     except mlflow.exceptions.MlflowException:
         pass
-    mv = client.create_model_version(name, f"runs:/{run.info.run_id}/{ARTIFACT_PATH}", run_id=run.info.run_id,
-                                      tags={TAG_BASE_NAME: base.name, TAG_BASE_SHA256: base.sha256})
+    mv = client.create_model_version(
+        name,
+        f"runs:/{run.info.run_id}/{ARTIFACT_PATH}",
+        run_id=run.info.run_id,
+        tags={TAG_BASE_NAME: base.name, TAG_BASE_SHA256: base.sha256},
+    )
     return str(mv.version)
 
 
@@ -79,7 +83,11 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             raw = r.read()
-            return r.status, dict(r.headers), (json.loads(raw) if raw.strip().startswith(b"{") else {"raw": raw})
+            return (
+                r.status,
+                dict(r.headers),
+                (json.loads(raw) if raw.strip().startswith(b"{") else {"raw": raw}),
+            )
     except urllib.error.HTTPError as e:
         raw = e.read()
         return e.code, dict(e.headers), (json.loads(raw) if raw.strip().startswith(b"{") else {"raw": raw})
@@ -125,12 +133,22 @@ def served(tiny_base, models_dir, tmp_path_factory):
             "limits: {max_body_bytes: 65536, max_concurrency: 6, retry_after_s: 2}\n"
         )
         port = free_port()
-        env = {**os.environ, "FTOPS_API_KEY": API_KEY, "FTOPS_ADMIN_KEY": ADMIN_KEY,
-               "BENTOML_HOME": str(home / "bentoml"), "VLLM_CPU_KVCACHE_SPACE": "1"}
+        env = {
+            **os.environ,
+            "FTOPS_API_KEY": API_KEY,
+            "FTOPS_ADMIN_KEY": ADMIN_KEY,
+            "BENTOML_HOME": str(home / "bentoml"),
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+        }
         log = open(home / "server.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "ftops.cli", "serve", "--config", str(config), "--port",
-                                 str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ftops.cli", "serve", "--config", str(config), "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(proc, url, home / "server.log")
@@ -219,8 +237,12 @@ def test_errors_have_openai_shape_and_status(client, served):
     auth = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     status, _, body = http("POST", url, b'{"model": "tiny-chat", "messages": [', auth)
     assert status == 400 and body["error"]["code"] == "invalid_json"
-    status, _, body = http("POST", url, json.dumps({"model": MODEL, "messages": PROMPT}).encode(),
-                           {"Content-Type": "application/json"})
+    status, _, body = http(
+        "POST",
+        url,
+        json.dumps({"model": MODEL, "messages": PROMPT}).encode(),
+        {"Content-Type": "application/json"},
+    )
     assert status == 401 and body["error"]["type"] == "invalid_request_error"
     huge = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * 70_000}]}).encode()
     status, _, body = http("POST", url, huge, auth)
@@ -305,11 +327,11 @@ def test_usage_report_needs_admin_key(served):
     status, _, body = http("GET", served["url"] + "/v1/usage", None, {"Authorization": f"Bearer {API_KEY}"})
     assert status == 403 and "error" in body
     status, _, body = http("GET", served["url"] + "/v1/usage", None, {"Authorization": f"Bearer {ADMIN_KEY}"})
-    assert status in (200, 501)
+    assert status == 200 and "error" not in body
 
 
 def ledger_row(served, request_id: str, timeout: float = 10) -> dict:
-    from serving.ledger import Ledger
+    from ftops.serving.ledger import Ledger
 
     deadline = time.monotonic() + timeout
     with Ledger(url=f"sqlite:///{served['home'] / 'ledger.db'}") as ledger:
@@ -324,7 +346,10 @@ def ledger_row(served, request_id: str, timeout: float = 10) -> dict:
 def test_ledger_records_the_usage_the_client_got_also_for_cancelled_streams(served, client):
     r = chat(client, MODEL, max_tokens=6)
     row = ledger_row(served, r.id)
-    assert (row["prompt_tokens"], row["completion_tokens"]) == (r.usage.prompt_tokens, r.usage.completion_tokens)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        r.usage.prompt_tokens,
+        r.usage.completion_tokens,
+    )
     assert row["status"] == "ok" and row["adapter"] == MODEL and row["api_key_id"] == "default"
     assert row["registry_version"] == r.model.split(":")[1] and row["model"] == "tiny-llama"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ftops.errors import FtopsError, UsageError
-from serving.config import load_config
+from ftops.serving.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,17 +30,20 @@ def test_config_defaults_and_example_file_load():
     assert (REPO / "serving" / "serve.example.yaml").read_text().startswith("# ftops serve --config")
 
 
-@pytest.mark.parametrize("text, where", [
-    ("adapters: [ticket-extractor]\n", "adapters"),
-    ("adapters: [a@production, a@staging]\n", "adapters"),
-    ("engine: {max_model_len: 0}\n", "engine.max_model_len"),
-    ("limts: {}\n", "limts"),
-    ("adapters: [../etc@production]\n", "adapters"),
-    ("- just a list\n", "mapping"),
-    ("base: [unclosed\n", "not valid YAML"),
-    ("engine: {cpu_reserved_cores: -1}\n", "engine.cpu_reserved_cores"),
-    ("engine: {cpu_reserved_cores: some}\n", "engine.cpu_reserved_cores"),
-])
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("adapters: [ticket-extractor]\n", "adapters"),
+        ("adapters: [a@production, a@staging]\n", "adapters"),
+        ("engine: {max_model_len: 0}\n", "engine.max_model_len"),
+        ("limts: {}\n", "limts"),
+        ("adapters: [../etc@production]\n", "adapters"),
+        ("- just a list\n", "mapping"),
+        ("base: [unclosed\n", "not valid YAML"),
+        ("engine: {cpu_reserved_cores: -1}\n", "engine.cpu_reserved_cores"),
+        ("engine: {cpu_reserved_cores: some}\n", "engine.cpu_reserved_cores"),
+    ],
+)
 def test_bad_config_is_one_clear_usage_error(tmp_path, text, where):
     with pytest.raises(UsageError) as e:
         load_config(write(tmp_path, text))
@@ -49,17 +52,23 @@ def test_bad_config_is_one_clear_usage_error(tmp_path, text, where):
 
 def test_cpu_env_reserves_no_core_on_a_small_host_and_the_callers_env_wins(tmp_path, monkeypatch):
     """vLLM reserves one of this machine's 2 cores for its scheduler; ``auto`` gives the engine both."""
-    from ftops.settings import SMALL_HOST_CORES
-    from serving.engine import cpu_env
+    from ftops.serving.engine import cpu_env
+    from ftops.vllm_settings import SMALL_HOST_CORES
 
     monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     config = load_config(write(tmp_path, "engine: {kv_cache_gib: 2}\n"))
     small = len(os.sched_getaffinity(0)) <= SMALL_HOST_CORES
-    assert cpu_env(config.engine) == {"VLLM_CPU_KVCACHE_SPACE": "2", **({"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-                                                                          if small else {})}
-    assert cpu_env(load_config(write(tmp_path, "engine: {cpu_reserved_cores: 1}\n")).engine)[
-        "VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    assert cpu_env(config.engine) == {
+        "VLLM_CPU_KVCACHE_SPACE": "2",
+        **({"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"} if small else {}),
+    }
+    assert (
+        cpu_env(load_config(write(tmp_path, "engine: {cpu_reserved_cores: 1}\n")).engine)[
+            "VLLM_CPU_NUM_OF_RESERVED_CPU"
+        ]
+        == "1"
+    )
     monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "3")
     assert cpu_env(config.engine)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "3"
 
@@ -67,8 +76,14 @@ def test_cpu_env_reserves_no_core_on_a_small_host_and_the_callers_env_wins(tmp_p
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-m", "ftops.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ftops.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_serve_cli_bad_input_exits_with_one_line(tmp_path, ftops_home):
@@ -84,7 +99,7 @@ def test_adapter_for_another_base_is_refused(tiny_base, smollm2, ftops_home, tmp
     from mlflow import MlflowClient
     from test_serving import make_adapter, register_version
 
-    from serving.adapters import alias_version, fetch_adapter
+    from ftops.serving.adapters import alias_version, fetch_adapter
 
     version = register_version("wrong-base", make_adapter(tiny_base, tmp_path / "a", seed=3), tiny_base)
     MlflowClient().set_registered_model_alias("wrong-base", "production", version)
@@ -105,7 +120,7 @@ def test_tampered_adapter_is_refused(tiny_base, ftops_home, tmp_path):
     import mlflow
     from test_serving import make_adapter, register_version
 
-    from serving.adapters import fetch_adapter
+    from ftops.serving.adapters import fetch_adapter
 
     folder = make_adapter(tiny_base, tmp_path / "a", seed=4)
     (folder / "adapter_config.json").write_text(json.dumps({"r": 64}))  # no longer what the manifest says
@@ -116,7 +131,7 @@ def test_tampered_adapter_is_refused(tiny_base, ftops_home, tmp_path):
 
 
 def test_key_check_is_exact():
-    from serving.gateway import match_key
+    from ftops.serving.gateway import match_key
 
     keys = {"default": "k" * 20, "team": "t" * 20}
     assert match_key("t" * 20, keys) == "team"
@@ -125,11 +140,13 @@ def test_key_check_is_exact():
 
 
 def test_stream_rewrite_keeps_usage_for_the_ledger_and_hides_it_from_the_client():
-    from serving.gateway import Outcome, _rewrite_event
+    from ftops.serving.gateway import Outcome, _rewrite_event
 
     outcome = Outcome()
-    chunk = {"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": {"prompt_tokens": 5,
-                                                                            "completion_tokens": 1}}
+    chunk = {
+        "choices": [{"index": 0, "delta": {"content": "hi"}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+    }
     out = _rewrite_event(b"data: " + json.dumps(chunk).encode() + b"\n\n", outcome, False, False, 0.0)
     assert "usage" not in json.loads(out[6:]) and outcome.completion_tokens == 1 and outcome.first_token_at
     final = {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}

@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 from ftops import adapter as A
 from ftops.errors import FtopsError
-from training.config import TrainConfig
+from ftops.training.config import TrainConfig
 
 STEPS = 4
 
@@ -26,10 +26,14 @@ def _examples(n: int, offset: int) -> list[dict]:
     out = []
     for i in range(offset, offset + n):
         a, b = (i * 7) % 50, (i * 13) % 50
-        out.append({"messages": [
-            {"role": "user", "content": f"Add {a} and {b}."},
-            {"role": "assistant", "content": json.dumps({"sum": a + b})},
-        ]})
+        out.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Add {a} and {b}."},
+                    {"role": "assistant", "content": json.dumps({"sum": a + b})},
+                ]
+            }
+        )
     return out
 
 
@@ -56,10 +60,20 @@ def home(tmp_path_factory, models_dir, tiny_base):
 
 def tiny_config(data, **overrides) -> TrainConfig:
     settings = {
-        "base": "tiny-llama", "data": {k: str(v) for k, v in data.items()}, "method": "qlora",
+        "base": "tiny-llama",
+        "data": {k: str(v) for k, v in data.items()},
+        "method": "qlora",
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-        "max_steps": STEPS, "batch_size": 2, "learning_rate": 1e-2, "lr_scheduler": "constant", "max_seq_length": 64,
-        "gradient_checkpointing": False, "eval_steps": STEPS, "save_steps": 2, "logging_steps": 1, "progress": False,
+        "max_steps": STEPS,
+        "batch_size": 2,
+        "learning_rate": 1e-2,
+        "lr_scheduler": "constant",
+        "max_seq_length": 64,
+        "gradient_checkpointing": False,
+        "eval_steps": STEPS,
+        "save_steps": 2,
+        "logging_steps": 1,
+        "progress": False,
     }
     return TrainConfig.model_validate(settings | overrides)
 
@@ -84,7 +98,7 @@ class WeightWatch(TrainerCallback):
 
 @pytest.fixture(scope="module")
 def trained(home, data):
-    from training.job import train
+    from ftops.training.job import train
 
     watch = WeightWatch()
     run_id = train(tiny_config(data), callbacks=[watch])
@@ -123,8 +137,14 @@ def test_run_holds_params_metrics_inputs_artifacts_and_lineage(trained, tiny_bas
     p = run.data.params
     assert p["method"] == "qlora" and p["lora.r"] == "8" and p["max_steps"] == str(STEPS)
     assert p["base_path"] == tiny_base.path and p["lora.target_modules"] == "q_proj,v_proj"
-    for key in ("loss", "learning_rate", "tokens_per_second", "eval_loss", "eval_mean_token_accuracy",
-                "train_tokens_per_second"):
+    for key in (
+        "loss",
+        "learning_rate",
+        "tokens_per_second",
+        "eval_loss",
+        "eval_mean_token_accuracy",
+        "train_tokens_per_second",
+    ):
         assert key in run.data.metrics, key
     losses = client.get_metric_history(run_id, "loss")
     assert len(losses) >= STEPS and max(m.step for m in losses) == STEPS
@@ -146,7 +166,11 @@ def test_run_holds_params_metrics_inputs_artifacts_and_lineage(trained, tiny_bas
     top = {a.path for a in client.list_artifacts(run_id)}
     assert {"adapter", "data", "loss_curve.png", "training_args.json"} <= top
     assert {a.path for a in client.list_artifacts(run_id, "data")} >= {
-        "data/train.jsonl", "data/validation.jsonl", "data/test.jsonl", "data/validation_report"}
+        "data/train.jsonl",
+        "data/validation.jsonl",
+        "data/test.jsonl",
+        "data/validation_report",
+    }
     reports = {a.path for a in client.list_artifacts(run_id, "data/validation_report")}
     assert reports == {f"data/validation_report/{s}" for s in ("train", "validation", "test")}
     test_local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/data/test.jsonl")
@@ -165,7 +189,12 @@ def test_adapter_follows_the_contract_and_loads_with_peft_and_vllm(trained, tiny
     assert manifest["lora"]["r"] == 8 and manifest["lora"]["target_modules"] == ["q_proj", "v_proj"]
     assert manifest["quantization"] == "nf4-double-quant-bf16"
     names = set(manifest["files"])
-    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "chat_template.jinja"} <= names
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+    } <= names
     assert all(n.endswith((".safetensors", ".json", ".jinja")) for n in names)
     # the saved template is the base's own (no training-only {% generation %} markers)
     assert (folder / "chat_template.jinja").read_text().strip() == tiny_base.chat_template.strip()
@@ -187,8 +216,14 @@ def test_adapter_follows_the_contract_and_loads_with_peft_and_vllm(trained, tiny
     helper = PEFTHelper.from_local_dir(str(folder), max_position_embeddings=2048)
     helper.validate_legal(LoRAConfig(max_lora_rank=16, max_loras=1))
     assert helper.r == 8 and set(helper.target_modules) == {"q_proj", "v_proj"}
-    lora = LoRAModel.from_local_checkpoint(str(folder), {"q_proj", "k_proj", "v_proj", "o_proj"}, helper,
-                                           lora_model_id=1, device="cpu", dtype=torch.bfloat16)
+    lora = LoRAModel.from_local_checkpoint(
+        str(folder),
+        {"q_proj", "k_proj", "v_proj", "o_proj"},
+        helper,
+        lora_model_id=1,
+        device="cpu",
+        dtype=torch.bfloat16,
+    )
     assert sorted(lora.loras) == [f"model.layers.{i}.self_attn.{m}" for i in (0, 1) for m in ("q_proj", "v_proj")]
 
 
@@ -245,7 +280,7 @@ class KillAt(TrainerCallback):
 def test_killed_job_resumes_into_the_same_run_and_ends_like_an_uninterrupted_one(trained, data, home):
     import mlflow
 
-    from training.job import checkpoints_dir, train
+    from ftops.training.job import checkpoints_dir, train
 
     reference, _ = trained
     config = tiny_config(data)
@@ -255,7 +290,9 @@ def test_killed_job_resumes_into_the_same_run_and_ends_like_an_uninterrupted_one
     killed = client.search_runs([client.get_run(reference).info.experiment_id], "attributes.status = 'FAILED'")
     assert len(killed) == 1
     run_id = killed[0].info.run_id
-    assert (checkpoints_dir(run_id) / "checkpoint-2").is_dir() and not (checkpoints_dir(run_id) / "checkpoint-4").exists()
+    assert (checkpoints_dir(run_id) / "checkpoint-2").is_dir() and not (
+        checkpoints_dir(run_id) / "checkpoint-4"
+    ).exists()
 
     assert train(config.model_copy(update={"resume": run_id})) == run_id
     run = client.get_run(run_id)
@@ -265,8 +302,9 @@ def test_killed_job_resumes_into_the_same_run_and_ends_like_an_uninterrupted_one
     ref_loss = {m.step: m.value for m in client.get_metric_history(reference, "loss")}
     final = {m.step: m.value for m in resumed_loss}
     assert final[STEPS] == pytest.approx(ref_loss[STEPS], rel=0.02, abs=0.02)
-    assert run.data.metrics["eval_loss"] == pytest.approx(client.get_run(reference).data.metrics["eval_loss"],
-                                                          rel=0.02, abs=0.02)
+    assert run.data.metrics["eval_loss"] == pytest.approx(
+        client.get_run(reference).data.metrics["eval_loss"], rel=0.02, abs=0.02
+    )
     assert {a.path for a in client.list_artifacts(run_id)} >= {"adapter", "loss_curve.png"}
 
     # resuming a finished run, or with other settings, stops with one line
@@ -287,8 +325,13 @@ def test_bad_input_stops_before_training_with_one_line(case, data, ftops_home, t
     from ftops.cli import main
     from ftops.settings import configure_mlflow
 
-    job = {"base": "tiny-llama", "data": {k: str(v) for k, v in data.items()}, "method": "lora", "max_steps": 1,
-           "progress": False}
+    job = {
+        "base": "tiny-llama",
+        "data": {k: str(v) for k, v in data.items()},
+        "method": "lora",
+        "max_steps": 1,
+        "progress": False,
+    }
     if case == "bad-data":
         bad = tmp_path / "bad.jsonl"
         bad.write_text(data["train"].read_text() + '{"messages": [{"role": "user"}]}\n')
@@ -306,8 +349,12 @@ def test_bad_input_stops_before_training_with_one_line(case, data, ftops_home, t
     ours = [line for line in err.splitlines() if line.startswith("ftops train:")]
     assert len(ours) == 1 and ours[0].startswith("ftops train: error:") and "Traceback" not in err
     err = ours[0]
-    expected = {"bad-data": "bad.jsonl: line 33", "missing-base": "'never-imported' is not imported",
-                "bad-target": "'query_key_value' is not a module", "missing-file": "nope.jsonl: no such file"}[case]
+    expected = {
+        "bad-data": "bad.jsonl: line 33",
+        "missing-base": "'never-imported' is not imported",
+        "bad-target": "'query_key_value' is not a module",
+        "missing-file": "nope.jsonl: no such file",
+    }[case]
     assert expected in err
     configure_mlflow()
     assert [r for r in _runs(mlflow.MlflowClient()) if r.info.status != "FAILED"] == []
@@ -321,8 +368,9 @@ def test_full_fine_tune_with_packing_through_the_cli(home, data, tmp_path, capsy
     from ftops.cli import main
     from ftops.manifest import verify_manifest
 
-    job = tiny_config(data, method="full", packing=True, max_steps=1, eval_steps=1, save_steps=1,
-                      learning_rate=1e-4).model_dump(mode="json")
+    job = tiny_config(
+        data, method="full", packing=True, max_steps=1, eval_steps=1, save_steps=1, learning_rate=1e-4
+    ).model_dump(mode="json")
     path = tmp_path / "full.yaml"
     path.write_text(yaml.safe_dump(job))
     assert main(["train", str(path)]) == 0
@@ -349,7 +397,7 @@ def test_a_job_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(hom
     import yaml
 
     from ftops import settings
-    from training.job import checkpoints_dir, train
+    from ftops.training.job import checkpoints_dir, train
 
     steps = 16
     config = tiny_config(data, max_steps=steps, eval_steps=steps, save_steps=2, run_name="sigkill")
@@ -358,8 +406,13 @@ def test_a_job_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(hom
     env = {**os.environ, "FTOPS_HOME": str(home), "FTOPS_MODELS": str(models_dir)}
     env.pop("MLFLOW_TRACKING_URI", None)
     before = set(checkpoints_dir("x").parent.glob("*")) if checkpoints_dir("x").parent.is_dir() else set()
-    proc = subprocess.Popen([sys.executable, "-m", "ftops.cli", "train", str(job)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftops.cli", "train", str(job)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run_dir = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
@@ -377,8 +430,13 @@ def test_a_job_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(hom
     assert client.get_run(run_id).info.status == "RUNNING"  # killed: nobody marked it
     assert not (run_dir / f"checkpoint-{steps}").exists()
 
-    resumed = subprocess.run([sys.executable, "-m", "ftops.cli", "train", str(job), f"resume={run_id}"], env=env,
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "ftops.cli", "train", str(job), f"resume={run_id}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert resumed.stdout.strip().splitlines()[-1] == run_id
     run = client.get_run(run_id)
@@ -392,7 +450,7 @@ def test_a_job_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(hom
 
 
 def test_resume_skips_a_checkpoint_cut_short(tmp_path, capsys):
-    from training.job import last_complete_checkpoint
+    from ftops.training.job import last_complete_checkpoint
 
     for step, state in ((2, "{}"), (4, '{"global_step": 4}'), (6, '{"global_st'), (8, None)):
         folder = tmp_path / f"checkpoint-{step}"

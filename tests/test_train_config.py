@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from ftops.errors import FtopsError, UsageError
-from training.config import TrainConfig, load_config, parse_overrides
+from ftops.training.config import TrainConfig, load_config, parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 JOB_CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml"))
@@ -45,8 +45,17 @@ def test_multi_gpu_accelerate_config_is_valid():
 
 def test_overrides_nest_and_parse_yaml_scalars(tmp_path):
     path = REPO / "configs" / "demo.yaml"
-    config = load_config(path, ["lora.r=4", "packing=true", "max_steps=3", "lora.target_modules=q_proj,v_proj",
-                                "learning_rate=1e-3", "run_name=x"])
+    config = load_config(
+        path,
+        [
+            "lora.r=4",
+            "packing=true",
+            "max_steps=3",
+            "lora.target_modules=q_proj,v_proj",
+            "learning_rate=1e-3",
+            "run_name=x",
+        ],
+    )
     assert config.lora.r == 4 and config.packing is True and config.max_steps == 3
     assert config.lora.target_modules == ["q_proj", "v_proj"]
     assert config.learning_rate == pytest.approx(1e-3)
@@ -71,26 +80,32 @@ def test_unknown_key_in_yaml_is_one_line_naming_it(tmp_path):
     assert not isinstance(e.value, UsageError)  # a bad file: exit 1
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("nope=1", "unknown key 'nope'"),
-    ("lora.r=0", "lora.r"),
-    ("method=int8", "method"),
-    ("justakey", "expected key=value"),
-    ("resume=../../x", "not an MLflow run id"),
-    ("base=../evil", "base"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("nope=1", "unknown key 'nope'"),
+        ("lora.r=0", "lora.r"),
+        ("method=int8", "method"),
+        ("justakey", "expected key=value"),
+        ("resume=../../x", "not an MLflow run id"),
+        ("base=../evil", "base"),
+    ],
+)
 def test_bad_override_is_a_usage_error(tmp_path, override, needle):
     with pytest.raises(UsageError) as e:
         load_config(_write(tmp_path, MINIMAL), [override])
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("base: [unclosed\n", "not valid YAML"),
-    ("- a\n- b\n", "expected a mapping"),
-    ("data: {train: a, validation: b, test: c}\n", "missing required key 'base'"),
-    (MINIMAL + "epochs: -1\n", "epochs"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("base: [unclosed\n", "not valid YAML"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("data: {train: a, validation: b, test: c}\n", "missing required key 'base'"),
+        (MINIMAL + "epochs: -1\n", "epochs"),
+    ],
+)
 def test_bad_yaml_is_one_line(tmp_path, text, needle):
     with pytest.raises(FtopsError) as e:
         load_config(_write(tmp_path, text))
@@ -105,7 +120,11 @@ def test_params_are_flat_strings_without_resume():
 
 
 def test_every_field_has_a_docstring():
-    for model in (TrainConfig, TrainConfig.model_fields["lora"].annotation, TrainConfig.model_fields["data"].annotation):
+    for model in (
+        TrainConfig,
+        TrainConfig.model_fields["lora"].annotation,
+        TrainConfig.model_fields["data"].annotation,
+    ):
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no docstring"
 

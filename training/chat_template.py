@@ -18,8 +18,13 @@ _KNOWN = {"chatml_smollm2_training.jinja"}
 
 _PROBE = [
     [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-     {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d"},
+    ],
 ]
 
 
@@ -57,8 +62,9 @@ def _renders_like(tokenizer, original: str, candidate: str) -> bool:
             b = tokenizer.apply_chat_template(messages, tokenize=False, chat_template=candidate)
             if a != b:
                 return False
-            mask = tokenizer.apply_chat_template(messages, chat_template=candidate, return_dict=True,
-                                                 return_assistant_tokens_mask=True)["assistant_masks"]
+            mask = tokenizer.apply_chat_template(
+                messages, chat_template=candidate, return_dict=True, return_assistant_tokens_mask=True
+            )["assistant_masks"]
             if not any(mask):
                 return False
     except Exception:  # jinja raises TemplateError/TypeError/... on a template that does not fit

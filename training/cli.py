@@ -25,7 +25,7 @@ examples:
     )
     p.add_argument("config", help="job YAML (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override a config key, e.g. lora.r=8")
-    p.add_argument("--json", action="store_true", help="print {\"run_id\": ...} as JSON")
+    p.add_argument("--json", action="store_true", help='print {"run_id": ...} as JSON')
     p.set_defaults(func=_train)
 
     e = sub.add_parser(
@@ -42,8 +42,8 @@ examples:
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from training.config import load_config
-    from training.job import train
+    from ftops.training.config import load_config
+    from ftops.training.job import train
 
     config = load_config(args.config, args.overrides)
     run_id = train(config)
@@ -54,7 +54,7 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from training.export import export_merged
+    from ftops.training.export import export_merged
 
     out = export_merged(args.run_id, Path(args.merged))
     print(f"merged model written to {out}")

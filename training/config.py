@@ -6,20 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from ftops.errors import FtopsError, UsageError
+from ftops.config import StrictConfig, merge, parse_overrides, read_yaml, validate
+from ftops.errors import UsageError
 from ftops.names import check_name
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+HINT = "keys and defaults are documented in training/config.py"
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictConfig):
     train: Path
-    """Training split: chat JSONL (one ``{"messages": [...]}`` per line), or any format ``ftops data validate`` accepts."""
+    """Training split: chat JSONL (one ``{"messages": [...]}`` per line), or any format ``ftops data validate``
+    accepts."""
     validation: Path
     """Validation split: evaluated every ``eval_steps`` (validation loss and token accuracy)."""
     test: Path
@@ -29,7 +28,7 @@ class DataConfig(_Strict):
     replay --out FILE`` writes the base's own answers to general prompts. Logged as ``data/replay.jsonl``."""
 
 
-class LoraConfig(_Strict):
+class LoraConfig(StrictConfig):
     r: int = Field(16, ge=1, le=512)
     """LoRA rank."""
     alpha: int = Field(32, ge=1)
@@ -52,7 +51,7 @@ class LoraConfig(_Strict):
         return v
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictConfig):
     """One training job. Every field can be overridden on the command line: ``ftops train CONFIG.yaml lora.r=8``."""
 
     base: str
@@ -70,8 +69,16 @@ class TrainConfig(_Strict):
     """Stop after this many optimizer steps; overrides ``epochs``."""
     learning_rate: float = Field(2e-4, gt=0)
     """Peak learning rate."""
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
-                          "polynomial", "inverse_sqrt", "warmup_stable_decay"] = "cosine"
+    lr_scheduler: Literal[
+        "linear",
+        "cosine",
+        "constant",
+        "constant_with_warmup",
+        "cosine_with_restarts",
+        "polynomial",
+        "inverse_sqrt",
+        "warmup_stable_decay",
+    ] = "cosine"
     """Learning-rate schedule (transformers' ``lr_scheduler_type``)."""
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     """Share of the steps spent warming the learning rate up."""
@@ -148,73 +155,9 @@ class TrainConfig(_Strict):
         return flat
 
 
-def _format_error(e: ValidationError, where: str) -> str:
-    first = e.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        msg = f"unknown key {loc!r}"
-    elif first["type"] == "missing":
-        msg = f"missing required key {loc!r}"
-    else:
-        msg = f"{loc}: {first['msg']} (got {first.get('input')!r})"
-    more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-    return f"{where}: {msg}{more}; keys and defaults are documented in training/config.py"
-
-
-def _set_dotted(tree: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise UsageError(f"override {key}=...: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
-    """``["lora.r=8", "packing=true"]`` -> ``{"lora": {"r": 8}, "packing": True}`` (values parsed as YAML scalars)."""
-    tree: dict = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key or any(not p for p in key.split(".")):
-            raise UsageError(f"override {item!r}: expected key=value, e.g. lora.r=8 or max_steps=20")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        _set_dotted(tree, key, value)
-    return tree
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read a job YAML, apply ``key=value`` overrides, and validate. Raises :class:`FtopsError` naming the file and
-    key for a bad YAML (exit 1), :class:`UsageError` for a bad override (exit 2)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such config file; see configs/ for examples")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise FtopsError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(raw, dict):
-        raise FtopsError(f"{path}: expected a mapping of keys (base:, data:, ...), got {type(raw).__name__}")
-    try:
-        TrainConfig.model_validate(raw)
-    except ValidationError as e:
-        raise FtopsError(_format_error(e, str(path))) from None
-    extra = parse_overrides(overrides)
-    try:
-        return TrainConfig.model_validate(_merge(raw, extra))
-    except ValidationError as e:
-        raise UsageError(_format_error(e, "override")) from None
+    every bad key for a bad YAML (exit 1), :class:`UsageError` for a bad override (exit 2)."""
+    raw = read_yaml(path, "training config")
+    validate(TrainConfig, raw, str(path), hint=HINT)
+    return validate(TrainConfig, merge(raw, parse_overrides(overrides)), "override", error=UsageError, hint=HINT)

@@ -32,7 +32,8 @@ def export_merged(run_id: str, out: Path) -> Path:
         base = load_base(manifest["base"]["name"])
         if base.sha256 != manifest["base"]["sha256"]:
             raise FtopsError(
-                f"run {run_id}: its adapter was trained on base {base.name!r} sha256 {manifest['base']['sha256'][:12]}, "
+                f"run {run_id}: its adapter was trained on base {base.name!r} "
+                f"sha256 {manifest['base']['sha256'][:12]}, "
                 f"but the imported {base.name!r} is {base.sha256[:12]}; import the original base"
             )
         model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.bfloat16)
@@ -44,8 +45,14 @@ def export_merged(run_id: str, out: Path) -> Path:
         for p in staging.iterdir():
             if p.name == "README.md":
                 p.unlink()
-        write_manifest(staging, {"base": manifest["base"], "merged_from": {"run_id": run_id, "lora": manifest.get("lora")},
-                                 "quantization": "bf16"})
+        write_manifest(
+            staging,
+            {
+                "base": manifest["base"],
+                "merged_from": {"run_id": run_id, "lora": manifest.get("lora")},
+                "quantization": "bf16",
+            },
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             out.rmdir()

@@ -26,8 +26,8 @@ from ftops import settings
 from ftops.base import BaseModel, load_base
 from ftops.errors import FtopsError
 from ftops.manifest import sha256_file, write_manifest
-from training.config import TrainConfig
-from training.lm_head import labelled_positions_only
+from ftops.training.config import TrainConfig
+from ftops.training.lm_head import labelled_positions_only
 
 SPLITS = ("train", "validation", "test")
 
@@ -39,7 +39,7 @@ class Split:
     name: str
     path: Path
     examples: list[dict]
-    report: Any  # expectations.validate.ValidationReport
+    report: Any  # ftops.expectations.validate.ValidationReport
 
     @property
     def jsonl(self) -> str:
@@ -64,13 +64,13 @@ _VALIDATED: dict[tuple[str, str, int | None], Any] = {}  # (file sha256, tokeniz
 
 
 def validate_split(name: str, path: Path, tokenizer, context_length: int | None) -> Split:
-    """Validate one split with the data contract (``expectations.validate``); raise on the first error.
+    """Validate one split with the data contract (``ftops.expectations.validate``); raise on the first error.
 
     A file already validated in this process with the same content and tokenizer is not validated again (a resumed
     job, a benchmark running several jobs): the report is kept by the file's sha256."""
     if not path.is_file():
         raise FtopsError(f"data.{name}: {path}: no such file; run `ftops data split DATA.jsonl --out DIR` first")
-    from expectations.validate import validate_file
+    from ftops.expectations.validate import validate_file
 
     key = (sha256_file(path), getattr(tokenizer, "name_or_path", ""), context_length)
     report = _VALIDATED.get(key)
@@ -79,10 +79,7 @@ def validate_split(name: str, path: Path, tokenizer, context_length: int | None)
     if not report.valid:
         first = report.errors[0]
         more = f" (+{len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
-        raise FtopsError(
-            f"data.{name}: {path}: {first}{more}; "
-            f"run `ftops data validate {path}` for the full report"
-        )
+        raise FtopsError(f"data.{name}: {path}: {first}{more}; run `ftops data validate {path}` for the full report")
     if not report.examples:
         raise FtopsError(f"data.{name}: {path}: no examples")
     _VALIDATED[key] = report
@@ -122,7 +119,9 @@ def load_model(config: TrainConfig, base: BaseModel):
     kwargs: dict[str, Any] = {}
     if config.method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         kwargs["dtype"] = torch.bfloat16
@@ -166,13 +165,16 @@ def _check_resume(config: TrainConfig, base: BaseModel, splits: dict[str, Split]
         )
     for name, split in splits.items():
         if run.data.tags.get(f"{A.TAG_DATASET_PREFIX}{name}.digest") != split.digest:
-            raise FtopsError(f"resume={config.resume}: data.{name} ({split.path}) is not the data that run trained on "
-                             "(digest differs); resume with the same data")
+            raise FtopsError(
+                f"resume={config.resume}: data.{name} ({split.path}) is not the data that run trained on "
+                "(digest differs); resume with the same data"
+            )
     folder = checkpoints_dir(config.resume)
     last = last_complete_checkpoint(folder)
     if last is None:
-        raise FtopsError(f"resume={config.resume}: no complete checkpoint under {folder}; start a new run without "
-                         "resume=")
+        raise FtopsError(
+            f"resume={config.resume}: no complete checkpoint under {folder}; start a new run without resume="
+        )
     return last
 
 
@@ -184,14 +186,19 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
 
     if not folder.is_dir():
         return None
-    steps = sorted((int(p.name.split("-", 1)[1]), p) for p in folder.glob("checkpoint-*")
-                   if p.is_dir() and p.name.split("-", 1)[1].isdigit())
+    steps = sorted(
+        (int(p.name.split("-", 1)[1]), p)
+        for p in folder.glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-", 1)[1].isdigit()
+    )
     for _, path in reversed(steps):
         try:
             json.loads((path / "trainer_state.json").read_text())
         except (OSError, ValueError):
-            print(f"note: {path.name} is incomplete (the job was killed while writing it); skipping it",
-                  file=sys.stderr)
+            print(
+                f"note: {path.name} is incomplete (the job was killed while writing it); skipping it",
+                file=sys.stderr,
+            )
             continue
         return path
     return None
@@ -207,7 +214,7 @@ def _log_data(splits: dict[str, Split], work: Path) -> None:
     import mlflow
     import pandas as pd
 
-    from expectations.validate import save_gx_report
+    from ftops.expectations.validate import save_gx_report
 
     data_dir = work / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -275,8 +282,12 @@ def lora_config(config: TrainConfig):
     from peft import LoraConfig
 
     return LoraConfig(
-        r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-        target_modules=list(config.lora.target_modules), bias="none", task_type="CAUSAL_LM",
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=list(config.lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
     )
 
 
@@ -303,14 +314,15 @@ def train(config: TrainConfig, callbacks: list | tuple = ()) -> str:
             hint = "ftops data replay --out FILE" if name == "replay" else "ftops data split DATA.jsonl --out DIR"
             raise FtopsError(f"data.{name}: {getattr(config.data, name)}: no such file; run `{hint}` first")
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-    splits = {name: validate_split(name, Path(getattr(config.data, name)), tokenizer, base.context_length)
-              for name in names}
+    splits = {
+        name: validate_split(name, Path(getattr(config.data, name)), tokenizer, base.context_length) for name in names
+    }
     settings.configure_mlflow()
     experiment = settings.experiment_id()
     resume_from = _check_resume(config, base, splits) if config.resume else None
     original_template = tokenizer.chat_template
     if config.assistant_only_loss:
-        from training.chat_template import training_chat_template
+        from ftops.training.chat_template import training_chat_template
 
         tokenizer.chat_template = training_chat_template(tokenizer, base.name)
     model = load_model(config, base)
@@ -332,20 +344,34 @@ def train(config: TrainConfig, callbacks: list | tuple = ()) -> str:
             work = Path(tmp)
             if main and not config.resume:
                 mlflow.log_params(run_params(config, base))
-                mlflow.set_tags({
-                    A.TAG_RUN_ID: run_id, A.TAG_BASE_NAME: base.name, A.TAG_BASE_SHA256: base.sha256,
-                    A.TAG_QUANTIZATION: config.quantization, "ftops.method": config.method,
-                })
+                mlflow.set_tags(
+                    {
+                        A.TAG_RUN_ID: run_id,
+                        A.TAG_BASE_NAME: base.name,
+                        A.TAG_BASE_SHA256: base.sha256,
+                        A.TAG_QUANTIZATION: config.quantization,
+                        "ftops.method": config.method,
+                    }
+                )
                 if config.method != "full":
-                    mlflow.set_tags({A.TAG_LORA_R: str(config.lora.r),
-                                     A.TAG_LORA_TARGETS: ",".join(sorted(config.lora.target_modules))})
+                    mlflow.set_tags(
+                        {
+                            A.TAG_LORA_R: str(config.lora.r),
+                            A.TAG_LORA_TARGETS: ",".join(sorted(config.lora.target_modules)),
+                        }
+                    )
                 _log_data(splits, work)
-            trainer, tps = _build_trainer(config, model, tokenizer, splits, checkpoints_dir(run_id), run_name,
-                                          callbacks)
+            trainer, tps = _build_trainer(
+                config, model, tokenizer, splits, checkpoints_dir(run_id), run_name, callbacks
+            )
             if main:
                 trainable, total = _trainable(trainer.model)
-                mlflow.set_tags({A.TAG_TRAINABLE_PARAMS: str(trainable),
-                                 A.TAG_TRAINABLE_SHARE: f"{trainable / total:.6f}"})
+                mlflow.set_tags(
+                    {
+                        A.TAG_TRAINABLE_PARAMS: str(trainable),
+                        A.TAG_TRAINABLE_SHARE: f"{trainable / total:.6f}",
+                    }
+                )
                 if not config.resume:
                     mlflow.log_dict(trainer.args.to_dict(), "training_args.json")
             # everything loaded so far (MLflow, Great Expectations, datasets) stays alive for the whole run; frozen,
@@ -359,11 +385,12 @@ def train(config: TrainConfig, callbacks: list | tuple = ()) -> str:
             finally:
                 gc.unfreeze()
             if main:
-                from training.callbacks import loss_curve
+                from ftops.training.callbacks import loss_curve
 
                 if tps.mean_tokens_per_second:
-                    mlflow.log_metric("train_tokens_per_second", tps.mean_tokens_per_second,
-                                      step=trainer.state.global_step)
+                    mlflow.log_metric(
+                        "train_tokens_per_second", tps.mean_tokens_per_second, step=trainer.state.global_step
+                    )
                 mlflow.log_figure(loss_curve(trainer.state.log_history), "loss_curve.png")
                 tokenizer.chat_template = original_template
                 _log_weights(config, trainer.model, tokenizer, base, work)
@@ -396,15 +423,16 @@ def _build_trainer(config, model, tokenizer, splits, output_dir: Path, run_name:
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
-    from training.callbacks import MlflowMetrics, ProgressBar, TokensPerSecond
+    from ftops.training.callbacks import MlflowMetrics, ProgressBar, TokensPerSecond
 
     tps = TokensPerSecond()
     trainer = SFTTrainer(
         model=model,
         args=sft_config(config, output_dir, run_name),
         # the replay examples (if any) join the training split; the Trainer's sampler shuffles them in
-        train_dataset=Dataset.from_list(splits["train"].examples + (splits["replay"].examples if "replay" in splits
-                                                                    else [])),
+        train_dataset=Dataset.from_list(
+            splits["train"].examples + (splits["replay"].examples if "replay" in splits else [])
+        ),
         eval_dataset=Dataset.from_list(splits["validation"].examples),
         processing_class=tokenizer,
         peft_config=lora_config(config) if config.method != "full" else None,
@@ -412,7 +440,7 @@ def _build_trainer(config, model, tokenizer, splits, output_dir: Path, run_name:
     )
     trainer.remove_callback(PrinterCallback)  # disable_tqdm swaps the bar for raw dict prints; ProgressBar instead
     if config.packing and "flash" not in str(getattr(model.config, "_attn_implementation", "")):
-        from training.packing import use_packed_rows
+        from ftops.training.packing import use_packed_rows
 
         use_packed_rows(trainer)  # without varlen kernels, one flattened row per batch costs quadratic attention
     return trainer, tps

@@ -31,11 +31,12 @@ def labelled_positions_only() -> Iterator[None]:
 
     original = getattr(trl_utils, "_use_triton", None)
     if original is None or "_use_triton(hidden_states.device)" not in inspect.getsource(trl_utils.add_fused_lm_head):
-        raise RuntimeError("trl.trainer.utils.add_fused_lm_head no longer decides with _use_triton(device); "
-                           "update training/lm_head.py for this TRL version")
+        raise RuntimeError(
+            "trl.trainer.utils.add_fused_lm_head no longer decides with _use_triton(device); "
+            "update training/lm_head.py for this TRL version"
+        )
     trl_utils._use_triton = lambda device: True
     try:
         yield
     finally:
         trl_utils._use_triton = original
-

@@ -34,5 +34,6 @@ class PackedRowsCollator:
 
 def use_packed_rows(trainer) -> None:
     """Swap a packing ``SFTTrainer``'s flattening collator for :class:`PackedRowsCollator`. The job does so unless
-    the model runs a FlashAttention implementation, whose varlen kernels make TRL's padding-free batches the fast path."""
+    the model runs a FlashAttention implementation, whose varlen kernels make TRL's padding-free batches the fast
+    path."""
     trainer.data_collator = PackedRowsCollator(trainer.processing_class.pad_token_id)

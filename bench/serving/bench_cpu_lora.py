@@ -4,7 +4,8 @@ Each side is a fresh process running vLLM's offline engine (``vllm.LLM``) on the
 ``--max-tokens`` tokens per request (``ignore_eos``), 1 request and then ``--batch`` requests at once:
 
 - ``vllm``: vLLM as shipped: one of the host's cores reserved for its scheduler, its own LoRA ops (``VLLM_PLUGINS=''``);
-- ``vllm-all-cores``: the same with no core reserved (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``, ftops's ``auto`` on small hosts);
+- ``vllm-all-cores``: the same with no core reserved (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``, ftops's ``auto`` on
+  small hosts);
 - ``ftops``: no core reserved and ftops's LoRA ops (ftops/cpu_lora.py, loaded as a vLLM plugin).
 
 Prints output tokens/s and ms per decode step for each side, and the ratios to ``vllm``.
@@ -40,8 +41,16 @@ def child(base_path: str, adapter: str, batch: int, max_tokens: int) -> None:
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
-    llm = LLM(model=base_path, enable_lora=True, max_lora_rank=8, max_loras=2, max_model_len=1024,
-              dtype="bfloat16", gpu_memory_utilization=0.3, seed=0)
+    llm = LLM(
+        model=base_path,
+        enable_lora=True,
+        max_lora_rank=8,
+        max_loras=2,
+        max_model_len=1024,
+        dtype="bfloat16",
+        gpu_memory_utilization=0.3,
+        seed=0,
+    )
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     lora = LoRARequest("bench", 1, adapter)
     llm.chat(PROMPT, params, lora_request=lora, use_tqdm=False)  # warm-up
@@ -50,8 +59,10 @@ def child(base_path: str, adapter: str, batch: int, max_tokens: int) -> None:
         start = time.perf_counter()
         outputs = llm.chat([PROMPT] * n, params, lora_request=lora, use_tqdm=False)
         wall = time.perf_counter() - start
-        row[n] = {"tok_s": sum(len(o.outputs[0].token_ids) for o in outputs) / wall,
-                  "ms_per_step": wall / max_tokens * 1000}
+        row[n] = {
+            "tok_s": sum(len(o.outputs[0].token_ids) for o in outputs) / wall,
+            "ms_per_step": wall / max_tokens * 1000,
+        }
     print("RESULT " + json.dumps(row), flush=True)
 
 
@@ -78,24 +89,49 @@ def main() -> None:
             env.pop(key, None)
             if value is not None:
                 env[key] = value
-        out = subprocess.run([sys.executable, __file__, "--batch", str(args.batch), "--max-tokens",
-                              str(args.max_tokens), "--child", base.path, str(adapter)],
-                             env=env, capture_output=True, text=True, timeout=1200)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--batch",
+                str(args.batch),
+                "--max-tokens",
+                str(args.max_tokens),
+                "--child",
+                base.path,
+                str(adapter),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode or not line:
             raise SystemExit(f"side {side} failed:\n{out.stderr[-3000:]}")
         rows[side] = {int(k): v for k, v in json.loads(line[0][7:]).items()}
-        print(f"[{side}] " + "  ".join(f"{n} at once: {r['tok_s']:.1f} tok/s, {r['ms_per_step']:.0f} ms/step"
-                                        for n, r in rows[side].items()), flush=True)
+        print(
+            f"[{side}] "
+            + "  ".join(
+                f"{n} at once: {r['tok_s']:.1f} tok/s, {r['ms_per_step']:.0f} ms/step" for n, r in rows[side].items()
+            ),
+            flush=True,
+        )
 
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"\n`bench/serving/bench_cpu_lora.py`, {when}, {os.cpu_count()} cores, load average {load:.1f} at the "
-          f"start; {base.name} bf16 + LoRA r=8 (q/v), {args.max_tokens} tokens per request\n")
-    print("| side | 1 request tok/s | ms/step | " + f"{args.batch} at once tok/s | ms/step | ratio to vllm at "
-          f"{args.batch} |\n| --- | --- | --- | --- | --- | --- |")
+    print(
+        f"\n`bench/serving/bench_cpu_lora.py`, {when}, {os.cpu_count()} cores, load average {load:.1f} at the "
+        f"start; {base.name} bf16 + LoRA r=8 (q/v), {args.max_tokens} tokens per request\n"
+    )
+    print(
+        "| side | 1 request tok/s | ms/step | " + f"{args.batch} at once tok/s | ms/step | ratio to vllm at "
+        f"{args.batch} |\n| --- | --- | --- | --- | --- | --- |"
+    )
     for side, r in rows.items():
-        print(f"| {side} | {r[1]['tok_s']:.1f} | {r[1]['ms_per_step']:.0f} | {r[args.batch]['tok_s']:.1f} | "
-              f"{r[args.batch]['ms_per_step']:.0f} | {r[args.batch]['tok_s'] / rows['vllm'][args.batch]['tok_s']:.2f}x |")
+        print(
+            f"| {side} | {r[1]['tok_s']:.1f} | {r[1]['ms_per_step']:.0f} | {r[args.batch]['tok_s']:.1f} | "
+            f"{r[args.batch]['ms_per_step']:.0f} | {r[args.batch]['tok_s'] / rows['vllm'][args.batch]['tok_s']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -36,16 +36,22 @@ def main() -> None:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await request.json()
-        ids = tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)
+        ids = tokenizer.apply_chat_template(
+            body["messages"], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         max_tokens = int(body.get("max_tokens") or 16)
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         count = {"n": 0}
 
         def run() -> None:
             with lock, torch.inference_mode():
-                out = model.generate(**ids, max_new_tokens=max_tokens, min_new_tokens=max_tokens if body.get(
-                    "ignore_eos") else 0, do_sample=False, streamer=streamer)
+                out = model.generate(
+                    **ids,
+                    max_new_tokens=max_tokens,
+                    min_new_tokens=max_tokens if body.get("ignore_eos") else 0,
+                    do_sample=False,
+                    streamer=streamer,
+                )
                 count["n"] = out.shape[1] - ids["input_ids"].shape[1]
 
         thread = threading.Thread(target=run)
@@ -59,15 +65,29 @@ def main() -> None:
                 text = await loop.run_in_executor(None, next, iterator, None)
                 if text is None:
                     break
-                chunk = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
-                         "model": body["model"], "choices": [{"index": 0, "delta": {"content": text},
-                                                              "finish_reason": None}]}
+                chunk = {
+                    "id": rid,
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
+                    "model": body["model"],
+                    "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+                }
                 yield f"data: {json.dumps(chunk)}\n\n"
             await loop.run_in_executor(None, thread.join)
             prompt = ids["input_ids"].shape[1]
-            usage = {"prompt_tokens": prompt, "completion_tokens": count["n"], "total_tokens": prompt + count["n"]}
-            final = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
-                     "model": body["model"], "choices": [], "usage": usage}
+            usage = {
+                "prompt_tokens": prompt,
+                "completion_tokens": count["n"],
+                "total_tokens": prompt + count["n"],
+            }
+            final = {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [],
+                "usage": usage,
+            }
             yield f"data: {json.dumps(final)}\n\n"
             yield "data: [DONE]\n\n"
 

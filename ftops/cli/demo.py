@@ -16,54 +16,52 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import Field
+
 from ftops import settings
+from ftops.config import StrictConfig, add_options, from_options
 from ftops.errors import FtopsError
 from ftops.manifest import sha256_file
+from ftops.registry.policy import POLICIES_DIR
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: asked of the served adapter and base after the held-out tickets (a regression-suite item, not in any training data)
 GENERAL_QUESTION = "What is the capital of France?"
 
 
-@dataclass
-class DemoConfig:
-    """What the demo runs; the defaults are the documented demo."""
+class DemoConfig(StrictConfig):
+    """What the demo runs; the defaults are the documented demo. ``ftops demo`` builds its options from these fields."""
 
     base: str = "smollm2-135m-instruct"
-    """Imported base model to fine-tune (``smollm2`` is imported automatically when missing)."""
-    examples: int = 400
-    """Demo tickets to generate (split 80/10/10)."""
+    """Imported base model to fine-tune (smollm2 is imported automatically when missing)."""
+    examples: int = Field(400, ge=30)
+    """Demo tickets to generate, split 80/10/10 (at least 30)."""
     seed: int = 0
     """Seed of the ticket generator."""
-    replay: int = 160
-    """General prompts the base answers for replay (mixed into training against forgetting); 0: none."""
+    replay: int = Field(160, ge=0)
+    """General prompts the base answers for replay, mixed into training against forgetting (0: none)."""
     train_config: Path = REPO / "configs" / "demo.yaml"
     """Training job YAML."""
-    overrides: list[str] = field(default_factory=list)
-    """``key=value`` overrides for the training job."""
-    policy: Path = REPO / "registry" / "policies" / "demo.yaml"
+    overrides: list[str] = Field(default_factory=list)
+    """Training config override KEY=VALUE, repeatable (e.g. --set max_steps=20)."""
+    policy: Path = POLICIES_DIR / "demo.yaml"
     """Gate policy YAML (the demo's own: per-field accuracy floors that minutes of CPU training can reach)."""
     model_name: str = "ticket-extractor"
     """Registered model name of the adapter."""
-    questions: int = 3
+    questions: int = Field(3, ge=1)
     """Held-out tickets to ask the served adapter and base."""
     serve: bool = True
-    """Start the service and send real requests (off: stop after promotion)."""
-    port: int = 0
+    """Start the service and send real requests (--no-serve: stop after promotion)."""
+    port: int = Field(0, ge=0, le=65535)
     """Port of the demo service (0: a free one)."""
-    serve_timeout_s: float = 600.0
-    """How long to wait for the service to be ready."""
+    serve_timeout_s: float = Field(600.0, gt=0)
+    """How long to wait for the service to be ready, in seconds."""
 
-    def __post_init__(self) -> None:
-        if self.examples < 30:
-            raise FtopsError(f"--examples {self.examples}: the demo needs at least 30 tickets for a 80/10/10 split")
-        if self.replay < 0:
-            raise FtopsError(f"--replay {self.replay}: give 0 (no replay) or a number of prompts")
-        if self.questions < 1:
-            raise FtopsError("--questions must be at least 1")
+
+#: ``ftops demo`` options whose names differ from the fields
+_FLAGS = {"train_config": "--config", "overrides": "--set", "model_name": "--name"}
 
 
 def _step(n: int, total: int, text: str) -> None:
@@ -79,15 +77,18 @@ def _free_port() -> int:
 def prepare_data(config: DemoConfig, work: Path, base) -> dict[str, Path]:
     from transformers import AutoTokenizer
 
-    from expectations.demo_data import write_tickets
-    from expectations.split import split_file
-    from expectations.validate import validate_file
+    from ftops.expectations.demo_data import write_tickets
+    from ftops.expectations.split import split_file
+    from ftops.expectations.validate import validate_file
 
     tickets = write_tickets(work / "tickets.jsonl", n=config.examples, seed=config.seed)
-    report = validate_file(tickets, tokenizer=AutoTokenizer.from_pretrained(base.path),
-                           context_length=base.context_length)
-    print(f"validated {tickets}: {len(report.examples)} examples, {len(report.errors)} errors, "
-          f"{len(report.warnings)} warnings (format {report.format})")
+    report = validate_file(
+        tickets, tokenizer=AutoTokenizer.from_pretrained(base.path), context_length=base.context_length
+    )
+    print(
+        f"validated {tickets}: {len(report.examples)} examples, {len(report.errors)} errors, "
+        f"{len(report.warnings)} warnings (format {report.format})"
+    )
     if not report.valid:
         raise FtopsError(f"{tickets}: demo data failed validation: {report.errors[0].message}")
     splits = split_file(tickets, work / "data")
@@ -101,7 +102,7 @@ def prepare_data(config: DemoConfig, work: Path, base) -> dict[str, Path]:
 def prepare_replay(config: DemoConfig, work: Path, base) -> Path:
     """The base's own answers to ``config.replay`` general prompts (``ftops data replay``), kept between demo runs
     while the base and the count are the same (answering takes a few CPU minutes)."""
-    from training.replay import write_replay
+    from ftops.training.replay import write_replay
 
     out = work / "data" / "replay.jsonl"
     stamp = out.with_suffix(".json")
@@ -110,20 +111,26 @@ def prepare_replay(config: DemoConfig, work: Path, base) -> Path:
         recorded = json.loads(stamp.read_text())
     except (OSError, ValueError):
         recorded = None
-    if recorded and {k: recorded.get(k) for k in wanted} == wanted and out.is_file() \
-            and recorded.get("sha256") == sha256_file(out):
+    if (
+        recorded
+        and {k: recorded.get(k) for k in wanted} == wanted
+        and out.is_file()
+        and recorded.get("sha256") == sha256_file(out)
+    ):
         print(f"replay: {recorded['written']} examples answered by {base.name} earlier -> {out}")
         return out
     result = write_replay(base, out, n=config.replay)
     stamp.write_text(json.dumps({**wanted, "written": result.written, "sha256": sha256_file(out)}))
-    print(f"replay: {result.written} general prompts answered by {base.name} ({result.dropped} unfinished dropped) "
-          f"-> {out}")
+    print(
+        f"replay: {result.written} general prompts answered by {base.name} ({result.dropped} unfinished dropped) "
+        f"-> {out}"
+    )
     return out
 
 
 def train_adapter(config: DemoConfig, splits: dict[str, Path]) -> str:
-    from training.config import load_config
-    from training.job import train
+    from ftops.training.config import load_config
+    from ftops.training.job import train
 
     overrides = [f"base={config.base}", *(f"data.{k}={v}" for k, v in splits.items()), *config.overrides]
     if "replay" not in splits:
@@ -136,12 +143,12 @@ def train_adapter(config: DemoConfig, splits: dict[str, Path]) -> str:
 
 def gate_and_promote(config: DemoConfig, run_id: str) -> str | None:
     """Gate the run; on pass promote it to production and return its version, on fail return None."""
-    from registry.eval import EvalConfig
-    from registry.gate import gate
-    from registry.lifecycle import promote
+    from ftops.registry.eval import EvalConfig
+    from ftops.registry.gate import gate
+    from ftops.registry.lifecycle import promote
 
     # format compliance against the ticket task's own JSON schema, not one derived from the references
-    report = gate(run_id, config.policy, config.model_name, eval_config=EvalConfig(schema="ticket"))
+    report = gate(run_id, config.policy, config.model_name, eval_config=EvalConfig(format_schema="ticket"))
     print(report.markdown())
     if report.verdict != "pass":
         print(f"the gate refused run {run_id}: nothing was registered, production is unchanged")
@@ -177,7 +184,12 @@ def serve_and_ask(config: DemoConfig, work: Path, base, test_split: Path, with_a
     adapters = [f"{config.model_name}@production"] if with_adapter else []
     serve_config.write_text(yaml.safe_dump({"base": base.name, "adapters": adapters, "require_adapters": True}))
     api_key = "ftops-demo-" + os.urandom(12).hex()
-    env = {**os.environ, "FTOPS_API_KEY": api_key, "FTOPS_ADMIN_KEY": api_key, "FTOPS_HOME": str(settings.home())}
+    env = {
+        **os.environ,
+        "FTOPS_API_KEY": api_key,
+        "FTOPS_ADMIN_KEY": api_key,
+        "FTOPS_HOME": str(settings.home()),
+    }
     cmd = [sys.executable, "-m", "ftops.cli", "serve", "--port", str(port), "--config", str(serve_config)]
     print("$ " + " ".join(cmd[2:]), flush=True)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
@@ -188,8 +200,14 @@ def serve_and_ask(config: DemoConfig, work: Path, base, test_split: Path, with_a
         models = client.models.list().data
         print("served models: " + ", ".join(m.id for m in models))
         rows = [json.loads(line) for line in test_split.read_text().splitlines() if line.strip()]
-        asks = [(f"held-out ticket {i}", [m for m in row["messages"] if m["role"] != "assistant"],
-                 row["messages"][-1]["content"]) for i, row in enumerate(rows[: config.questions], 1)]
+        asks = [
+            (
+                f"held-out ticket {i}",
+                [m for m in row["messages"] if m["role"] != "assistant"],
+                row["messages"][-1]["content"],
+            )
+            for i, row in enumerate(rows[: config.questions], 1)
+        ]
         # and one general question: has the adapter kept what the base could do? (the gate's retention rule)
         asks.append(("general question", [{"role": "user", "content": GENERAL_QUESTION}], "(an answer in prose)"))
         for title, messages, reference in asks:
@@ -199,7 +217,9 @@ def serve_and_ask(config: DemoConfig, work: Path, base, test_split: Path, with_a
                 reply = client.chat.completions.create(model=model, messages=messages, max_tokens=96, temperature=0)
                 text = (reply.choices[0].message.content or "").strip().replace("\n", " ")
                 print(f"{'adapter' if model == config.model_name else 'base':9}: {text}")
-                print(f"{'':9}  ({reply.usage.prompt_tokens} prompt + {reply.usage.completion_tokens} completion tokens)")
+                print(
+                    f"{'':9}  ({reply.usage.prompt_tokens} prompt + {reply.usage.completion_tokens} completion tokens)"
+                )
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -233,8 +253,12 @@ def run(config: DemoConfig) -> int:
         base = load_base(config.base)
     print(f"{base.name}: {base.num_parameters / 1e6:.1f}M parameters, sha256 {base.sha256[:12]}")
 
-    _step(2, total, "data: generate demo tickets, validate, split 80/10/10"
-          + (", replay prompts answered by the base" if config.replay else ""))
+    _step(
+        2,
+        total,
+        "data: generate demo tickets, validate, split 80/10/10"
+        + (", replay prompts answered by the base" if config.replay else ""),
+    )
     splits = prepare_data(config, work, base)
 
     _step(3, total, f"train: {config.train_config.name} {' '.join(config.overrides)}".rstrip())
@@ -252,8 +276,10 @@ def run(config: DemoConfig) -> int:
     if version is None:
         raise FtopsError(f"the gate refused run {run_id}; its report is above and on the run in MLflow")
 
-    print(f"\ndemo finished in {time.monotonic() - started:.0f} s. MLflow UI: `make ui` (http://127.0.0.1:5000); "
-          f"state under {settings.home()}")
+    print(
+        f"\ndemo finished in {time.monotonic() - started:.0f} s. MLflow UI: `make ui` (http://127.0.0.1:5000); "
+        f"state under {settings.home()}"
+    )
     return 0
 
 
@@ -273,23 +299,5 @@ examples:
   ftops demo --examples 200 --set max_steps=20 --no-serve
   ftops demo --replay 0          # no replay data: watch the gate's retention rule refuse a forgetful adapter""",
     )
-    p.add_argument("--base", default=DemoConfig.base, help="imported base model (default %(default)s)")
-    p.add_argument("--examples", type=int, default=DemoConfig.examples, help="tickets to generate (default %(default)s)")
-    p.add_argument("--seed", type=int, default=DemoConfig.seed, help="data generator seed (default %(default)s)")
-    p.add_argument("--replay", type=int, default=DemoConfig.replay,
-                   help="general prompts the base answers, mixed into training against forgetting (default "
-                        "%(default)s; 0: none)")
-    p.add_argument("--config", type=Path, default=DemoConfig.train_config, help="training YAML (default configs/demo.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="training config override, repeatable (e.g. --set max_steps=20)")
-    p.add_argument("--policy", type=Path, default=DemoConfig.policy,
-                   help="gate policy YAML (default registry/policies/demo.yaml)")
-    p.add_argument("--name", dest="model_name", default=DemoConfig.model_name,
-                   help="registered model name (default %(default)s)")
-    p.add_argument("--questions", type=int, default=DemoConfig.questions, help="held-out tickets to ask (default 3)")
-    p.add_argument("--no-serve", dest="serve", action="store_false", help="stop after promotion")
-    p.add_argument("--port", type=int, default=0, help="port of the demo service (default: a free one)")
-    p.set_defaults(func=lambda args: run(DemoConfig(
-        base=args.base, examples=args.examples, seed=args.seed, replay=args.replay, train_config=args.config,
-        overrides=args.overrides, policy=args.policy, model_name=args.model_name, questions=args.questions, serve=args.serve, port=args.port,
-    )))
+    add_options(p, DemoConfig, flags=_FLAGS)
+    p.set_defaults(func=lambda args: run(from_options(args, DemoConfig, flags=_FLAGS)))

@@ -20,13 +20,17 @@ SHOWN_PER_CODE = 5
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="validate, split, generate and replay training data",
-                       description="Training data: validate a JSONL file, dedup and split it, write the demo dataset, write "
-                                   "replay examples from a base model.")
+    p = sub.add_parser(
+        "data",
+        help="validate, split, generate and replay training data",
+        description="Training data: validate a JSONL file, dedup and split it, write the demo dataset, write "
+        "replay examples from a base model.",
+    )
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     v = dsub.add_parser(
-        "validate", help="report every problem of a dataset in one pass",
+        "validate",
+        help="report every problem of a dataset in one pass",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Check every line of PATH and report each problem with its line, a code (OpenAI's fine-tuning codes where it has one)
@@ -35,34 +39,44 @@ Expectations suite. Exit 0 when valid, 1 when not.
 
 examples:
   ftops data validate data/tickets.jsonl
-  ftops data validate train.jsonl --format alpaca --json""")
+  ftops data validate train.jsonl --format alpaca --json""",
+    )
     v.add_argument("path", help="a JSONL file: chat (messages), prompt/completion, or alpaca")
     _common(v)
-    v.add_argument("--json", action="store_true",
-                   help='print {"valid", "examples", "errors": [{"line", "code", "message"}], "warnings"}')
-    v.add_argument("--report-dir", metavar="DIR",
-                   help="also save the GX validation result and Data Docs HTML into DIR")
+    v.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"valid", "examples", "errors": [{"line", "code", "message"}], "warnings"}',
+    )
+    v.add_argument("--report-dir", metavar="DIR", help="also save the GX validation result and Data Docs HTML into DIR")
     v.set_defaults(func=_validate)
 
-    s = dsub.add_parser("split", help="dedup and split 80/10/10 by content hash",
-                        description="Validate PATH, drop exact duplicates, and write train.jsonl, validation.jsonl "
-                                    "and test.jsonl (chat form) into --out. The split of an example depends only on "
-                                    "its content: adding examples never moves old ones.")
+    s = dsub.add_parser(
+        "split",
+        help="dedup and split 80/10/10 by content hash",
+        description="Validate PATH, drop exact duplicates, and write train.jsonl, validation.jsonl "
+        "and test.jsonl (chat form) into --out. The split of an example depends only on "
+        "its content: adding examples never moves old ones.",
+    )
     s.add_argument("path")
     s.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _common(s)
     s.add_argument("--json", action="store_true", help="print the files and their counts as JSON")
     s.set_defaults(func=_split)
 
-    g = dsub.add_parser("generate", help="write the demo support-ticket dataset",
-                        description="Write the deterministic demo dataset (support tickets -> JSON) as chat JSONL.")
+    g = dsub.add_parser(
+        "generate",
+        help="write the demo support-ticket dataset",
+        description="Write the deterministic demo dataset (support tickets -> JSON) as chat JSONL.",
+    )
     g.add_argument("path", help="output .jsonl file")
     g.add_argument("-n", type=int, default=400, help="number of examples (default 400)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.set_defaults(func=_generate)
 
     r = dsub.add_parser(
-        "replay", help="write general-skill examples answered by the base model (rehearsal against forgetting)",
+        "replay",
+        help="write general-skill examples answered by the base model (rehearsal against forgetting)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Answer N general prompts (capitals, arithmetic, facts, Python, short instructions, open requests; never one of the
@@ -73,22 +87,35 @@ the base did instead of in the fine-tuned task's shape (the gate's retention rul
 
 examples:
   ftops data replay .ftops/data/replay.jsonl
-  ftops data replay replay.jsonl --base my-base -n 400""")
+  ftops data replay replay.jsonl --base my-base -n 400""",
+    )
     r.add_argument("path", help="output .jsonl file")
     r.add_argument("--base", default=DEFAULT_BASE, help=f"imported base model that answers (default {DEFAULT_BASE})")
     r.add_argument("-n", type=int, default=160, help="number of prompts to answer (default 160, at most 232)")
     r.add_argument("--seed", type=int, default=0, help="random seed of the prompt choice (default 0)")
-    r.add_argument("--max-new-tokens", type=int, default=96, metavar="N",
-                   help="longest answer kept, in tokens (default 96)")
+    r.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=96,
+        metavar="N",
+        help="longest answer kept, in tokens (default 96)",
+    )
     r.set_defaults(func=_replay)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=("auto", "chat", "completion", "alpaca"), default="auto",
-                   help="file format (default: detect)")
-    p.add_argument("--base", default=None,
-                   help=f"base model whose tokenizer and context the token checks use (default {DEFAULT_BASE} when "
-                        "imported; 'none' skips the token checks)")
+    p.add_argument(
+        "--format",
+        choices=("auto", "chat", "completion", "alpaca"),
+        default="auto",
+        help="file format (default: detect)",
+    )
+    p.add_argument(
+        "--base",
+        default=None,
+        help=f"base model whose tokenizer and context the token checks use (default {DEFAULT_BASE} when "
+        "imported; 'none' skips the token checks)",
+    )
 
 
 def resolve_tokenizer(name: str | None):
@@ -99,8 +126,11 @@ def resolve_tokenizer(name: str | None):
         return None, None
     if name is None:
         if DEFAULT_BASE not in {b.name for b in list_bases()}:
-            print(f"note: base {DEFAULT_BASE!r} is not imported, token checks skipped "
-                  "(run `ftops base import smollm2` or pass --base NAME)", file=sys.stderr)
+            print(
+                f"note: base {DEFAULT_BASE!r} is not imported, token checks skipped "
+                "(run `ftops base import smollm2` or pass --base NAME)",
+                file=sys.stderr,
+            )
             return None, None
         name = DEFAULT_BASE
     base = load_base(name)
@@ -114,7 +144,7 @@ def resolve_tokenizer(name: str | None):
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from expectations.validate import save_gx_report, validate_file
+    from ftops.expectations.validate import save_gx_report, validate_file
 
     tokenizer, context = resolve_tokenizer(args.base)
     report = validate_file(args.path, format=args.format, tokenizer=tokenizer, context_length=context)
@@ -139,14 +169,16 @@ def _validate(args: argparse.Namespace) -> int:
     verdict = "valid" if report.valid else "INVALID"
     tokens = report.stats.get("tokens")
     lengths = f", tokens per example p50 {tokens['p50']} max {tokens['max']}" if tokens else ""
-    print(f"{args.path}: {verdict} ({report.format}): {len(report.examples)} usable examples, "
-          f"{len(report.errors)} errors, {len(report.warnings)} warnings{lengths}")
+    print(
+        f"{args.path}: {verdict} ({report.format}): {len(report.examples)} usable examples, "
+        f"{len(report.errors)} errors, {len(report.warnings)} warnings{lengths}"
+    )
     return 0 if report.valid else 1
 
 
 def _split(args: argparse.Namespace) -> int:
-    from expectations import DataError
-    from expectations.split import split_file
+    from ftops.expectations import DataError
+    from ftops.expectations.split import split_file
 
     tokenizer, context = resolve_tokenizer(args.base)
     try:
@@ -165,28 +197,31 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from expectations.demo_data import write_tickets
+    from ftops.expectations.demo_data import write_tickets
 
     if args.n < 1:
         raise FtopsError(f"-n must be at least 1, not {args.n}")
     try:
         path = write_tickets(Path(args.path), n=args.n, seed=args.seed)
     except OSError as e:
-        raise FtopsError(f"{args.path}: cannot write there ({e.strerror}); give a file path in a writable folder") from e
+        raise FtopsError(
+            f"{args.path}: cannot write there ({e.strerror}); give a file path in a writable folder"
+        ) from e
     print(f"wrote {args.n} support-ticket examples to {path}")
     return 0
 
 
 def _replay(args: argparse.Namespace) -> int:
     from ftops.base import load_base
-    from training.replay import write_replay
+    from ftops.training.replay import write_replay
 
     if args.n < 1:
         raise UsageError(f"-n must be at least 1, not {args.n}")
     if not 1 <= args.max_new_tokens <= 4096:
         raise UsageError(f"--max-new-tokens must be between 1 and 4096, not {args.max_new_tokens}")
-    result = write_replay(load_base(args.base), args.path, n=args.n, seed=args.seed,
-                          max_new_tokens=args.max_new_tokens)
-    print(f"wrote {result.written} replay examples answered by {args.base} to {result.path} "
-          f"({result.dropped} dropped: no end of turn within {args.max_new_tokens} tokens)")
+    result = write_replay(load_base(args.base), args.path, n=args.n, seed=args.seed, max_new_tokens=args.max_new_tokens)
+    print(
+        f"wrote {result.written} replay examples answered by {args.base} to {result.path} "
+        f"({result.dropped} dropped: no end of turn within {args.max_new_tokens} tokens)"
+    )
     return 0

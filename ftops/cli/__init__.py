@@ -30,31 +30,28 @@ State lives in ./.ftops (FTOPS_HOME); MLFLOW_TRACKING_URI points at a real MLflo
 """
 
 
+#: The modules that add subcommands, in the order of the flow; each has ``register(subparsers)``.
+COMMAND_MODULES = (
+    "ftops.cli.data",
+    "ftops.cli.base",
+    "ftops.training.cli",
+    "ftops.registry.cli",
+    "ftops.serving.cli",
+    "ftops.serving.cost_cli",
+    "ftops.cli.demo",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from ftops import base_cli
+    import importlib
 
     parser = argparse.ArgumentParser(
         prog="ftops", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in _stage_modules():
-        module.register(sub)
-    base_cli.register(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
-
-
-def _stage_modules() -> list:
-    """The stages whose commands exist, in the order of the flow."""
-    import importlib
-
-    modules = []
-    for name in ("ftops.data_cli", "training.cli", "registry.cli", "serving.cli", "serving.cost_cli", "ftops.demo"):
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as e:
-            if e.name != name:  # a real import error inside an existing module must not be hidden
-                raise
-    return modules
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +69,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ftops {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -43,16 +43,21 @@ examples:
     ls.add_argument("--json", action="store_true", help="print the records as JSON")
     ls.set_defaults(func=_list)
 
-    show = bsub.add_parser("show", help="show one base model and verify its files",
-                           description="Print a base model's record after re-checking every file's sha256.")
+    show = bsub.add_parser(
+        "show",
+        help="show one base model and verify its files",
+        description="Print a base model's record after re-checking every file's sha256.",
+    )
     show.add_argument("name")
     show.add_argument("--json", action="store_true", help="print the record as JSON")
     show.set_defaults(func=_show)
 
 
 def _summary(base) -> str:
-    return (f"{base.name}: {base.architecture}, {base.num_parameters / 1e6:.1f}M parameters, context "
-            f"{base.context_length}, sha256 {base.sha256[:12]}, at {base.path}")
+    return (
+        f"{base.name}: {base.architecture}, {base.num_parameters / 1e6:.1f}M parameters, context "
+        f"{base.context_length}, sha256 {base.sha256[:12]}, at {base.path}"
+    )
 
 
 def _import(args: argparse.Namespace) -> int:

@@ -1,0 +1,136 @@
+"""The house's layering, read from the source: one installed namespace, stages import only the stages before them,
+the ground (``ftops/`` without its command line) imports no stage, and no module imports itself round a circle.
+
+Imports inside functions count too: a lazy import of a later stage is still a dependency on it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: folder in the repository -> installed package
+PACKAGES = {
+    "ftops": "ftops",
+    "expectations": "ftops.expectations",
+    "training": "ftops.training",
+    "registry": "ftops.registry",
+    "serving": "ftops.serving",
+}
+STAGES = ("expectations", "training", "registry", "serving")
+#: what each layer may not import (``ftops.cli`` is the top: it imports every stage, nothing imports it)
+FORBIDDEN = {
+    "ground": ("ftops.expectations", "ftops.training", "ftops.registry", "ftops.serving", "ftops.cli"),
+    "expectations": ("ftops.training", "ftops.registry", "ftops.serving", "ftops.cli"),
+    "training": ("ftops.registry", "ftops.serving", "ftops.cli"),
+    "registry": ("ftops.serving", "ftops.cli"),
+    "serving": ("ftops.training", "ftops.cli"),
+    "cli": (),
+}
+
+
+def _modules() -> dict[str, Path]:
+    """Installed module name -> source file, for every module of the package."""
+    found = {}
+    for folder, package in PACKAGES.items():
+        for path in sorted((REPO / folder).rglob("*.py")):
+            parts = list(path.relative_to(REPO / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join([package, *parts])] = path
+    return found
+
+
+def _imports(module: str, path: Path) -> list[tuple[int, str, bool]]:
+    """``(line, imported module, at module level)`` for every import statement of ``path``."""
+    tree = ast.parse(path.read_text(), str(path))
+    top_level = {id(node) for node in tree.body}
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name, id(node) in top_level) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                name = f"{base}.{node.module}" if node.module else base
+            else:
+                name = node.module or ""
+            out.append((node.lineno, name, id(node) in top_level))
+            # ``from ftops.registry import eval`` imports the module ftops.registry.eval
+            out += [(node.lineno, f"{name}.{a.name}", id(node) in top_level) for a in node.names]
+    return out
+
+
+def _layer(module: str) -> str:
+    if module == "ftops.cli" or module.startswith("ftops.cli."):
+        return "cli"
+    for stage in STAGES:
+        if module == f"ftops.{stage}" or module.startswith(f"ftops.{stage}."):
+            return stage
+    return "ground"
+
+
+MODULES = _modules()
+
+
+def test_the_package_has_every_stage():
+    assert {_layer(m) for m in MODULES} == {"ground", "cli", *STAGES}
+    assert len(MODULES) > 40
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_each_module_imports_only_earlier_layers(module):
+    bad = [
+        f"{MODULES[module].relative_to(REPO)}:{line} imports {name}"
+        for line, name, _ in _imports(module, MODULES[module])
+        if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[_layer(module)])
+    ]
+    assert bad == []
+
+
+def test_no_python_file_imports_a_bare_stage_name():
+    """Only ``ftops.*`` is installed: ``import training`` would pick up whatever a user's project calls training."""
+    bad = []
+    for path in sorted(REPO.rglob("*.py")):
+        if ".venv" in path.parts or ".git" in path.parts:
+            continue
+        for line, name, _ in _imports("x", path):
+            if name.split(".")[0] in STAGES:
+                bad.append(f"{path.relative_to(REPO)}:{line} imports {name}")
+    assert bad == []
+
+
+def test_no_import_circles():
+    """Over every import (module level and inside functions) between the project's own modules."""
+    graph = {m: {n for _, n, _ in _imports(m, p) if n in MODULES and n != m} for m, p in MODULES.items()}
+    # a package's __init__ is imported with each of its modules: an edge from a package to its own module is no circle
+    for m in graph:
+        graph[m] = {n for n in graph[m] if not n.startswith(m + ".")}
+    state: dict[str, int] = {}
+    circles = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                circles.append(" -> ".join([*trail[trail.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert circles == []
+
+
+def test_the_layer_rules_catch_a_violation(tmp_path):
+    """The checks above can fail: a ground module that imports serving is reported."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from ftops.serving import costs\n")
+    names = [n for _, n, _ in _imports("ftops.bad", bad)]
+    assert "ftops.serving.costs" in names
+    assert any(n.startswith(f) for n in names for f in FORBIDDEN[_layer("ftops.bad")])

@@ -1,0 +1,85 @@
+"""What ``pip install ftops`` puts into site-packages: one top-level name, ``ftops``, and a service that imports
+from anywhere (not only from the checkout, where the stage folders would shadow a broken package)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    # built from a copy of the tracked files: setuptools writes build/ into the source tree, and a wheel must not
+    # depend on anything untracked that happens to lie in the checkout
+    source = tmp_path_factory.mktemp("source")
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, check=True, capture_output=True, text=True).stdout.split()
+    for name in tracked:
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out)]
+    subprocess.run([*pip_wheel, str(source)], check=True, capture_output=True, text=True, timeout=300)
+    (found,) = out.glob("ftops-*.whl")
+    return found
+
+
+def test_the_wheel_has_one_top_level_name_ftops(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert top == {"ftops"}
+    for module in (
+        "ftops/cli/__init__.py",
+        "ftops/expectations/validate.py",
+        "ftops/training/job.py",
+        "ftops/registry/gate.py",
+        "ftops/serving/service.py",
+    ):
+        assert module in names
+    for data in (
+        "ftops/registry/policies/default.yaml",
+        "ftops/serving/prices.yaml",
+        "ftops/serving/hardware.yaml",
+        "ftops/expectations/suites/chat_examples.json",
+    ):
+        assert data in names, f"{data} is not packaged"
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "ftops = ftops.cli:main" in entry_points and "ftops_cpu_lora = ftops.cpu_lora:register" in entry_points
+
+
+def test_the_installed_service_imports_outside_the_checkout(wheel, tmp_path):
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    probe = (
+        "import importlib.util, ftops.serving.service as s, ftops.registry.policy as p;"
+        "print(s.__file__); print(p.DEFAULT_POLICY.is_file());"
+        "print([n for n in ('training', 'serving', 'registry', 'expectations') if importlib.util.find_spec(n)])"
+    )
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    r = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    service_file, policy_found, bare = r.stdout.strip().splitlines()[-3:]
+    assert Path(service_file).is_relative_to(site)  # the wheel's copy, not the checkout's
+    assert policy_found == "True"
+    assert bare == "[]"
