@@ -198,7 +198,8 @@ def test_eval_command_with_the_transformers_fallback(tiny_base, fast_ftops_home,
     assert metrics["accuracy"] == 1.0 and metrics["base.accuracy"] == 0.0 and metrics["improvement"] == 1.0
     assert "retention" not in metrics and "format_compliance" not in metrics  # no suite asked, not a JSON task
     rc = main(["eval", run_id, "--engine", "transformers", "--max-new-tokens", "0"])
-    assert rc == 2 and "--max-new-tokens: Input should be greater than or equal to 1 (got '0')" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "--max-new-tokens: Input should be greater than or equal to 1 (got '0')" in err
 
 
 def test_eval_command_with_vllm_prints_only_json_on_stdout(tiny_base, fast_ftops_home, learned_rows):
