@@ -42,6 +42,14 @@ TAG_REVOKED_REASON = "ftops.revoked.reason"
 TAG_REVOKED_AT = "ftops.revoked.at"
 
 
+def revocation(tags: dict) -> str | None:
+    """Why a model version is revoked (its ``ftops.revoked.reason``), or None when it is not: ``tags`` are the
+    version's tags. Rollback writes them; serving and promote refuse a revoked version."""
+    if str(tags.get(TAG_REVOKED, "")).strip().lower() != "true":
+        return None
+    return tags.get(TAG_REVOKED_REASON) or "revoked (no reason recorded)"
+
+
 def save_adapter(model, tokenizer, out: Path, base_name: str, base_sha256: str, quantization: str) -> dict:
     """Save a PEFT model's adapter, its tokenizer and chat template into ``out`` with a sha256 manifest.
 
