@@ -15,11 +15,14 @@ Two passes, one report:
    its ``severity`` says whether it is an error (``critical``) or a warning.
 
 ``validate_file`` never raises for bad input: a missing path, a directory, a binary file, an empty file or a 200 MB
-line each come back as one error in the report.
+line each come back as one error in the report. A line that is not UTF-8 or holds a NUL byte among good lines is
+an error at that line (``invalid_utf8``, ``invalid_json``) and the other lines are still checked; ``binary_file``
+is for files that are binary throughout (UTF-16, or most of the first 8 KB's lines NUL-bearing or undecodable).
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -38,6 +41,9 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 #: OpenAI's minimum
 MIN_EXAMPLES = 10
 SUITE_PATH = Path(__file__).parent / "suites" / "chat_examples.json"
+#: the first bytes of a file that decide whether it is binary throughout (then one ``binary_file`` error)
+SAMPLE_BYTES = 8192
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 ROLES = ("system", "user", "assistant", "tool", "function")
 MESSAGE_KEYS = ("role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call")
@@ -131,7 +137,7 @@ def _file_problem(path: Path) -> Issue | None:
         return Issue(None, "not_a_file", f"{path}: not a regular file; give a .jsonl file")
     try:
         with open(path, "rb") as f:
-            sample = f.read(8192)
+            sample = f.read(SAMPLE_BYTES)
     except OSError as e:
         return Issue(None, "unreadable_file", f"{path}: cannot be read ({e.strerror}); check its permissions")
     if not sample.strip():
@@ -140,14 +146,36 @@ def _file_problem(path: Path) -> Issue | None:
             "empty_file",
             f"{path}: the file is empty; it needs one JSON example per line (at least {MIN_EXAMPLES})",
         )
-    if b"\x00" in sample or sample.decode("utf-8", errors="replace").count("\ufffd") > len(sample) // 20:
-        hint = " (UTF-16? save it as UTF-8)" if sample[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+    if _binary_throughout(sample, whole=len(sample) < SAMPLE_BYTES):
+        hint = " (UTF-16? save it as UTF-8)" if sample[:2] in UTF16_BOMS else ""
         return Issue(
             None,
             "binary_file",
             f"{path}: a binary file, not UTF-8 JSONL text{hint}; give a file with one JSON example per line",
         )
     return None
+
+
+def _binary_line(line: bytes, cut: bool = False) -> bool:
+    """A line holding a NUL byte, or one of whose bytes more than 1 in 20 are not UTF-8 (one accented Latin-1
+    character in a sentence is not binary; random bytes are). ``cut``: the line may end mid-character."""
+    if b"\x00" in line:
+        return True
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(line, final=not cut)
+    return text.count("\ufffd") > len(line) // 20
+
+
+def _binary_throughout(sample: bytes, whole: bool) -> bool:
+    """Whether a file's first bytes (``whole``: the whole file) are binary rather than JSONL text with a few bad
+    lines: UTF-16, or most of its non-blank lines binary (see :func:`_binary_line`). A bad line among good ones is
+    an error at that line instead, so that it can be found."""
+    if sample[:2] in UTF16_BOMS:
+        return True
+    *complete, last = sample.split(b"\n")
+    lines = [line for line in (complete if not whole else [*complete, last]) if line.strip()]
+    if not lines:  # one line so far, cut off at the sample's end
+        return _binary_line(last, cut=True)
+    return sum(map(_binary_line, lines)) * 2 > len(lines)
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, bytes | None, int]]:
@@ -725,15 +753,30 @@ def validate_file(
             continue
         if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
+        nul = raw.find(b"\x00")
         try:
             text = raw.decode("utf-8")
+            bad_utf8 = None
         except UnicodeDecodeError as e:
+            bad_utf8 = e.start
+        if bad_utf8 is not None and (nul < 0 or bad_utf8 < nul):
             errors.append(
                 Issue(
                     line,
                     "invalid_utf8",
-                    f"byte {e.start + 1} of the line is not valid UTF-8 "
-                    f"({raw[e.start : e.start + 4]!r}); re-save the file as UTF-8",
+                    f"byte {bad_utf8 + 1} of the line is not valid UTF-8 "
+                    f"({raw[bad_utf8 : bad_utf8 + 4]!r}); re-save the file as UTF-8 or remove the line",
+                )
+            )
+            records.append((line, None))
+            continue
+        if nul >= 0:  # JSON text cannot hold a raw NUL (inside a string it is written \u0000)
+            errors.append(
+                Issue(
+                    line,
+                    "invalid_json",
+                    f"byte {nul + 1} of the line is a NUL byte (0x00), which JSON text cannot hold; remove it "
+                    "(inside a string write \\u0000) or remove the line",
                 )
             )
             records.append((line, None))

@@ -215,6 +215,48 @@ def test_missing_path_directory_empty_and_binary(tmp_path):
     assert only_error(report) == "binary_file" and "UTF-16" in report.errors[0].message
 
 
+def test_binary_throughout_is_one_file_error_even_with_line_breaks(tmp_path):
+    (tmp_path / "nuls.jsonl").write_bytes((bytes(300) + b"\n") * 20)  # mostly NUL
+    assert only_error(validate_file(tmp_path / "nuls.jsonl")) == "binary_file"
+    noise = bytes((i * 151 + 7) % 256 for i in range(20_000))  # undecodable throughout, newlines here and there
+    (tmp_path / "noise.jsonl").write_bytes(noise)
+    assert only_error(validate_file(tmp_path / "noise.jsonl")) == "binary_file"
+    (tmp_path / "utf16le.jsonl").write_bytes(b"\n".join(json.dumps(r).encode("utf-16-le") for r in CLEAN))
+    assert only_error(validate_file(tmp_path / "utf16le.jsonl")) == "binary_file"
+
+
+def test_bad_byte_lines_among_good_ones_are_errors_at_their_lines_and_the_rest_is_checked(tmp_path):
+    lines = [json.dumps(r).encode() for r in CLEAN]
+    lines[2] = bytes(range(0x80, 0x100)) * 4  # 512 bytes of binary noise: over 5% of this small file
+    lines[4] = json.dumps(CLEAN[4]).encode().replace(b"4 + 4", b"4 \x00+ 4")  # a raw NUL inside a string
+    lines[7] = json.dumps({"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]})
+    lines[7] = lines[7].encode()
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    report = validate_file(path)
+    assert [(i.line, i.code) for i in report.errors] == [
+        (3, "invalid_utf8"),
+        (5, "invalid_json"),
+        (8, "unrecognized_role"),
+    ]
+    assert "byte 1 " in report.errors[0].message and "not valid UTF-8" in report.errors[0].message
+    assert "NUL" in report.errors[1].message and f"byte {lines[4].index(0) + 1} " in report.errors[1].message
+    assert len(report.examples) == 9 and report.gx_result is not None  # the good lines went through every check
+
+
+def test_cli_names_the_line_of_a_bad_byte_line_and_exits_1(tmp_path, capsys, ftops_home):
+    from ftops.cli import main
+
+    lines = [json.dumps(r).encode() for r in CLEAN]
+    lines[5] = b"\xff\xfe\xfd" * 100
+    path = tmp_path / "one_bad_line.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    assert main(["data", "validate", str(path), "--base", "none"]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}:6: error invalid_utf8: byte 1 of the line is not valid UTF-8" in out
+    assert "binary_file" not in out and "INVALID" in out
+
+
 def test_200mb_single_line_is_one_clear_error(tmp_path):
     path = tmp_path / "huge.jsonl"
     with open(path, "wb") as f:

@@ -137,6 +137,23 @@ def main() -> None:
         "latin-1 byte",
     )
     case(
+        "invalid_utf8_binary_line.jsonl",
+        6,
+        "invalid_utf8",
+        replaced(6, bytes(range(0x80, 0x100))),
+        "a line of bytes that are not UTF-8 at all (binary noise), among good lines",
+    )
+    case(
+        "invalid_json_nul_byte.jsonl",
+        9,
+        "invalid_json",
+        replaced(
+            9,
+            b'{"messages": [{"role": "user", "content": "hi\x00"}, {"role": "assistant", "content": "ok"}]}',
+        ),
+        "a raw NUL byte inside a string, among good lines",
+    )
+    case(
         "data_type_array.jsonl",
         4,
         "data_type",
