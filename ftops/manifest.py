@@ -22,6 +22,17 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Every tensor's shape in a safetensors file, read from its header (the tensors are not loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (OSError, SafetensorError) as e:
+        raise FtopsError(f"{path}: not a readable safetensors file ({e})") from e
+
+
 def _check_allowed(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
     for p in files:

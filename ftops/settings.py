@@ -66,13 +66,18 @@ def configure_mlflow() -> str:
     return uri
 
 
-def experiment_id() -> str:
-    """The id of the ``ftops`` experiment (``$MLFLOW_EXPERIMENT_NAME`` overrides the name), created on first use."""
+def mlflow_client():
+    """An ``mlflow.MlflowClient`` on the configured tracking and registry stores (:func:`configure_mlflow` first)."""
     import mlflow
 
     configure_mlflow()
+    return mlflow.MlflowClient()
+
+
+def experiment_id() -> str:
+    """The id of the ``ftops`` experiment (``$MLFLOW_EXPERIMENT_NAME`` overrides the name), created on first use."""
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME)
-    client = mlflow.MlflowClient()
+    client = mlflow_client()
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id

@@ -4,7 +4,10 @@ The candidate (base + the run's LoRA adapter) and the base alone answer the same
 through vLLM's offline engine (the engine that serves) or transformers ``generate`` (``engine="transformers"``).
 Metrics go on the run with the ``eval.`` prefix (``eval.accuracy``, ``eval.base.accuracy``, ``eval.retention`` ...,
 see :data:`METRICS`), per-example results as the MLflow table ``eval/examples.json``, and the resolved config and all
-metrics as ``eval/config.json`` / ``eval/metrics.json``.
+metrics as ``eval/config.json`` / ``eval/metrics.json``. The settings that decide the numbers (:func:`eval_settings`:
+engine, limits, schema, judge, the sha256 of the held-out split, the regression suite's content hash, the base and the
+adapter) go to ``eval/settings.json``, and their sha256 to the run's tag ``ftops.eval.settings_sha256``, set last: the
+gate reuses a run's metrics only when that tag equals the hash of the settings it would evaluate with.
 
 Metrics, for the candidate and (``base.`` prefix) for the base:
 
@@ -22,6 +25,7 @@ And relative to the base: ``improvement`` (accuracy - base accuracy), ``field_im
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tempfile
@@ -34,11 +38,17 @@ from pydantic import Field
 
 from ftops.config import StrictConfig
 from ftops.errors import FtopsError
+from ftops.manifest import sha256_file
+from ftops.settings import mlflow_client
 from ftops.vllm_settings import KV_CACHE_GIB, MAX_MODEL_LEN
 
 PREFIX = "eval."
 TEST_SPLIT_ARTIFACT = "data/test.jsonl"
 TABLE_ARTIFACT = "eval/examples.json"
+METRICS_ARTIFACT = "eval/metrics.json"
+SETTINGS_ARTIFACT = "eval/settings.json"
+#: Bumped when :func:`eval_settings` or the scoring changes what the same settings would measure.
+SETTINGS_VERSION = 1
 
 _SIDE = (
     "accuracy",
@@ -346,22 +356,17 @@ class EvalResult:
     """Metric names without the ``eval.`` prefix."""
     examples: list[dict] = field(default_factory=list)
     """Per-example rows (the MLflow table)."""
-
-
-def _client():
-    import mlflow
-
-    from ftops import settings
-
-    settings.configure_mlflow()
-    return mlflow.MlflowClient()
+    settings: dict = field(default_factory=dict)
+    """What decided the numbers (:func:`eval_settings`), logged as ``eval/settings.json``."""
+    settings_sha256: str = ""
+    """Their hash, tagged on the run as ``ftops.eval.settings_sha256``."""
 
 
 def get_run(run_id: str):
     """The MLflow run, or a clear error for an unknown id."""
     from mlflow.exceptions import MlflowException
 
-    client = _client()
+    client = mlflow_client()
     if not re.fullmatch(r"[0-9a-fA-F]{32}|[A-Za-z0-9_-]{1,64}", run_id or ""):
         raise FtopsError(f"run id {run_id!r} is malformed; copy it from `ftops train` or the MLflow UI")
     try:
@@ -379,7 +384,7 @@ def fetch_adapter(run_id: str, dst: Path) -> tuple[Path, dict]:
     """Download and verify the run's ``adapter/`` artifact; a clear error when the run has none."""
     from ftops.adapter import ARTIFACT_PATH, download_adapter
 
-    names = {Path(f.path).name for f in _client().list_artifacts(run_id, ARTIFACT_PATH)}
+    names = {Path(f.path).name for f in mlflow_client().list_artifacts(run_id, ARTIFACT_PATH)}
     if "manifest.json" not in names:
         raise FtopsError(
             f"run {run_id} has no adapter artifact ({ARTIFACT_PATH}/manifest.json); "
@@ -388,18 +393,24 @@ def fetch_adapter(run_id: str, dst: Path) -> tuple[Path, dict]:
     return download_adapter(f"runs:/{run_id}/{ARTIFACT_PATH}", dst)
 
 
-def load_test_split(run_id: str, dst: Path) -> list[dict]:
-    """The run's held-out split ``data/test.jsonl``: chat rows whose last message is the assistant's reference."""
+def download_test_split(run_id: str, dst: Path) -> Path:
+    """Download the run's held-out split ``data/test.jsonl`` into ``dst``; a clear error when the run has none."""
     import mlflow
 
     try:
-        local = Path(
+        return Path(
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TEST_SPLIT_ARTIFACT, dst_path=str(dst))
         )
     except Exception as e:  # MlflowException / OSError for a missing artifact
         raise FtopsError(
             f"run {run_id} has no held-out split {TEST_SPLIT_ARTIFACT} ({e}); it is logged by `ftops train`"
         ) from e
+
+
+def load_test_split(run_id: str, dst: Path, local: Path | None = None) -> list[dict]:
+    """The run's held-out split ``data/test.jsonl`` (downloaded into ``dst`` unless ``local`` is that file already):
+    chat rows whose last message is the assistant's reference."""
+    local = local or download_test_split(run_id, dst)
     rows = []
     for n, line in enumerate(local.read_text().splitlines(), 1):
         if not line.strip():
@@ -415,6 +426,47 @@ def load_test_split(run_id: str, dst: Path) -> list[dict]:
     if not rows:
         raise FtopsError(f"{TEST_SPLIT_ARTIFACT} of run {run_id} is empty; nothing to evaluate")
     return rows
+
+
+def _sha256_json(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def eval_settings(config: EvalConfig, test_split: Path, base_sha256: str, adapter_digest: str) -> dict:
+    """Everything that decides an evaluation's numbers, as JSON: the config fields that change them, the sha256 of
+    the held-out split file, the regression suite's content hash (the items scored), the base's sha256 and the
+    adapter's manifest digest. Not included: kv_cache_gib and batch_size (memory and speed only)."""
+    schema = None
+    if config.format_schema is not None:
+        schema = {"spec": config.format_schema, "sha256": _sha256_json(load_schema(config.format_schema, []))}
+    regression = None
+    if config.regression:
+        from ftops.expectations import regression as suite
+
+        items = list(suite.load_suite())[: config.regression_limit]
+        regression = {"items": len(items), "sha256": _sha256_json(items)}
+    judge = None
+    if config.judge_base_url:
+        judge = {"model": config.judge_model, "rubric_sha256": hashlib.sha256(config.judge_rubric.encode()).hexdigest()}
+    return {
+        "version": SETTINGS_VERSION,
+        "engine": config.engine,
+        "max_new_tokens": config.max_new_tokens,
+        "max_examples": config.max_examples,
+        "max_model_len": config.max_model_len,
+        "format_schema": schema,
+        "regression": regression,
+        "regression_limit": config.regression_limit,
+        "judge": judge,
+        "test_split_sha256": sha256_file(test_split),
+        "base_sha256": base_sha256,
+        "adapter_digest": adapter_digest,
+    }
+
+
+def settings_sha256(settings: dict) -> str:
+    """The hash tagged as ``ftops.eval.settings_sha256``: sha256 of the settings as canonical JSON."""
+    return _sha256_json(settings)
 
 
 def _mean(values: list[float]) -> float:
@@ -519,11 +571,12 @@ def evaluate(run_id: str, config: EvalConfig | None = None, engine: Engine | Non
     import mlflow
     from mlflow.entities import Metric
 
+    from ftops.adapter import TAG_EVAL_SETTINGS
     from ftops.base import load_base
 
     config = config or EvalConfig()
     get_run(run_id)
-    client = _client()
+    client = mlflow_client()
     with tempfile.TemporaryDirectory(prefix="ftops-eval-") as tmp:
         adapter, manifest = fetch_adapter(run_id, Path(tmp) / "adapter")
         base = load_base(manifest["base"]["name"])
@@ -532,7 +585,9 @@ def evaluate(run_id: str, config: EvalConfig | None = None, engine: Engine | Non
                 f"run {run_id}: its adapter was trained on base {base.name} sha256 "
                 f"{manifest['base']['sha256'][:12]}, but the imported {base.name} is {base.sha256[:12]}"
             )
-        rows = load_test_split(run_id, Path(tmp) / "data")[: config.max_examples]
+        test_split = download_test_split(run_id, Path(tmp) / "data")
+        rows = load_test_split(run_id, Path(tmp) / "data", test_split)[: config.max_examples]
+        settings = eval_settings(config, test_split, base.sha256, manifest["digest"])
         ref_objects = [parse_json_object(str(r["messages"][-1]["content"])) for r in rows]
         json_task = all(o is not None for o in ref_objects)
         schema = load_schema(config.format_schema, ref_objects) if json_task else None
@@ -550,9 +605,12 @@ def evaluate(run_id: str, config: EvalConfig | None = None, engine: Engine | Non
     columns = sorted({k for row in examples for k in row})
     mlflow.log_table({c: [row.get(c) for row in examples] for c in columns}, TABLE_ARTIFACT, run_id=run_id)
     client.log_dict(run_id, config.model_dump(mode="json", exclude={"judge_rubric"}), "eval/config.json")
-    client.log_dict(run_id, metrics, "eval/metrics.json")
+    client.log_dict(run_id, metrics, METRICS_ARTIFACT)
+    sha = settings_sha256(settings)
+    client.log_dict(run_id, {"sha256": sha, "settings": settings}, SETTINGS_ARTIFACT)
     client.set_tag(run_id, "ftops.eval.engine", config.engine)
-    return EvalResult(run_id, metrics, examples)
+    client.set_tag(run_id, TAG_EVAL_SETTINGS, sha)  # last: a tag on the run vouches for everything logged before it
+    return EvalResult(run_id, metrics, examples, settings, sha)
 
 
 def logged_metrics(run_id: str) -> dict[str, float]:

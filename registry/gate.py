@@ -1,29 +1,36 @@
 """``ftops gate RUN_ID``: judge a run against a policy; register what passes as a model version at alias ``staging``.
 
 Order of work, so that bad input costs nothing: the run must exist, the policy must load and name only metrics
-evaluation produces, the run must carry an adapter. Then the run is evaluated if it has no ``eval.*`` metrics yet,
-every rule is judged (against the current production version for relative rules), and the report is logged on the run
-(``gate/report.md``, ``gate/report.json``, tag ``ftops.gate.verdict``). On pass only, the adapter is checked against
-its base (base name and sha256, LoRA rank, target modules that exist in the base, safetensors whose sha256 match the
-manifest) and a model version is created with the lineage tags and the report as its description, then ``staging``
-moves to it. On fail nothing is registered and no alias moves.
+evaluation produces, the run must carry an adapter, its held-out split must share no example with its training split
+or its replay data (exact or normalised-text duplicates of prompt + answer), and the registry must answer which
+version is in production (a registry that cannot be read stops the gate; only a missing model or alias means "none").
+Then the run's logged ``eval.*`` metrics are reused only when its tag ``ftops.eval.settings_sha256`` equals the hash
+of the settings this gate would evaluate with (:func:`ftops.registry.eval.eval_settings`); otherwise (never evaluated,
+other settings, metrics logged by hand) it is evaluated again. Every rule is judged (against the current production
+version for relative rules), and the report is logged on the run (``gate/report.md``, ``gate/report.json``, tag
+``ftops.gate.verdict``). On pass only, the adapter is checked against its base (base name and sha256, LoRA rank,
+target modules that exist in the base, safetensors whose sha256 match the manifest) and a model version is created
+with the lineage tags, the eval settings hash and the report as its description, then ``staging`` moves to it. On
+fail nothing is registered and no alias moves.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 import tempfile
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from ftops import adapter as fa
 from ftops.errors import FtopsError
+from ftops.manifest import safetensors_shapes
 from ftops.names import check_name
 from ftops.registry import eval as ev
 from ftops.registry.lock import registry_lock
 from ftops.registry.policy import DEFAULT_POLICY, Policy, RuleResult, check_policy, load_policy
+from ftops.settings import mlflow_client
 
 STAGING = "staging"
 PRODUCTION = "production"
@@ -44,6 +51,8 @@ KEY_METRICS = frozenset(
     }
 )
 REPORT_JSON = "gate/report.json"
+#: The run's splits the held-out split must not overlap: what was trained on (``training/job.py`` logs them).
+TRAINED_SPLITS = ("data/train.jsonl", "data/replay.jsonl")
 
 
 @dataclass
@@ -60,6 +69,10 @@ class GateReport:
     lineage: dict[str, str] = field(default_factory=dict)
     version: str | None = None
     """The registered version (pass only)."""
+    eval_settings_sha256: str | None = None
+    """The hash of the evaluation settings the metrics came from (``eval/settings.json`` on the run)."""
+    eval_reused: bool = False
+    """Whether the run's logged evaluation was reused (same settings hash) rather than run again."""
 
     def as_dict(self) -> dict:
         return {**asdict(self), "rules": [r.as_dict() for r in self.rules]}
@@ -69,6 +82,9 @@ class GateReport:
             f"## Gate {self.verdict.upper()}: run `{self.run_id}`, policy `{self.policy}`",
             "",
             f"Compared with production version: {self.production_version or 'none'}.",
+            "",
+            f"Evaluation settings sha256 `{self.eval_settings_sha256 or 'unknown'}` (`eval/settings.json` on the run)"
+            + (", evaluation reused." if self.eval_reused else ", evaluated for this gate."),
             "",
             "| rule | value | threshold | production | result |",
             "| --- | --- | --- | --- | --- |",
@@ -105,33 +121,157 @@ class GateReport:
         return "\n".join(lines) + "\n"
 
 
+def metric_tags(tags: dict[str, str]) -> dict[str, float]:
+    """The metrics a version was judged on, from its ``ftops.metric.<name>`` tags (names without the prefix)."""
+    return {k[len(fa.TAG_METRIC_PREFIX) :]: float(v) for k, v in tags.items() if k.startswith(fa.TAG_METRIC_PREFIX)}
+
+
+def registry_error(name: str, what: str, error: Exception) -> FtopsError:
+    """The one-line error for a registry read that failed for another reason than "it does not exist"."""
+    detail = " ".join(str(error).split())
+    if len(detail) > 300:
+        detail = detail[:300] + "..."
+    return FtopsError(
+        f"registered model {name}: cannot read {what} from the MLflow registry ({type(error).__name__}: {detail}); "
+        "nothing was changed: check that the registry (MLFLOW_REGISTRY_URI / MLFLOW_TRACKING_URI) answers and retry"
+    )
+
+
 def production_metrics(client, name: str) -> tuple[str | None, dict[str, float]]:
-    """The version at ``name@production`` and the metrics it was judged on (from its ``ftops.metric.*`` tags)."""
+    """The version at ``name@production`` and the metrics it was judged on (from its ``ftops.metric.*`` tags);
+    ``(None, {})`` when there is none. A registry read error raises :class:`FtopsError` (see :func:`alias_version`)."""
     version = alias_version(client, name, PRODUCTION)
     if version is None:
         return None, {}
-    mv = client.get_model_version(name, version)
-    return version, {
-        k[len(fa.TAG_METRIC_PREFIX) :]: float(v) for k, v in mv.tags.items() if k.startswith(fa.TAG_METRIC_PREFIX)
-    }
+    try:
+        mv = client.get_model_version(name, version)
+    except Exception as e:  # the alias points at it: any error here is the registry failing, not "none"
+        raise registry_error(name, f"version {version} (at @{PRODUCTION})", e) from e
+    return version, metric_tags(mv.tags)
 
 
 def alias_version(client, name: str, alias: str) -> str | None:
-    """The version an alias points at, or None when the model or the alias does not exist."""
+    """The version an alias points at, or None when the model or the alias does not exist.
+
+    Any other failure (server unreachable, permission denied, a broken store) raises :class:`FtopsError` naming the
+    model: "cannot read the registry" must never pass for "no production version"."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
+        model = client.get_registered_model(name)
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise registry_error(name, f"alias @{alias}", e) from e
+    except Exception as e:  # requests/SQLAlchemy errors MLflow did not wrap
+        raise registry_error(name, f"alias @{alias}", e) from e
+    version = (model.aliases or {}).get(alias)
+    return None if version is None else str(version)
+
+
+# ------------------------------------------------------------------------------------------- held-out overlap
+
+
+def _fold(text: str) -> str:
+    """Text with case, whitespace and punctuation folded: ``"Hello, World!"`` and ``"hello world"`` are one."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text)
+    return " ".join(text.split())
+
+
+def _example_key(row: dict) -> tuple[str, str] | None:
+    """``(user prompt, answer)`` of a chat row: its user messages and its last assistant message."""
+    messages = row.get("messages") if isinstance(row, dict) else None
+    if not isinstance(messages, list):
         return None
+    user = [str(m.get("content", "")) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    answers = [str(m.get("content", "")) for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+    if not user or not answers:
+        return None
+    return "\n".join(user), answers[-1]
 
 
-def _safetensors_header(path: Path) -> dict:
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    header.pop("__metadata__", None)
-    return header
+def _read_examples(path: Path) -> list[tuple[int, tuple[str, str]]]:
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            key = _example_key(json.loads(line))
+        except ValueError:
+            key = None
+        if key is not None:
+            out.append((n, key))
+    return out
+
+
+def check_held_out(run_id: str, dst: Path) -> Path:
+    """Refuse a run whose held-out split shares an example (user prompt + answer, exactly or after folding case,
+    whitespace and punctuation) with its training split or its replay data, as the run logged them.
+
+    Returns the downloaded held-out split. Raises :class:`FtopsError` listing the first duplicates; or when the run
+    logged no training split, since then nothing shows that the held-out split was held out."""
+    import mlflow
+
+    local = {}
+    logged = {f.path for folder in ("data",) for f in mlflow_client().list_artifacts(run_id, folder)}
+    for artifact in (ev.TEST_SPLIT_ARTIFACT, *TRAINED_SPLITS):
+        if artifact in logged:
+            local[artifact] = Path(
+                mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst))
+            )
+    if ev.TEST_SPLIT_ARTIFACT not in local:
+        raise FtopsError(f"run {run_id} has no held-out split {ev.TEST_SPLIT_ARTIFACT}; it is logged by `ftops train`")
+    if TRAINED_SPLITS[0] not in local:
+        raise FtopsError(
+            f"run {run_id} has no training split {TRAINED_SPLITS[0]}: nothing shows that its held-out split was held "
+            "out; gate runs made by `ftops train`"
+        )
+    exact: dict[tuple[str, str], str] = {}
+    folded: dict[tuple[str, str], str] = {}
+    for artifact in TRAINED_SPLITS:
+        if artifact in local:
+            for n, (prompt, answer) in _read_examples(local[artifact]):
+                where = f"{Path(artifact).stem} line {n}"
+                exact.setdefault((prompt, answer), where)
+                folded.setdefault((_fold(prompt), _fold(answer)), where)
+    clashes = []
+    test = _read_examples(local[ev.TEST_SPLIT_ARTIFACT])
+    for n, (prompt, answer) in test:
+        if (prompt, answer) in exact:
+            clashes.append(f"test line {n} = {exact[(prompt, answer)]}")
+        elif (key := (_fold(prompt), _fold(answer))) in folded:
+            clashes.append(f"test line {n} ~ {folded[key]} (same text up to case, whitespace, punctuation)")
+    if clashes:
+        shown = "; ".join(clashes[:5]) + (f"; and {len(clashes) - 5} more" if len(clashes) > 5 else "")
+        raise FtopsError(
+            f"run {run_id}: {len(clashes)} of {len(test)} held-out examples also appear in its training or replay "
+            f"data ({shown}); the held-out split must be disjoint from what was trained on: remove them and train "
+            "again (`ftops data split` splits without duplicates)"
+        )
+    return local[ev.TEST_SPLIT_ARTIFACT]
+
+
+# ------------------------------------------------------------------------------------------- eval provenance
+
+
+def reusable_metrics(run, settings_sha256: str) -> dict[str, float] | None:
+    """The run's logged evaluation, if it was made with exactly these settings: the run's tag
+    ``ftops.eval.settings_sha256`` equals ``settings_sha256`` and the run's ``eval.*`` metrics still hold the values
+    that evaluation logged (``eval/metrics.json``). None otherwise: never evaluated, other settings, or metrics logged
+    by hand afterwards."""
+    run_id = run.info.run_id
+    if run.data.tags.get(fa.TAG_EVAL_SETTINGS) != settings_sha256:
+        return None
+    with tempfile.TemporaryDirectory(prefix="ftops-gate-metrics-") as tmp:
+        try:
+            logged = json.loads(Path(mlflow_client().download_artifacts(run_id, ev.METRICS_ARTIFACT, tmp)).read_text())
+        except Exception:  # no such artifact, or not JSON: nothing to vouch for the metrics
+            return None
+    on_run = {k[len(ev.PREFIX) :]: v for k, v in run.data.metrics.items() if k.startswith(ev.PREFIX)}
+    if not isinstance(logged, dict) or any(on_run.get(k) != v for k, v in logged.items()):
+        return None
+    return {k: float(v) for k, v in logged.items()}
 
 
 def verify_lineage(run, adapter_dir: Path, manifest: dict) -> dict[str, str]:
@@ -164,12 +304,12 @@ def verify_lineage(run, adapter_dir: Path, manifest: dict) -> dict[str, str]:
         )
     if fa.TAG_LORA_R in tags and tags[fa.TAG_LORA_R] != str(rank):
         raise FtopsError(f"run {run_id}: tag {fa.TAG_LORA_R}={tags[fa.TAG_LORA_R]} but the adapter has rank {rank}")
-    base_keys = [k for f in sorted(Path(base.path).glob("*.safetensors")) for k in _safetensors_header(f)]
+    base_keys = [k for f in sorted(Path(base.path).glob("*.safetensors")) for k in safetensors_shapes(f)]
     missing = [t for t in targets if not any(k.endswith(f".{t}.weight") for k in base_keys)]
     if missing:
         raise FtopsError(f"run {run_id}: LoRA target modules {missing} do not exist in base {base.name}")
-    header = _safetensors_header(adapter_dir / "adapter_model.safetensors")
-    a_shapes = [v["shape"] for k, v in header.items() if "lora_A" in k]
+    shapes = safetensors_shapes(adapter_dir / "adapter_model.safetensors")
+    a_shapes = [v for k, v in shapes.items() if "lora_A" in k]
     if not a_shapes:
         raise FtopsError(f"run {run_id}: adapter_model.safetensors holds no lora_A weights")
     if any(s[0] != rank for s in a_shapes):
@@ -191,16 +331,6 @@ def verify_lineage(run, adapter_dir: Path, manifest: dict) -> dict[str, str]:
     return lineage
 
 
-def _needs_evaluation(policy: Policy, metrics: dict[str, float], config: ev.EvalConfig) -> bool:
-    """No evaluation on the run yet, or one without the regression suite / judge that this policy and config need."""
-    if "accuracy" not in metrics:
-        return True
-    missing = {r.metric for r in policy.rules} - metrics.keys()
-    regression = {"regression_score", "base.regression_score", "retention", "regression_items"}
-    judge = {"judge_score", "base.judge_score", "judge_improvement"}
-    return bool((missing & regression and config.regression) or (missing & judge and config.judge_base_url))
-
-
 def default_model_name(run) -> str:
     """``ftops.model_name`` from the run's tags, else ``<base>-lora``."""
     tags = run.data.tags
@@ -220,16 +350,23 @@ def gate(
     run = ev.get_run(run_id)
     policy: Policy = load_policy(policy_path, ev.METRICS)
     name = check_name(name or default_model_name(run), "registered model name")
-    client = ev._client()
+    config = eval_config or ev.EvalConfig()
+    client = mlflow_client()
     with tempfile.TemporaryDirectory(prefix="ftops-gate-") as tmp:
         adapter_dir, manifest = ev.fetch_adapter(run_id, Path(tmp) / "adapter")
-        metrics = {} if reevaluate else ev.logged_metrics(run_id)
-        if _needs_evaluation(policy, metrics, eval_config or ev.EvalConfig()):
-            metrics = ev.evaluate(run_id, eval_config, engine).metrics
+        test_split = check_held_out(run_id, Path(tmp) / "data")
         prod_version, prod_metrics = production_metrics(client, name)
+        settings = ev.eval_settings(config, test_split, manifest["base"]["sha256"], manifest["digest"])
+        settings_sha256 = ev.settings_sha256(settings)
+        metrics = None if reevaluate else reusable_metrics(run, settings_sha256)
+        reused = metrics is not None
+        if metrics is None:
+            result = ev.evaluate(run_id, config, engine)
+            metrics, settings_sha256 = result.metrics, result.settings_sha256
         results = check_policy(policy, metrics, prod_metrics if prod_version else None)
         verdict: Literal["pass", "fail"] = "pass" if all(r.passed for r in results) else "fail"
         report = GateReport(run_id, name, policy.name, verdict, results, metrics, prod_version)
+        report.eval_settings_sha256, report.eval_reused = settings_sha256, reused
         if verdict == "pass":
             report.lineage = verify_lineage(run, adapter_dir, manifest)
     client.set_tag(run_id, fa.TAG_GATE_VERDICT, verdict)
@@ -244,6 +381,7 @@ def gate(
         **report.lineage,
         fa.TAG_GATE_VERDICT: "pass",
         fa.TAG_GATE_POLICY: policy.name,
+        fa.TAG_EVAL_SETTINGS: settings_sha256,
         TAG_POLICY_RULES: json.dumps([r.model_dump(exclude_none=True) for r in policy.rules]),
         **{fa.TAG_METRIC_PREFIX + k: repr(float(metrics[k])) for k in sorted(tagged) if k in metrics},
     }
@@ -267,7 +405,9 @@ def ensure_registered_model(client, name: str) -> None:
 
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise registry_error(name, "the registered model", e) from e
         client.create_registered_model(
             name,
             description="LoRA adapter registered by `ftops gate`; aliases `staging` and `production` carry the "
@@ -275,4 +415,4 @@ def ensure_registered_model(client, name: str) -> None:
         )
 
 
-__all__ = ["DEFAULT_POLICY", "PRODUCTION", "STAGING", "GateReport", "gate", "verify_lineage"]
+__all__ = ["DEFAULT_POLICY", "PRODUCTION", "STAGING", "GateReport", "check_held_out", "gate", "verify_lineage"]

@@ -96,9 +96,12 @@ def log_adapter_run(
     targets=("q_proj", "v_proj"),
     seed: int = 0,
     tags: dict | None = None,
+    train_rows: list[dict] | None = None,
+    replay_rows: list[dict] | None = None,
 ) -> str:
     """A finished MLflow run shaped like one of ``ftops train``: :func:`build_adapter` as artifact ``adapter/``, the
-    held-out split as ``data/test.jsonl`` and the lineage tags. Returns the run id."""
+    held-out split as ``data/test.jsonl``, the training split as ``data/train.jsonl`` (default: one example unlike any
+    held-out one), the replay data as ``data/replay.jsonl`` if given, and the lineage tags. Returns the run id."""
     import json
     import tempfile
 
@@ -111,8 +114,14 @@ def log_adapter_run(
         out = build_adapter(base, Path(tmp) / "adapter", b_init=b_init, r=r, targets=targets, seed=seed)
         data = Path(tmp) / "data"
         data.mkdir()
-        with open(data / "test.jsonl", "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in test_rows)
+        hello = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi."}]
+        default_train = [{"messages": hello}]
+        splits = {"test": test_rows, "train": default_train if train_rows is None else train_rows}
+        if replay_rows is not None:
+            splits["replay"] = replay_rows
+        for split, rows in splits.items():
+            with open(data / f"{split}.jsonl", "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in rows)
         lineage = {
             fa.TAG_BASE_NAME: base.name,
             fa.TAG_BASE_SHA256: base.sha256,
