@@ -201,7 +201,7 @@ def summarize(
     tokens = prompt + completion
     self_hosted = tokens * usd_per_token if usd_per_token is not None else 0.0
     hosted = prices.hosted_cost(prompt, completion)
-    by_status = {s: sum(1 for r in rows if r["status"] == s) for s in ("ok", "cancelled", "failed")}
+    by_status = {s: sum(1 for r in rows if r["status"] == s) for s in ("ok", "cancelled", "failed", "refused")}
     capacity = throughput * 3600 * HOURS_PER_MONTH if throughput else None
     replica_month = usd_per_hour * HOURS_PER_MONTH
     break_even = {}

@@ -222,7 +222,7 @@ def test_report_figures_follow_from_rows_and_tables(ftops_home):
     per_token = hourly / 3600 / throughput
     total = report["total"]
     assert (total["requests"], total["prompt_tokens"], total["completion_tokens"]) == (3, 460, 70)
-    assert total["by_status"] == {"ok": 1, "cancelled": 1, "failed": 1}
+    assert total["by_status"] == {"ok": 1, "cancelled": 1, "failed": 1, "refused": 0}
     assert total["busy_s"] == pytest.approx(busy)
     assert total["window_s"] == pytest.approx(30 - 6)
     assert total["throughput_tokens_per_s"] == pytest.approx(throughput)

@@ -2,7 +2,7 @@
 with the real ``openai`` client from 16 concurrent threads (streaming, not streaming, cancelled mid-stream).
 
 Reuses tests/test_serving.py's helpers (adapter, registration, ports, raw HTTP); the service is started here with a
-concurrency limit above 16 so that no request is refused with 429 (refused requests never reach the ledger).
+concurrency limit above 16 so that no request is refused with 429 (a refused request would be a `refused` row).
 """
 
 from __future__ import annotations

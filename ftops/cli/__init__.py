@@ -12,6 +12,7 @@ import os
 import sys
 
 from ftops.errors import FtopsError
+from ftops.redact import redact
 
 DESCRIPTION = """\
 ftops takes a fine-tuned LLM from training data to production traffic:
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FtopsError as e:
-        print(f"ftops {args.command}: error: {e}", file=sys.stderr)
+        print(f"ftops {args.command}: error: {redact(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"ftops {args.command}: interrupted", file=sys.stderr)
