@@ -1,5 +1,9 @@
-"""Adapters come from the registry only: resolve ``NAME@ALIAS`` (or a pinned version) through MLflow, download the
-version's ``adapter/`` folder, verify its sha256 manifest, and refuse it unless it was trained on the served base."""
+"""Adapters come from the registry only: resolve ``NAME@ALIAS`` (or a pinned version) through MLflow, check that the
+version was proven (gate verdict ``pass``, not revoked, trained on the served base), download its ``adapter/``
+folder, verify its sha256 manifest and that the manifest's digest is the one the gate tagged.
+
+Failures come in two kinds: :class:`TransientError` (MLflow, the network or the disk failed; retry later) and
+:class:`RefusedError` (this version must not be served; retrying will not change that)."""
 
 from __future__ import annotations
 
@@ -7,10 +11,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftops import settings
-from ftops.adapter import TAG_BASE_SHA256, download_adapter
+from ftops.adapter import (
+    TAG_ADAPTER_DIGEST,
+    TAG_BASE_SHA256,
+    TAG_GATE_VERDICT,
+    TAG_REVOKED_AT,
+    TAG_REVOKED_BY,
+    read_adapter,
+    revocation,
+)
 from ftops.base import BaseModel
 from ftops.errors import FtopsError
+from ftops.manifest import folder_digest
 from ftops.names import check_name
+
+
+class TransientError(FtopsError):
+    """Reading the registry or downloading the adapter failed for a passing reason; retrying may succeed."""
+
+
+class RefusedError(FtopsError):
+    """The version must not be served (not gated, revoked, another base, digest mismatch, not in the registry)."""
+
+
+class UnknownVersion(RefusedError):
+    """The registry has no such version."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +62,8 @@ def cache_dir() -> Path:
 
 
 def alias_version(name: str, alias: str) -> str | None:
-    """The version ``alias`` points at now; None when the model or alias does not exist (yet)."""
+    """The version ``alias`` points at now; None when the model or alias does not exist (yet). Raises
+    :class:`TransientError` when the registry cannot be read."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -46,51 +72,104 @@ def alias_version(name: str, alias: str) -> str | None:
     except MlflowException as e:
         if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
-        raise
+        raise TransientError(f"{name}@{alias}: cannot read the registry ({_short(e)})") from e
+    except Exception as e:  # connection errors, a locked or missing SQLite file, ...
+        raise TransientError(f"{name}@{alias}: cannot read the registry ({_short(e)})") from e
 
 
-def version_exists(name: str, version: str) -> bool:
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        MlflowClient().get_model_version(name, version)
-    except MlflowException:
-        return False
-    return True
-
-
-def fetch_adapter(name: str, version: str, base: BaseModel) -> ResolvedAdapter:
-    """Download and verify version ``version`` of registered model ``name``; raises :class:`FtopsError` if it is
-    not a valid adapter for ``base`` (its manifest or its registry tag names other base weights)."""
+def version_tags(name: str, version: str) -> dict[str, str]:
+    """The registry tags of ``name`` version ``version``. Raises :class:`RefusedError` when there is no such
+    version, :class:`TransientError` when the registry cannot be read."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     check_name(name, "registered model name")
     if not version.isdigit():
-        raise FtopsError(f"{name}:{version}: a registry version is a number")
+        raise RefusedError(f"{name}:{version}: a registry version is a number")
     try:
-        mv = MlflowClient().get_model_version(name, version)
+        return dict(MlflowClient().get_model_version(name, version).tags or {})
     except MlflowException as e:
-        raise FtopsError(f"{name} version {version}: not in the registry ({e.message})") from e
-    tagged = (mv.tags or {}).get(TAG_BASE_SHA256)
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise UnknownVersion(f"{name} version {version} is not in the registry") from e
+        raise TransientError(f"{name} version {version}: cannot read the registry ({_short(e)})") from e
+    except Exception as e:
+        raise TransientError(f"{name} version {version}: cannot read the registry ({_short(e)})") from e
+
+
+def refusal(name: str, version: str, tags: dict[str, str], base: BaseModel) -> str | None:
+    """Why ``name`` version ``version`` (with registry ``tags``) must not be served on ``base``; None if it may."""
+    if (why := revocation(tags)) is not None:
+        by, at = tags.get(TAG_REVOKED_BY), tags.get(TAG_REVOKED_AT)
+        who = f" by {by}" if by else ""
+        when = f" at {at}" if at else ""
+        return f"{name} version {version} was revoked{who}{when} ({why}); a revoked version is never served"
+    verdict = tags.get(TAG_GATE_VERDICT)
+    if verdict != "pass":
+        return (
+            f"{name} version {version} has no passing gate verdict ({TAG_GATE_VERDICT}={verdict or 'unset'}); "
+            f"only versions `ftops gate` passed are served"
+        )
+    if not tags.get(TAG_ADAPTER_DIGEST):
+        return (
+            f"{name} version {version} carries no {TAG_ADAPTER_DIGEST} tag, so its files cannot be checked against "
+            "what the gate verified; register it with `ftops gate`"
+        )
+    tagged = tags.get(TAG_BASE_SHA256)
     if tagged and tagged != base.sha256:
-        raise FtopsError(
+        return (
             f"{name} version {version} was trained on base sha256 {tagged[:12]}, but this service serves "
             f"{base.name} ({base.sha256[:12]}); serve the base it was trained on"
         )
-    dst = cache_dir() / name / version
-    if dst.is_dir():
-        import shutil
+    return None
 
-        shutil.rmtree(dst)  # always re-download: the registry is the source of truth
-    dst.mkdir(parents=True, exist_ok=True)
-    folder, manifest = download_adapter(f"models:/{name}/{version}", dst)
+
+def fetch_adapter(name: str, version: str, base: BaseModel) -> ResolvedAdapter:
+    """Check, download and verify version ``version`` of registered model ``name`` for ``base``.
+
+    Raises :class:`RefusedError` if it must not be served (see :func:`refusal`; its manifest does not match its
+    files, names other base weights, or its digest is not the one the gate tagged) and :class:`TransientError` if
+    the registry or the artifact store could not be read."""
+    import shutil
+
+    import mlflow
+
+    tags = version_tags(name, version)
+    if (reason := refusal(name, version, tags, base)) is not None:
+        raise RefusedError(reason)
+    dst = cache_dir() / name / version
+    try:
+        if dst.is_dir():
+            shutil.rmtree(dst)  # always re-download: the registry is the source of truth
+        dst.mkdir(parents=True, exist_ok=True)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
+    except Exception as e:  # MlflowException, OSError, connection errors of the artifact store
+        raise TransientError(f"{name} version {version}: cannot download the adapter ({_short(e)})") from e
+    if not any(local.iterdir()):  # MLflow returns an empty folder when the store has nothing at that path (now)
+        raise TransientError(f"{name} version {version}: the artifact store returned no files for it")
+    try:
+        manifest = read_adapter(local)
+    except FtopsError as e:
+        raise RefusedError(f"{name} version {version}: {e}") from e
+    except OSError as e:
+        raise TransientError(f"{name} version {version}: cannot read the downloaded adapter ({_short(e)})") from e
     base_sha = manifest["base"].get("sha256")
     if base_sha != base.sha256:
-        raise FtopsError(
+        raise RefusedError(
             f"{name} version {version}: adapter manifest names base {manifest['base'].get('name')!r} "
             f"sha256 {str(base_sha)[:12]}, but this service serves {base.name} ({base.sha256[:12]}); "
             "refusing to load it"
         )
-    return ResolvedAdapter(name=name, version=version, path=folder, lora_rank=(manifest.get("lora") or {}).get("r"))
+    tagged, digest = tags[TAG_ADAPTER_DIGEST], folder_digest(manifest["files"])
+    if digest != tagged or manifest.get("digest") != tagged:
+        raise RefusedError(
+            f"{name} version {version}: the downloaded adapter's digest {digest[:12]} is not the "
+            f"{TAG_ADAPTER_DIGEST} {tagged[:12]} the gate verified; its files were replaced after the gate, "
+            "refusing to load it"
+        )
+    return ResolvedAdapter(name=name, version=version, path=local, lora_rank=(manifest.get("lora") or {}).get("r"))
+
+
+def _short(e: BaseException) -> str:
+    """One line naming the error."""
+    text = str(getattr(e, "message", None) or e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ftops.config import read_yaml, validate
+from ftops.config import StrictConfig, read_yaml, validate
 from ftops.errors import FtopsError, UsageError
 from ftops.vllm_settings import DTYPE, KV_CACHE_GIB, MAX_MODEL_LEN
 
@@ -66,6 +66,23 @@ class LimitsConfig(BaseModel):
     """The Retry-After a 429 carries."""
 
 
+class RetryConfig(StrictConfig):
+    """How the service retries what failed for a passing reason (MLflow, network, disk, a database not up yet).
+    Permanent refusals (not gated, revoked, digest mismatch, another base) are never retried."""
+
+    initial_s: float = Field(1.0, gt=0, le=60)
+    """Wait before the first retry; each further failure of the same thing doubles it, up to ``max_s``."""
+    max_s: float = Field(30.0, gt=0, le=3600)
+    """Longest wait between two retries."""
+    start_attempts: int = Field(5, ge=1)
+    """Failed starts (ledger, engine, required adapters) after which ``/livez`` answers 503, so that the
+    orchestrator restarts the process; the service keeps retrying meanwhile and ``/livez`` recovers if one succeeds."""
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th failure in a row of one thing."""
+        return min(self.initial_s * 2 ** max(failures - 1, 0), self.max_s)
+
+
 class ServeConfig(BaseModel):
     """What ``ftops serve`` serves. Loaded from YAML; unknown keys are an error."""
 
@@ -88,6 +105,8 @@ class ServeConfig(BaseModel):
     """vLLM engine settings."""
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     """Request limits."""
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    """Retries of transient failures (start, registry reads, adapter downloads)."""
 
     @field_validator("adapters")
     @classmethod

@@ -15,17 +15,52 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 import bentoml
 
 from ftops.serving.config import ADMIN_KEY_ENV, load_api_keys, load_config
-from ftops.serving.gateway import ApiKeyMiddleware, Gateway, Routing
+from ftops.serving.gateway import ApiKeyMiddleware, Gateway, HealthRoutes, Routing
 
 log = logging.getLogger("ftops.serving")
 
 _gateway = Gateway(service=None)
 _keys: dict[str, str] = {}
+
+
+@dataclass
+class ModelState:
+    """One followed registered model as ``/readyz`` shows it."""
+
+    alias: str
+    """The alias it follows."""
+    state: str = "loading"
+    """``loading``, ``serving`` (the alias's version), ``retrying`` (a transient failure; ``last_error``),
+    ``refused`` (the alias's version must not be served; ``reason``) or ``waiting`` (no such alias yet)."""
+    target: str | None = None
+    """The version the alias points at, as last read."""
+    serving: str | None = None
+    """The version ``model: NAME`` is served by now (may be the one before ``target``)."""
+    last_error: str | None = None
+    """The last transient failure."""
+    reason: str | None = None
+    """Why ``target`` is refused (or waited for)."""
+    failures: int = 0
+    """Transient failures in a row."""
+    failed_version: str | None = None
+    """The version those failures were about (None: reading the alias failed)."""
+    retry_at: float = 0.0
+    """Monotonic time of the next attempt."""
+
+    def as_dict(self) -> dict:
+        out = {"alias": self.alias, "state": self.state, "alias_version": self.target, "serving_version": self.serving}
+        if self.state == "retrying":
+            out.update(last_error=self.last_error, failures=self.failures)
+        elif self.reason:
+            out["reason"] = self.reason
+        return out
 
 
 @bentoml.asgi_app(_gateway, path="/")
@@ -49,19 +84,20 @@ class FtopsLLM:
         if not _keys:
             log.warning("no API key configured (FTOPS_API_KEY or api_keys_file): every /v1 request will get 401")
         self.routing = Routing(base=self.base.name, aliases=dict(self.config.adapter_specs()))
-        self.ready = False
-        self.startup_error: str | None = None
+        self.models = {name: ModelState(alias=alias) for name, alias in self.config.adapter_specs()}
+        self.refused: dict[str, str] = {}  # NAME:VERSION -> why it is never served by this process
+        self._pinned_errors: dict[str, str] = {}  # NAME:VERSION -> the transient failure of its last load
+        self.ready = False  # started: ledger, engine, the first look at every alias
+        self.startup_error: str | None = None  # the last failed start attempt's error, while it is retried
+        self.start_failures = 0
         self.ledger = None
+        self.engine_client = None
         self.engine_app = None
         self.engine_state = None
         self._stack = AsyncExitStack()
         self._tasks: list[asyncio.Task] = []
         self._load_lock = asyncio.Lock()
-        self._refused: set[str] = set()
         _gateway.service = self
-
-    def __is_ready__(self) -> bool:
-        return self.ready
 
     @bentoml.on_startup
     async def _begin(self) -> None:
@@ -75,23 +111,83 @@ class FtopsLLM:
         if self.ledger is not None:
             self.ledger.close()
 
+    def __is_ready__(self) -> bool:
+        return self.readiness()[0]
+
+    def __is_alive__(self) -> bool:
+        return self.liveness()[0]
+
+    def liveness(self) -> tuple[bool, dict]:
+        """``/livez``: False when the engine is dead or the start failed ``retry.start_attempts`` times in a row,
+        so that the orchestrator restarts the process."""
+        if self.engine_client is not None and self.engine_client.errored:
+            return False, {"alive": False, "reason": "the vLLM engine is dead; the process must be restarted"}
+        if self.start_failures >= self.config.retry.start_attempts:
+            return False, {
+                "alive": False,
+                "reason": f"the start failed {self.start_failures} times in a row (last: {self.startup_error}); "
+                "still retrying, but the process should be restarted",
+            }
+        return True, {"alive": True}
+
+    def readiness(self) -> tuple[bool, dict]:
+        """``/readyz``: ready once the engine runs and no followed model is still loading or retrying without a
+        version to serve; the body shows each model's state and every refused version with its reason."""
+        alive, live = self.liveness()
+        pending = [n for n, m in self.models.items() if m.serving is None and m.state in ("loading", "retrying")]
+        if not alive:
+            status = "dead"
+        elif self.startup_error:
+            status = "start_failed"
+        elif not self.ready:
+            status = "starting"
+        elif pending:
+            status = "loading"
+        else:
+            status = "ready"
+        body = {
+            "ready": status == "ready",
+            "status": status,
+            "base": self.base.name,
+            "start": {"failures": self.start_failures, "last_error": self.startup_error},
+            "models": {name: m.as_dict() for name, m in self.models.items()},
+            "refused": dict(self.refused),
+        }
+        if not alive:
+            body["reason"] = live["reason"]
+        return status == "ready", body
+
+    def why_not_served(self, model: str) -> str | None:
+        """Why ``NAME`` or ``NAME:VERSION`` is not served (refused, or could not be loaded just now); None if
+        unknown."""
+        if model in self.models and self.models[model].serving is None:
+            return self.models[model].reason or self.models[model].last_error
+        return self.refused.get(model) or self._pinned_errors.get(model)
+
     async def _start(self) -> None:
-        from ftops.serving.engine import start_engine
+        """Start the ledger, the engine and the adapters; a failed start is retried with backoff."""
+        from ftops.errors import FtopsError
 
-        loop = asyncio.get_running_loop()
-        try:
-            from ftops.serving.ledger import Ledger
-
-            self.ledger = await loop.run_in_executor(None, lambda: Ledger(url=self.config.ledger_url))
-            _client, self.engine_app = await start_engine(self.base, self.config.engine, self._stack)
-            self.engine_state = self.engine_app.state
-            for name, alias in self.config.adapter_specs():
-                await self._follow(name, alias, initial=True)
-        except Exception as e:  # shown by /readyz callers and every request; the log has the traceback
-            log.exception("ftops service failed to start")
-            self.startup_error = f"{type(e).__name__}: {e}"
-            return
-        self.ready = True
+        while True:
+            try:
+                await self._start_once()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # shown by /readyz, /livez (after retry.start_attempts) and every request
+                self.start_failures += 1
+                self.startup_error = f"{type(e).__name__}: {e}"
+                delay = self.config.retry.delay(self.start_failures)
+                log.error(
+                    "start failed (attempt %d, retrying in %.0f s%s): %s",
+                    self.start_failures,
+                    delay,
+                    "; /livez answers 503" if self.start_failures >= self.config.retry.start_attempts else "",
+                    self.startup_error,
+                    exc_info=not isinstance(e, FtopsError),  # our own errors say what to do; others need the trace
+                )
+                await asyncio.sleep(delay)
+        self.start_failures, self.startup_error, self.ready = 0, None, True
         log.info(
             "ready: base %s, adapters %s",
             self.base.name,
@@ -99,47 +195,128 @@ class FtopsLLM:
         )
         self._tasks.append(asyncio.create_task(self._watch()))
 
+    async def _start_once(self) -> None:
+        """One start attempt; what already started (ledger, engine) is kept for the next."""
+        from ftops.errors import FtopsError
+        from ftops.serving.engine import start_engine
+
+        loop = asyncio.get_running_loop()
+        if self.ledger is None:
+            from ftops.serving.ledger import Ledger
+
+            self.ledger = await loop.run_in_executor(None, lambda: Ledger(url=self.config.ledger_url))
+        if self.engine_app is None:
+            try:
+                self.engine_client, self.engine_app = await start_engine(self.base, self.config.engine, self._stack)
+            except BaseException:
+                await self._stack.aclose()  # what did start of the engine goes; the next attempt starts afresh
+                self._stack, self.engine_client, self.engine_app = AsyncExitStack(), None, None
+                raise
+            self.engine_state = self.engine_app.state
+        for name, alias in self.config.adapter_specs():
+            await self._follow(name, alias, force=True)
+            model = self.models[name]
+            if self.config.require_adapters and model.serving is None:
+                raise FtopsError(f"{name}@{alias} is not served (require_adapters): {model.reason or model.last_error}")
+
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.config.poll_interval_s)
             for name, alias in self.config.adapter_specs():
                 try:
                     await self._follow(name, alias)
-                except Exception as e:  # keep serving the version we have; say why the new one is not served
-                    log.error("registry watch %s@%s: %s", name, alias, e)
+                except Exception:  # a bug, not the registry: keep serving what we have, and say so
+                    log.exception("registry watch %s@%s", name, alias)
+            try:
+                await self._recheck_loaded()
+            except Exception:
+                log.exception("registry watch: re-checking the loaded versions")
 
-    async def _follow(self, name: str, alias: str, initial: bool = False) -> None:
-        """Load the version ``alias`` points at, then route ``model: name`` to it."""
+    async def _follow(self, name: str, alias: str, force: bool = False) -> None:
+        """Load the version ``alias`` points at, then route ``model: name`` to it. Transient failures are retried
+        with backoff (``force``: now), permanent ones refuse the version; both are logged and shown in /readyz."""
         from ftops.errors import FtopsError
-        from ftops.serving.adapters import alias_version
+        from ftops.serving.adapters import TransientError, alias_version
 
-        version = await asyncio.get_running_loop().run_in_executor(None, alias_version, name, alias)
+        model = self.models[name]
+        now = time.monotonic()
+        if model.failures and model.failed_version is None and now < model.retry_at and not force:
+            return  # the registry could not be read: wait out the backoff
+        try:
+            version = await asyncio.get_running_loop().run_in_executor(None, alias_version, name, alias)
+        except TransientError as e:
+            return self._transient(model, None, f"{name}@{alias}", e)
+        if model.failed_version != version:
+            model.failures = 0
+        model.target = version
         if version is None:
-            if initial and self.config.require_adapters:
-                raise FtopsError(f"registered model {name!r} has no alias {alias!r}")
-            if name in self.routing.current:
-                log.warning(
-                    "%s@%s no longer exists; still serving version %s",
-                    name,
-                    alias,
-                    self.routing.current[name],
-                )
+            if model.serving is not None and model.state != "waiting":
+                log.warning("%s@%s no longer exists; still serving version %s", name, alias, model.serving)
+            model.state, model.reason = "waiting", f"alias {alias!r} does not exist (yet)"
             return
-        if self.routing.current.get(name) == version:
+        if model.serving == version:
+            model.state, model.reason, model.last_error, model.failures = "serving", None, None, 0
             return
         served = f"{name}:{version}"
-        if served in self._refused:
+        if served in self.refused:
+            model.state, model.reason = "refused", self.refused[served]
             return
+        if model.failures and now < model.retry_at and not force:
+            return
+        if model.state != "retrying":
+            model.state = "loading"
         try:
             await self._ensure_loaded(name, version, alias)
-        except FtopsError:
-            if initial and self.config.require_adapters:
-                raise
-            self._refused.add(served)
-            raise
-        previous = self.routing.current.get(name)
+        except TransientError as e:
+            return self._transient(model, version, served, e)
+        except FtopsError as e:  # not gated, revoked, another base, digest mismatch, vLLM refused it
+            self._refuse(served, str(e))
+            return
+        previous = model.serving
         self.routing.current[name] = version  # one dict store: the next request goes to the new version
+        model.serving, model.state, model.reason, model.last_error, model.failures = version, "serving", None, None, 0
         log.info("%s@%s -> version %s (was %s)", name, alias, version, previous)
+
+    def _transient(self, model: ModelState, version: str | None, what: str, error: Exception) -> None:
+        model.failures += 1
+        model.failed_version = version
+        model.state, model.last_error = "retrying", str(error)
+        delay = self.config.retry.delay(model.failures)
+        model.retry_at = time.monotonic() + delay
+        log.warning("%s: %s (attempt %d, retrying in %.0f s)", what, error, model.failures, delay)
+
+    def _refuse(self, served: str, reason: str) -> None:
+        """Never serve ``NAME:VERSION`` again in this process; stop routing to it if it was loaded."""
+        name, _, version = served.partition(":")
+        if served not in self.refused:
+            log.error("refusing %s: %s", served, reason)
+        self.refused[served] = reason
+        self.routing.loaded.pop(served, None)
+        model = self.models.get(name)
+        if model is None:
+            return
+        if self.routing.current.get(name) == version:
+            del self.routing.current[name]
+            model.serving = None
+        if model.target == version:
+            model.state, model.reason = "refused", reason
+
+    async def _recheck_loaded(self) -> None:
+        """A loaded version revoked (or deleted) in the registry since it was loaded is no longer served."""
+        from ftops.serving.adapters import RefusedError, TransientError, refusal, version_tags
+
+        loop = asyncio.get_running_loop()
+        for served, info in list(self.routing.loaded.items()):
+            try:
+                tags = await loop.run_in_executor(None, version_tags, info["name"], info["version"])
+            except TransientError as e:
+                log.warning("re-checking %s: %s (next poll retries)", served, e)
+                continue
+            except RefusedError as e:
+                self._refuse(served, str(e))
+                continue
+            if (reason := refusal(info["name"], info["version"], tags, self.base)) is not None:
+                self._refuse(served, reason)
 
     async def _ensure_loaded(self, name: str, version: str, alias: str | None) -> None:
         from ftops.serving.adapters import fetch_adapter
@@ -159,23 +336,28 @@ class FtopsLLM:
             }
 
     async def load_pinned(self, model: str) -> tuple[str, str, str] | None:
-        """``NAME:VERSION`` of a served registered model, loaded from the registry on first use; None if unknown."""
+        """``NAME:VERSION`` of a served registered model, checked and loaded from the registry on first use; None
+        if unknown, refused or not loadable now (:meth:`why_not_served` says why)."""
         from ftops.errors import FtopsError
-        from ftops.serving.adapters import version_exists
+        from ftops.serving.adapters import TransientError, UnknownVersion
 
         name, _, version = model.partition(":")
-        if name not in self.routing.aliases or not version.isdigit() or model in self._refused:
-            return None
-        exists = await asyncio.get_running_loop().run_in_executor(None, version_exists, name, version)
-        if not exists:
+        if name not in self.routing.aliases or not version.isdigit() or model in self.refused:
             return None
         try:
             await self._ensure_loaded(name, version, None)
-        except FtopsError as e:
-            log.error("pinned %s: %s", model, e)
-            self._refused.add(model)
+        except TransientError as e:
+            log.warning("pinned %s: %s (the next request retries)", model, e)
+            self._pinned_errors[model] = f"{e}; retry later"
             return None
+        except UnknownVersion:
+            return None  # unknown, like any other name
+        except FtopsError as e:
+            self._refuse(model, str(e))
+            return None
+        self._pinned_errors.pop(model, None)
         return model, name, version
 
 
 FtopsLLM.add_asgi_middleware(ApiKeyMiddleware, keys=lambda: _keys)
+FtopsLLM.add_asgi_middleware(HealthRoutes, service=lambda: _gateway.service)

@@ -48,15 +48,23 @@ def make_adapter(base, out: Path, seed: int) -> Path:
     return out
 
 
-def register_version(name: str, folder: Path, base) -> str:
+def register_version(name: str, folder: Path, base, tags: dict | None = None) -> str:
+    """Register ``folder`` as a new version of ``name`` with the tags a gate pass leaves (verdict ``pass``, the
+    manifest's digest), updated with ``tags`` (a value of None removes that tag)."""
     import mlflow
     from mlflow import MlflowClient
 
     from ftops import settings
-    from ftops.adapter import ARTIFACT_PATH, TAG_BASE_NAME, TAG_BASE_SHA256
+    from ftops.adapter import ARTIFACT_PATH, TAG_ADAPTER_DIGEST, TAG_BASE_NAME, TAG_BASE_SHA256, TAG_GATE_VERDICT
 
     settings.configure_mlflow()
     client = MlflowClient()
+    gate_tags = {
+        TAG_BASE_NAME: base.name,
+        TAG_BASE_SHA256: base.sha256,
+        TAG_GATE_VERDICT: "pass",
+        TAG_ADAPTER_DIGEST: json.loads((folder / "manifest.json").read_text())["digest"],
+    }
     with mlflow.start_run(experiment_id=settings.experiment_id()) as run:
         mlflow.log_artifacts(str(folder), ARTIFACT_PATH)
     try:
@@ -67,7 +75,7 @@ def register_version(name: str, folder: Path, base) -> str:
         name,
         f"runs:/{run.info.run_id}/{ARTIFACT_PATH}",
         run_id=run.info.run_id,
-        tags={TAG_BASE_NAME: base.name, TAG_BASE_SHA256: base.sha256},
+        tags={k: v for k, v in {**gate_tags, **(tags or {})}.items() if v is not None},
     )
     return str(mv.version)
 
