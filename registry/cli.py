@@ -111,12 +111,17 @@ examples:
         formatter_class=_RAW,
         description="""\
 Move alias 'production' of model NAME back to the version that held it before the current one (from the
-registered-model tag ftops.production.history; a move made in the MLflow UI counts).
+registered-model tag ftops.production.history; a move made in the MLflow UI counts), and revoke the version it
+leaves: tags ftops.revoked=true, ftops.revoked.by ($FTOPS_ACTOR, else user@host), ftops.revoked.reason and
+ftops.revoked.at on that version. Serving never loads a revoked version again (pinned NAME:VERSION included) and
+`ftops promote` refuses it; delete its tag ftops.revoked in the MLflow UI to allow it again.
 
-example:
-  ftops rollback support-tickets""",
+examples:
+  ftops rollback support-tickets
+  FTOPS_ACTOR=oncall ftops rollback support-tickets --reason 'answers in French since v7'""",
     )
     p.add_argument("name", metavar="NAME", help="registered model name")
+    p.add_argument("--reason", help="why, recorded on the revoked version (default: rolled back ... by WHO)")
     p.add_argument("--json", action="store_true", help="print what moved as JSON")
     p.set_defaults(func=_rollback)
 
@@ -125,7 +130,8 @@ example:
         help="list registered models, versions, aliases and gate verdicts",
         formatter_class=_RAW,
         description="List registered models (or one, NAME) with every version's aliases, gate verdict, policy, "
-        "run and key metrics, newest first.\n\nexamples:\n  ftops models\n  ftops models support-tickets --json",
+        "run, key metrics and revocation (who, when, why), newest first."
+        "\n\nexamples:\n  ftops models\n  ftops models support-tickets --json",
     )
     p.add_argument("name", nargs="?", metavar="NAME", help="only this registered model")
     p.add_argument("--json", action="store_true", help="print as JSON")
@@ -196,11 +202,14 @@ def _rollback(args: argparse.Namespace) -> int:
     from ftops.registry.lifecycle import rollback
 
     _quiet()
-    move = rollback(args.name)
+    move = rollback(args.name, args.reason)
     if args.json:
         print(json.dumps(move.as_dict(), indent=2))
     else:
-        print(f"{move.name}@production rolled back: version {move.previous} -> {move.version}")
+        print(
+            f"{move.name}@production rolled back: version {move.previous} -> {move.version}; "
+            f"version {move.previous} revoked ({move.revoked['reason']})"
+        )
     return 0
 
 
@@ -220,9 +229,11 @@ def _models(args: argparse.Namespace) -> int:
             aliases = ",".join("@" + a for a in v["aliases"]) or "-"
             acc = v["metrics"].get("accuracy")
             ret = v["metrics"].get("retention")
+            revoked = v["revoked"]
             print(
                 f"  v{v['version']:<4} {aliases:<22} gate={v['verdict'] or '-':<5} policy={v['policy'] or '-':<10} "
                 f"accuracy={'-' if acc is None else f'{acc:.3f}'} retention={'-' if ret is None else f'{ret:.3f}'} "
                 f"run={v['run_id']}"
+                + (f" REVOKED by {revoked['by']} at {revoked['at']}: {revoked['reason']}" if revoked else "")
             )
     return 0

@@ -4,13 +4,20 @@ Aliases carry the lifecycle; MLflow keeps each alias on exactly one version. The
 registered-model tag ``ftops.production.history``: a JSON list of the versions that held ``production``, oldest first,
 the current one last. A move made in the MLflow UI is noticed on the next promote or rollback (the current alias is
 appended when it is not the last entry), so rollback always returns to the version that held production before.
-Every read-modify-write of alias + history happens under :func:`registry_lock`, so two promotions at once serialize.
+Rollback revokes the version it leaves (tags ``ftops.revoked*`` on the version: who, why, when): serving never loads
+it again and promote refuses it.
+Every read-modify-write of alias + history happens under :func:`registry_lock`, so two promotions at once serialize,
+from one machine or several (``registry/lock.py`` says which lock holds where).
 """
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
+import socket
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ftops import adapter as fa
@@ -18,7 +25,7 @@ from ftops import settings
 from ftops.errors import FtopsError
 from ftops.names import check_name
 from ftops.registry.gate import PRODUCTION, STAGING, TAG_POLICY_RULES, alias_version, production_metrics
-from ftops.registry.lock import registry_lock
+from ftops.registry.lock import LOCK_MODEL, registry_lock
 from ftops.registry.policy import Policy, check_policy, load_policy
 
 TAG_HISTORY = "ftops.production.history"
@@ -38,7 +45,7 @@ def _registered_model(client, name: str):
     try:
         return client.get_registered_model(name)
     except MlflowException:
-        known = ", ".join(m.name for m in client.search_registered_models()) or "none"
+        known = ", ".join(m.name for m in client.search_registered_models() if m.name != LOCK_MODEL) or "none"
         raise FtopsError(
             f"no registered model {name!r} (known: {known}); `ftops gate RUN_ID --name {name}` registers one"
         ) from None
@@ -69,15 +76,38 @@ class Move:
     previous: str | None
     history: list[str]
     checks: list[dict]
+    revoked: dict | None = None  # rollback: the version it left and its revocation tags
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "name": self.name,
             "version": self.version,
             "previous": self.previous,
             "history": self.history,
             "checks": self.checks,
         }
+        if self.revoked is not None:
+            out["revoked"] = self.revoked
+        return out
+
+
+def actor() -> str:
+    """Who is acting: ``$FTOPS_ACTOR`` (e.g. a CI job's identity), else ``user@host``."""
+    if os.environ.get("FTOPS_ACTOR"):
+        return os.environ["FTOPS_ACTOR"]
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name in the environment and no passwd entry (some containers)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def _revoked(mv) -> dict | None:
+    """A version's revocation as ``{reason, by, at}``, or None when it is not revoked."""
+    reason = fa.revocation(mv.tags)
+    if reason is None:
+        return None
+    return {"reason": reason, "by": mv.tags.get(fa.TAG_REVOKED_BY), "at": mv.tags.get(fa.TAG_REVOKED_AT)}
 
 
 def _stored_policy(mv) -> Policy | None:
@@ -107,6 +137,13 @@ def promote(name: str, to: str = PRODUCTION, version: str | None = None, policy_
         mv = _version(client, name, version)
         if mv.tags.get(fa.TAG_GATE_VERDICT) != "pass":
             raise FtopsError(f"{name} version {version} has no passing gate verdict; only gated versions are promoted")
+        revoked = _revoked(mv)
+        if revoked is not None:
+            raise FtopsError(
+                f"{name} version {version} is revoked ({revoked['reason']}; by {revoked['by'] or '?'} at "
+                f"{revoked['at'] or '?'}): promote another version, or delete its tag {fa.TAG_REVOKED} in the "
+                "MLflow UI if it may serve again"
+            )
         history = production_history(client, name)
         current = history[-1] if history else None
         if current == version:
@@ -152,21 +189,44 @@ def promote(name: str, to: str = PRODUCTION, version: str | None = None, policy_
     return Move(name, version, current, history, checks)
 
 
-def rollback(name: str) -> Move:
-    """Return ``production`` to the version that held it before the current one."""
+def rollback(name: str, reason: str | None = None) -> Move:
+    """Return ``production`` to the version that held it before the current one, and revoke the version it leaves
+    (``reason``, default: rolled back from production by whom), so that nothing serves it again."""
     client = _client()
     _registered_model(client, name)
+    by = actor()
     with registry_lock():
         history = production_history(client, name)
         if len(history) < 2:
             current = history[-1] if history else "none"
             raise FtopsError(f"{name}: no earlier production version to roll back to (production: {current})")
         current, previous = history[-1], history[-2]
-        _version(client, name, previous)
+        earlier = _revoked(_version(client, name, previous))
+        if earlier is not None:
+            raise FtopsError(
+                f"{name}: the previous production version {previous} is revoked ({earlier['reason']}); "
+                f"`ftops promote {name} --to production --version N` moves production to another version"
+            )
+        revoked = {
+            fa.TAG_REVOKED: "true",
+            fa.TAG_REVOKED_BY: by,
+            fa.TAG_REVOKED_REASON: reason or f"rolled back from production by {by}",
+            fa.TAG_REVOKED_AT: datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         history.pop()
         client.set_registered_model_alias(name, PRODUCTION, previous)
         client.set_registered_model_tag(name, TAG_HISTORY, json.dumps(history))
-    return Move(name, previous, current, history, [])
+        # after the move, so production never points at a revoked version that serving would refuse
+        for key, value in revoked.items():
+            client.set_model_version_tag(name, current, key, value)
+    return Move(
+        name,
+        previous,
+        current,
+        history,
+        [],
+        {"version": current, "reason": revoked[fa.TAG_REVOKED_REASON], "by": by, "at": revoked[fa.TAG_REVOKED_AT]},
+    )
 
 
 def _version(client, name: str, version: str):
@@ -182,6 +242,7 @@ def list_models(name: str | None = None) -> list[dict]:
     """Registered models with their versions, aliases, gate verdicts and key metrics (newest version first)."""
     client = _client()
     models = [_registered_model(client, name)] if name else client.search_registered_models()
+    models = [m for m in models if m.name != LOCK_MODEL]  # the registry lock on a tracking server, while held
     out = []
     for model in models:
         versions = client.search_model_versions(f"name='{model.name}'")
@@ -204,6 +265,7 @@ def list_models(name: str | None = None) -> list[dict]:
                     "base": t.get(fa.TAG_BASE_NAME),
                     "source": mv.source,
                     "metrics": metric,
+                    "revoked": _revoked(mv),
                 }
             )
         out.append(

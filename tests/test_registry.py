@@ -114,6 +114,70 @@ def test_promote_rollback_and_a_move_in_the_ui(tiny_base, learned_rows, gate_run
     assert rc == 0 and "v2" in out and "@production" in out
 
 
+def test_rollback_revokes_the_version_it_leaves_and_promote_refuses_it(
+    tiny_base, learned_rows, gate_run, capsys, monkeypatch
+):
+    import getpass
+    import socket
+    from datetime import UTC, datetime
+
+    from ftops import adapter as fa
+
+    strong = log_adapter_run(tiny_base, learned_rows, **LEARNED_ADAPTER)
+    assert [gate_run(strong) for _ in range(3)] == ["1", "2", "3"]
+    for v in ("1", "2", "3"):
+        assert _cli(capsys, "promote", "tickets", "--to", "production", "--version", v)[0] == 0
+    assert _history() == ["1", "2", "3"]
+
+    monkeypatch.setenv("FTOPS_ACTOR", "oncall-bot")
+    rc, out, _ = _cli(capsys, "rollback", "tickets", "--reason", "answers in French", "--json")
+    assert rc == 0, out
+    move = json.loads(out)
+    assert move["version"] == "2" and move["previous"] == "3"
+    at = datetime.fromisoformat(move["revoked"].pop("at"))
+    assert at.tzinfo is not None and abs((datetime.now(UTC) - at).total_seconds()) < 3600
+    assert move["revoked"] == {"version": "3", "reason": "answers in French", "by": "oncall-bot"}
+    tags = _client().get_model_version("tickets", "3").tags
+    assert tags[fa.TAG_REVOKED] == "true" and tags[fa.TAG_REVOKED_BY] == "oncall-bot"
+    assert tags[fa.TAG_REVOKED_REASON] == "answers in French" and tags[fa.TAG_REVOKED_AT] == at.isoformat()
+    assert fa.revocation(tags) == "answers in French"
+
+    monkeypatch.delenv("FTOPS_ACTOR")
+    rc, out, _ = _cli(capsys, "rollback", "tickets")
+    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    assert rc == 0 and "version 2 -> 1" in out and f"version 2 revoked (rolled back from production by {who})" in out
+    tags = _client().get_model_version("tickets", "2").tags
+    assert tags[fa.TAG_REVOKED_BY] == who and fa.revocation(tags) == f"rolled back from production by {who}"
+    assert fa.revocation(_client().get_model_version("tickets", "1").tags) is None
+    assert fa.revocation({}) is None and fa.revocation({fa.TAG_REVOKED: "false"}) is None
+
+    # a revoked version is never promoted again, named or at @staging
+    for argv in (("--version", "3"), ()):
+        rc, _, err = _cli(capsys, "promote", "tickets", "--to", "production", *argv)
+        assert rc == 1 and "version 3 is revoked (answers in French; by oncall-bot" in err
+        assert len(err.strip().splitlines()) == 1
+    assert _alias("production") == "1" and _history() == ["1"]
+
+    rc, out, _ = _cli(capsys, "models", "tickets", "--json")
+    by_version = {v["version"]: v for v in json.loads(out)[0]["versions"]}
+    assert by_version["3"]["revoked"] == {"reason": "answers in French", "by": "oncall-bot", "at": at.isoformat()}
+    assert by_version["2"]["revoked"]["by"] == who and by_version["1"]["revoked"] is None
+    rc, out, _ = _cli(capsys, "models", "tickets")
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  v")}
+    assert "REVOKED by oncall-bot" in lines["v3"] and "answers in French" in lines["v3"]
+    assert "REVOKED" in lines["v2"] and "REVOKED" not in lines["v1"]
+
+    # rollback never returns production to a revoked version: a move in the MLflow UI to 3, then rollback -> 1;
+    # with 1 revoked by hand, rollback from 2 is refused and production stays
+    _client().set_registered_model_alias("tickets", "production", "3")
+    assert _cli(capsys, "rollback", "tickets")[0] == 0 and _alias("production") == "1"
+    _client().set_registered_model_alias("tickets", "production", "2")
+    _client().set_model_version_tag("tickets", "1", fa.TAG_REVOKED, "true")
+    rc, _, err = _cli(capsys, "rollback", "tickets")
+    assert rc == 1 and "previous production version 1 is revoked" in err
+    assert _alias("production") == "2"
+
+
 def test_two_promotions_at_once_leave_one_production_and_an_exact_history(tiny_base, learned_rows, gate_run):
     strong = log_adapter_run(tiny_base, learned_rows, **LEARNED_ADAPTER)
     assert [gate_run(strong) for _ in range(3)] == ["1", "2", "3"]
