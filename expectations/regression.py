@@ -5,6 +5,11 @@ following an instruction). Retention is a candidate's score over the base model'
 items were chosen so that SmolLM2-135M-Instruct answers a good share of them (see BENCHMARKS.md), which makes that
 ratio meaningful.
 
+Each item also names its ``family`` (the prompt's template, ``{}`` for each slot) and the ``entities`` that fill it
+(``"What is the capital of {}?"``, ``["France"]``): the replay prompts (``ftops.expectations.replay``) share no
+family and no entity with the suite, so retention is measured on items no replay prompt resembles
+(``tests/test_retention_families.py``).
+
 Checks:
 - ``contains``: the answer appears in the text, ignoring case;
 - ``exact``: the text equals the answer, ignoring case, surrounding whitespace, quotes and final punctuation;
@@ -31,7 +36,8 @@ _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w]|\.\d)")
 
 
 def load_suite(path: str | Path | None = None) -> list[dict]:
-    """The items: ``{"id", "messages": [{"role": "user", "content"}], "answer": str, "check": ...}``."""
+    """The items: ``{"id", "messages": [{"role": "user", "content"}], "answer": str, "check": ..., "family": str,
+    "entities": [str, ...]}`` (family and entities optional in a suite of your own)."""
     items = []
     source = Path(path) if path else SUITE_PATH
     for n, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
@@ -40,8 +46,21 @@ def load_suite(path: str | Path | None = None) -> list[dict]:
         item = json.loads(line)
         if item.get("check") not in CHECKS or not isinstance(item.get("answer"), str) or not item.get("messages"):
             raise ValueError(f"{source}:{n}: a regression item needs messages, a string answer and check in {CHECKS}")
+        if "family" in item and _filled(item) != item["messages"][-1]["content"]:
+            raise ValueError(
+                f"{source}:{n}: family {item['family']!r} filled with entities {item.get('entities', [])} is not "
+                "the item's prompt; make them agree"
+            )
         items.append(item)
     return items
+
+
+def _filled(item: dict) -> str | None:
+    """The item's family with its entities in the slots, None when they do not fit."""
+    try:
+        return str(item["family"]).format(*item.get("entities", []))
+    except (IndexError, KeyError, ValueError):
+        return None
 
 
 def _numbers(text: str) -> set[str]:

@@ -8,162 +8,218 @@ prompts (self-distillation, so the target is what the base already does, not new
 ``ftops data replay`` answers these prompts with a base and writes chat JSONL; a training config names it as
 ``data.replay``.
 
-The prompts are of the same kinds as the regression suite (capitals, arithmetic, general knowledge, Python, following
-an instruction) plus open requests, but never one of its items: :func:`replay_prompts` drops any prompt whose text
-equals a regression prompt, and a test checks the two sets are disjoint. Deterministic from the seed.
+The prompts are of the same kinds as the regression suite (facts, arithmetic, Python, following an instruction) plus
+open requests, but of other *families*: no template and no entity of the suite (its countries, words, numbers,
+topics) appears here, so retention is measured on items no replay prompt resembles. Trained on "Write the word dog
+in capital letters." and tested on "Write the word cat in capital letters.", an adapter would show a retention it
+does not have. ``tests/test_retention_families.py`` checks every suite x replay pair: no shared template (each side's
+templates against the other side's prompts), no shared entity, and a word-set similarity (:func:`similarity`) below
+:data:`SIMILAR`. Deterministic from the seed.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
+from typing import Literal
 
-CAPITALS = (
+Kind = Literal["facts", "arithmetic", "python", "instruction", "open"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """Prompts of one shape: ``template`` with its ``{}`` slots filled by each of ``fillers`` (its entities)."""
+
+    kind: Kind
+    template: str
+    fillers: tuple[tuple[str, ...], ...] = ((),)
+    """One tuple of slot values per prompt; ``((),)`` for a template without slots (one fixed prompt)."""
+
+    def prompts(self) -> list[str]:
+        return [self.template.format(*f) for f in self.fillers]
+
+
+def _each(kind: Kind, template: str, *values: str) -> Family:
+    return Family(kind, template, tuple((v,) for v in values))
+
+
+def _fixed(kind: Kind, *prompts: str) -> list[Family]:
+    return [Family(kind, p) for p in prompts]
+
+
+#: operands for arithmetic: from 13 up, none of the regression suite's numbers (a test checks)
+OPERANDS = tuple(n for n in range(13, 90) if n not in (15, 20, 27, 42, 50, 60))
+#: small factors, none of the suite's either
+FACTORS = (8, 9, 11)
+
+
+def _pairs(step: int, count: int, ok=lambda a, b: True) -> list[tuple[int, int]]:
+    """``count`` deterministic operand pairs spread over :data:`OPERANDS`."""
+    n = len(OPERANDS)
+    pairs = [(OPERANDS[(i * step) % n], OPERANDS[(i * step * 3 + 7) % n]) for i in range(4 * count)]
+    return [p for p in pairs if ok(*p)][:count]
+
+
+def _arithmetic(template: str, pairs: list[tuple[int, int]]) -> Family:
+    return Family("arithmetic", template, tuple((str(a), str(b)) for a, b in pairs))
+
+
+COUNTRIES = (
     "Portugal",
-    "Poland",
     "Sweden",
     "Norway",
-    "Finland",
-    "Denmark",
-    "Ireland",
-    "Austria",
-    "Belgium",
-    "the Netherlands",
-    "Switzerland",
-    "Hungary",
-    "Turkey",
-    "India",
-    "Brazil",
-    "Argentina",
-    "Mexico",
-    "Australia",
     "Kenya",
-    "Thailand",
-    "South Korea",
+    "Brazil",
+    "India",
+    "Australia",
+    "Mexico",
     "Peru",
-    "Cuba",
+    "Thailand",
     "Morocco",
-    "Ukraine",
-    "Romania",
-    "Indonesia",
-    "Vietnam",
     "Chile",
-    "Colombia",
-)
-CAPITAL_FORMS = (
-    "What is the capital of {c}?",
-    "Which city is the capital of {c}?",
-    "Name the capital city of {c}.",
+    "Vietnam",
+    "Nigeria",
+    "Argentina",
+    "Poland",
 )
 
-ARITHMETIC_FORMS = (
-    ("What is {a} + {b}?", lambda a, b: True),
-    ("What is {a} plus {b}?", lambda a, b: True),
-    ("What is {a} - {b}?", lambda a, b: a > b),
-    ("What is {a} minus {b}?", lambda a, b: a > b),
-    ("What is {a} times {b}?", lambda a, b: a <= 12 and b <= 12),
-    ("What is {a} multiplied by {b}?", lambda a, b: a <= 12 and b <= 12),
-    ("What is {a} divided by {b}?", lambda a, b: b > 1 and a % b == 0),
-    ("What is double {a}?", lambda a, b: True),
-    ("What is half of {a}?", lambda a, b: a % 2 == 0),
+FAMILIES: tuple[Family, ...] = (
+    # facts: about countries, cities and animals the suite never names, in templates it never uses
+    _each("facts", "Which continent is {} in?", *COUNTRIES),
+    _each("facts", "What language do most people speak in {}?", *COUNTRIES[::2], "Austria", "Iran"),
+    _each("facts", "Name a famous landmark in {}.", "Sydney", "Rio de Janeiro", "Istanbul", "Mumbai", "Amsterdam"),
+    _each("facts", "How many legs does {} have?", "a spider", "a horse", "a bird", "an ant", "an octopus"),
+    _each("facts", "What sound does {} make?", "a cow", "a duck", "a sheep", "a lion", "an owl", "a frog"),
+    _each("facts", "What do you call a baby {}?", "dog", "sheep", "cow", "horse", "goat", "kangaroo"),
+    *_fixed(
+        "facts",
+        "What is the largest ocean on Earth?",
+        "What is the tallest mountain in the world?",
+        "What gas do plants take in from the air?",
+        "What do bees make?",
+        "Who painted the Mona Lisa?",
+        "What is the largest mammal?",
+        "Which shape has three sides?",
+        "Which shape has four equal sides?",
+        "Which instrument has black and white keys?",
+        "What do caterpillars turn into?",
+        "Which season comes after winter?",
+        "Which letter comes first in the English alphabet?",
+        "Which organ pumps blood through the body?",
+        "Give the plural form of the word mouse.",
+        "Give the past tense of the verb go.",
+        "Who was the first person to walk on the Moon?",
+        "Which river is the longest in Africa?",
+        "Which bird is a symbol of peace?",
+    ),
+    # arithmetic: imperative and word-problem forms (the suite asks "What is a + b?"), other numbers
+    _arithmetic("Add {} and {}.", _pairs(5, 9)),
+    _arithmetic("Subtract {1} from {0}.", _pairs(7, 9, lambda a, b: a > b)),
+    _arithmetic("Multiply {} by {}.", [(a, FACTORS[i % 3]) for i, (a, _) in enumerate(_pairs(11, 8))]),
+    _arithmetic("Tom has {} apples and buys {} more. How many apples does he have now?", _pairs(13, 8)),
+    _arithmetic(
+        "A box holds {} pencils and {} are taken out. How many pencils are left?",
+        _pairs(17, 8, lambda a, b: a > b),
+    ),
+    _each("arithmetic", "Is {} an even or an odd number?", *(str(n) for n in OPERANDS[1:40:5])),
+    _arithmetic("Which number is larger, {} or {}?", _pairs(19, 6, lambda a, b: a != b)),
+    # Python: expressions, concepts and how-tos (the suite asks which keyword or built-in does X)
+    _each(
+        "python",
+        "What does the Python expression {} evaluate to?",
+        "'py' + 'thon'",
+        "'abc'.upper()",
+        "bool('')",
+        "max(8, 13)",
+        "abs(-9)",
+        "round(9.8)",
+        "'Mississippi'.count('s')",
+        "'x'.join('ab')",
+    ),
+    _each(
+        "python",
+        "Explain in one sentence what a Python {} is.",
+        "dictionary",
+        "tuple",
+        "set",
+        "class",
+        "variable",
+        "string",
+        "decorator",
+        "loop",
+    ),
+    _each(
+        "python",
+        "Show how to {} in Python.",
+        "reverse a string",
+        "join two strings with a space",
+        "make a dictionary with two keys",
+        "check whether a number is even",
+        "turn a number into a string",
+        "round a number to two decimals",
+        "read a text file",
+        "swap two variables",
+    ),
+    # following an instruction: other instructions, other words (the suite: only the word, repeat, capitals...)
+    _each(
+        "instruction", "Put the word {} in quotation marks.", "river", "window", "garden", "pencil", "rocket", "lamp"
+    ),
+    _each("instruction", "Give me a word that starts with the letter {}.", "B", "D", "M", "P", "R", "T"),
+    _each("instruction", "Give me a word that rhymes with {}.", "light", "cake", "ring", "bell", "moon", "fun"),
+    _each("instruction", "Use the word {} in a sentence.", "happy", "quickly", "mountain", "library", "umbrella"),
+    _each("instruction", "Describe {} in three words.", "the sea", "a forest", "winter", "a city at night", "a kitten"),
+    # open requests
+    *_fixed(
+        "open",
+        "Give me one tip for sleeping better.",
+        "Write one sentence about the ocean.",
+        "Explain what a noun is in one sentence.",
+        "Suggest a name for a pet goldfish.",
+        "Describe a sunny afternoon in one sentence.",
+        "What is a good breakfast?",
+        "Give me a short piece of advice for a job interview.",
+        "Write a short greeting for a birthday card.",
+        "Why do people exercise?",
+        "Explain what a computer is to a child.",
+        "Explain what rain is to a child.",
+        "Name three fruits.",
+        "Name three vegetables.",
+        "Name two musical instruments.",
+        "What is a bridge for?",
+        "How do I make a cup of tea?",
+        "Write a haiku about autumn.",
+        "What is friendship?",
+        "Give me a fun fact about space.",
+        "Summarize what a library is in one sentence.",
+        "How can I save money each month?",
+        "What should I pack for a trip to the beach?",
+        "Translate 'thank you' into Portuguese.",
+        "Translate 'good night' into Dutch.",
+        "What are the three states of matter?",
+    ),
 )
 
-KNOWLEDGE = (
-    "What color is a ripe banana?",
-    "What color is snow?",
-    "How many legs does a spider have?",
-    "How many legs does a dog have?",
-    "What is the largest ocean on Earth?",
-    "What is the tallest mountain in the world?",
-    "Which planet is closest to the Sun?",
-    "What is the largest planet in our solar system?",
-    "What gas do plants take in from the air?",
-    "What do bees make?",
-    "What is the freezing point of water in Celsius?",
-    "What is the boiling point of water in Celsius?",
-    "Who painted the Mona Lisa?",
-    "Who wrote Hamlet?",
-    "What is the opposite of up?",
-    "What is the opposite of big?",
-    "What is the opposite of day?",
-    "How many months are in a year?",
-    "How many hours are in a day?",
-    "How many seconds are in a minute?",
-    "What is the chemical symbol for gold?",
-    "What is the chemical symbol for oxygen?",
-    "What animal is known as the king of the jungle?",
-    "What is the main language spoken in Brazil?",
-    "Which continent is Egypt in?",
-    "What is the largest mammal?",
-    "What shape has three sides?",
-    "What shape has four equal sides?",
-    "What do you call a baby cat?",
-    "What do you call a baby dog?",
-    "What is frozen water called?",
-    "What instrument has black and white keys?",
-    "What do caterpillars turn into?",
-    "Which season comes after winter?",
-    "What is the first letter of the English alphabet?",
-    "What is the primary source of energy for the Earth?",
-    "Which organ pumps blood through the body?",
-    "What is the plural of mouse?",
-    "What is the past tense of go?",
-    "How many days are in a leap year?",
-)
+#: two prompts at or above this :func:`similarity` resemble each other. A prompt and its twin with one word (or
+#: number) swapped share all words but one on each side, (n - 1) / (n + 1) for n words: 0.5 for three words, 0.6
+#: and up for the suite's prompts (4 to 11 words); today's twins ("What is the capital of France?" / "...Portugal?",
+#: "Write the word cat / dog in capital letters.") score 0.71 and 0.75. Unrelated questions share a few function
+#: words ("what is the", "of") and score up to about 0.4.
+SIMILAR = 0.5
 
-PYTHON = (
-    "Which Python keyword starts a loop over a sequence?",
-    "Which Python keyword starts a conditional statement?",
-    "Which Python built-in function converts a string to an integer?",
-    "Which Python built-in turns a value into a string?",
-    "Write one line of Python that adds 2 and 3 and prints the result.",
-    "What does the Python expression 3 ** 2 equal?",
-    "Which Python keyword creates a class?",
-    "Which Python data type holds key-value pairs?",
-    "How do you start a comment in Python?",
-    "Which Python method adds an item to the end of a list?",
-    "Which Python keyword handles exceptions together with try?",
-    "What does len('hello') return in Python?",
-    "Write a Python function that returns the square of a number.",
-    "Which Python built-in function sorts a list?",
-)
+_TOKEN = re.compile(r"[a-z]+|#|[+\-*/%=]")
 
-INSTRUCTION_FORMS = (
-    ("Answer with only the word {w}.", ("no", "maybe", "true", "false", "hello", "done")),
-    ("Write the word {w} in capital letters.", ("dog", "sun", "tree", "book", "house", "bird", "milk")),
-    ("Repeat this word exactly: {w}", ("apple", "river", "window", "garden", "pencil", "orange", "rocket")),
-    ("Reply with just the number {w} as a digit.", ("three", "seven", "nine", "two", "eight", "six")),
-    ("Say {w} and nothing else.", ("hi", "thanks", "goodbye", "yes", "ready", "fine")),
-)
 
-OPEN = (
-    "Give me one tip for sleeping better.",
-    "Write one sentence about the ocean.",
-    "Explain what a noun is in one sentence.",
-    "Suggest a name for a pet goldfish.",
-    "Describe a sunny day in one sentence.",
-    "What is a good breakfast?",
-    "Give me a short piece of advice for a job interview.",
-    "Write a short greeting for a birthday card.",
-    "Why do people exercise?",
-    "What is a computer?",
-    "Explain what rain is to a child.",
-    "List three fruits.",
-    "List three colors.",
-    "Name two musical instruments.",
-    "What is the purpose of a bridge?",
-    "How do I make a cup of tea?",
-    "Write a haiku about autumn.",
-    "What is friendship?",
-    "Give me a fun fact about space.",
-    "Summarize what a library is in one sentence.",
-    "How can I save money each month?",
-    "What should I pack for a day at the beach?",
-    "Translate 'thank you' to French.",
-    "Translate 'good morning' to Spanish.",
-    "What are the three states of matter?",
-    "Why is the sky blue?",
-)
+def words(text: str) -> set[str]:
+    """The lower-cased words of ``text``, every number as ``#``, with arithmetic operators kept as words."""
+    return set(_TOKEN.findall(re.sub(r"\d+(?:\.\d+)?", "#", text.lower())))
+
+
+def similarity(a: str, b: str) -> float:
+    """Jaccard similarity of the two prompts' :func:`words` (numbers masked, so "What is 7 + 5?" and
+    "What is 23 + 14?" are 1.0): shared words over all words, 0 to 1."""
+    wa, wb = words(a), words(b)
+    return len(wa & wb) / len(wa | wb) if wa or wb else 1.0
 
 
 def _normalize(text: str) -> str:
@@ -171,24 +227,13 @@ def _normalize(text: str) -> str:
 
 
 def replay_prompts(n: int = 200, seed: int = 0, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
-    """``n`` distinct general prompts (fewer when the pools run out), none equal to one in ``exclude`` (compared
+    """``n`` distinct general prompts (fewer when the pool runs out), none equal to one in ``exclude`` (compared
     ignoring case and spacing; pass the regression suite's prompts). Deterministic from ``seed``."""
     rng = random.Random(seed)
-    pool: list[str] = [form.format(c=c) for c in CAPITALS for form in CAPITAL_FORMS]
-    rng.shuffle(pool)
-    pool = pool[: len(CAPITALS) * 2]  # two phrasings per country on average
-    arithmetic = []
-    while len(arithmetic) < 60:
-        form, ok = rng.choice(ARITHMETIC_FORMS)
-        a, b = rng.randint(2, 60), rng.randint(2, 30)
-        if ok(a, b):
-            arithmetic.append(form.format(a=a, b=b))
-    pool += arithmetic + list(KNOWLEDGE) + list(PYTHON) + list(OPEN)
-    pool += [form.format(w=w) for form, words in INSTRUCTION_FORMS for w in words]
     excluded = {_normalize(e) for e in exclude}
     seen: set[str] = set()
     unique = []
-    for prompt in pool:
+    for prompt in (p for family in FAMILIES for p in family.prompts()):
         key = _normalize(prompt)
         if key not in seen and key not in excluded:
             seen.add(key)

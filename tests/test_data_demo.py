@@ -64,6 +64,7 @@ def test_regression_suite_shape():
             "exact",
             "number",
         )
+        assert item["family"].format(*item["entities"]) == item["messages"][0]["content"]  # see test_retention_families
     assert {"cap-france", "math-add", "code-len", "inst-yes"} <= {i["id"] for i in suite}
 
 

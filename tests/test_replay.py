@@ -1,6 +1,7 @@
 """Replay data: general prompts answered by the base itself, mixed into training against forgetting.
 
-The prompts never repeat a regression-suite item (retention must be measured on unseen items); ``ftops data replay``
+The prompts never repeat a regression-suite item, nor share its templates or entities (retention must be measured
+on unseen items; ``test_retention_families.py``); ``ftops data replay``
 answers them with the real SmolLM2 base; a training run with ``data.replay`` trains on both and logs the replay set.
 """
 

@@ -3,7 +3,8 @@
 config mixes into its training split as ``data.replay``.
 
 Answers cut off by ``max_new_tokens`` are dropped rather than kept truncated (training on them would teach the adapter
-to stop mid-sentence). The prompts exclude the regression suite's, so retention is still measured on unseen items.
+to stop mid-sentence). The prompts share no template and no entity with the regression suite's (see
+``ftops.expectations.replay``), so retention is still measured on items the adapter did not rehearse.
 """
 
 from __future__ import annotations
@@ -66,6 +67,15 @@ def answer(
     return answers
 
 
+def prompts_for(n: int = 200, seed: int = 0) -> list[str]:
+    """The ``n`` prompts :func:`write_replay` answers (never a regression suite prompt)."""
+    from ftops.expectations.regression import load_suite
+    from ftops.expectations.replay import replay_prompts
+
+    exclude = {m["content"] for item in load_suite() for m in item["messages"] if m["role"] == "user"}
+    return replay_prompts(n, seed=seed, exclude=exclude)
+
+
 def write_replay(
     base: BaseModel,
     out: str | Path,
@@ -75,11 +85,7 @@ def write_replay(
     progress: bool = True,
 ) -> ReplayResult:
     """Answer ``n`` replay prompts with ``base`` and write them to ``out`` as chat JSONL."""
-    from ftops.expectations.regression import load_suite
-    from ftops.expectations.replay import replay_prompts
-
-    exclude = {m["content"] for item in load_suite() for m in item["messages"] if m["role"] == "user"}
-    prompts = replay_prompts(n, seed=seed, exclude=exclude)
+    prompts = prompts_for(n, seed)
     answers = answer(base, prompts, max_new_tokens=max_new_tokens, progress=progress)
     rows = [
         {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}

@@ -101,12 +101,15 @@ def prepare_data(config: DemoConfig, work: Path, base) -> dict[str, Path]:
 
 def prepare_replay(config: DemoConfig, work: Path, base) -> Path:
     """The base's own answers to ``config.replay`` general prompts (``ftops data replay``), kept between demo runs
-    while the base and the count are the same (answering takes a few CPU minutes)."""
-    from ftops.training.replay import write_replay
+    while the base and the prompts are the same (answering takes a few CPU minutes)."""
+    import hashlib
+
+    from ftops.training.replay import prompts_for, write_replay
 
     out = work / "data" / "replay.jsonl"
     stamp = out.with_suffix(".json")
-    wanted = {"base_sha256": base.sha256, "prompts": config.replay}
+    prompts_sha256 = hashlib.sha256("\n".join(prompts_for(config.replay)).encode()).hexdigest()
+    wanted = {"base_sha256": base.sha256, "prompts": config.replay, "prompts_sha256": prompts_sha256}
     try:
         recorded = json.loads(stamp.read_text())
     except (OSError, ValueError):
