@@ -24,18 +24,19 @@ from ftops import adapter as fa
 from ftops import settings
 from ftops.errors import FtopsError
 from ftops.names import check_name
-from ftops.registry.gate import PRODUCTION, STAGING, TAG_POLICY_RULES, alias_version, production_metrics
+from ftops.registry.gate import (
+    PRODUCTION,
+    STAGING,
+    TAG_POLICY_RULES,
+    alias_version,
+    metric_tags,
+    production_metrics,
+    registry_error,
+)
 from ftops.registry.lock import LOCK_MODEL, registry_lock
 from ftops.registry.policy import Policy, check_policy, load_policy
 
 TAG_HISTORY = "ftops.production.history"
-
-
-def _client():
-    import mlflow
-
-    settings.configure_mlflow()
-    return mlflow.MlflowClient()
 
 
 def _registered_model(client, name: str):
@@ -44,7 +45,9 @@ def _registered_model(client, name: str):
     check_name(name, "registered model name")
     try:
         return client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise registry_error(name, "the registered model", e) from e
         known = ", ".join(m.name for m in client.search_registered_models() if m.name != LOCK_MODEL) or "none"
         raise FtopsError(
             f"no registered model {name!r} (known: {known}); `ftops gate RUN_ID --name {name}` registers one"
@@ -125,7 +128,7 @@ def promote(name: str, to: str = PRODUCTION, version: str | None = None, policy_
 
     if to != PRODUCTION:
         raise FtopsError(f"--to {to!r}: only 'production' is promoted to; `ftops gate` sets '{STAGING}'")
-    client = _client()
+    client = settings.mlflow_client()
     _registered_model(client, name)
     policy = load_policy(policy_path, METRICS) if policy_path else None
     with registry_lock():
@@ -169,11 +172,7 @@ def promote(name: str, to: str = PRODUCTION, version: str | None = None, policy_
                     else None
                 )
                 if relative is not None:
-                    metrics = {
-                        k[len(fa.TAG_METRIC_PREFIX) :]: float(v)
-                        for k, v in mv.tags.items()
-                        if k.startswith(fa.TAG_METRIC_PREFIX)
-                    }
+                    metrics = metric_tags(mv.tags)
                     _, prod_metrics = production_metrics(client, name)
                     results = check_policy(relative, metrics, prod_metrics)
                     checks = [r.as_dict() for r in results]
@@ -192,7 +191,7 @@ def promote(name: str, to: str = PRODUCTION, version: str | None = None, policy_
 def rollback(name: str, reason: str | None = None) -> Move:
     """Return ``production`` to the version that held it before the current one, and revoke the version it leaves
     (``reason``, default: rolled back from production by whom), so that nothing serves it again."""
-    client = _client()
+    client = settings.mlflow_client()
     _registered_model(client, name)
     by = actor()
     with registry_lock():
@@ -240,7 +239,7 @@ def _version(client, name: str, version: str):
 
 def list_models(name: str | None = None) -> list[dict]:
     """Registered models with their versions, aliases, gate verdicts and key metrics (newest version first)."""
-    client = _client()
+    client = settings.mlflow_client()
     models = [_registered_model(client, name)] if name else client.search_registered_models()
     models = [m for m in models if m.name != LOCK_MODEL]  # the registry lock on a tracking server, while held
     out = []
@@ -252,9 +251,7 @@ def list_models(name: str | None = None) -> list[dict]:
         rows = []
         for mv in sorted(versions, key=lambda m: int(m.version), reverse=True):
             t = mv.tags
-            metric = {
-                k[len(fa.TAG_METRIC_PREFIX) :]: float(v) for k, v in t.items() if k.startswith(fa.TAG_METRIC_PREFIX)
-            }
+            metric = metric_tags(t)
             rows.append(
                 {
                     "version": str(mv.version),
