@@ -27,7 +27,9 @@ BASE = K8S / "base"
 KUSTOMIZATIONS = ("kustomization.yaml",)
 # every manifest file: the base's, the per-run Jobs and the example Secrets (the CRD component is checked rendered)
 MANIFESTS = sorted(p for p in [*BASE.glob("*.yaml"), *K8S.glob("*.yaml")] if p.name not in KUSTOMIZATIONS)
-JOBS = [K8S / "train-job.yaml", K8S / "train-job-multi-gpu.yaml"]
+TRAIN_JOBS = [K8S / "train-job.yaml", K8S / "train-job-multi-gpu.yaml"]
+# created one by one (kubectl create -f), not by the kustomization
+PER_RUN = sorted(p for p in K8S.glob("*.yaml") if p.name not in (*KUSTOMIZATIONS, "secret.example.yaml"))
 KUBERNETES_VERSION = "1.33"
 CORE_KINDS = {"keda.sh/v1alpha1": "ScaledObject", "monitoring.coreos.com/v1": "ServiceMonitor"}
 KUBECTL = shutil.which("kubectl", path=os.path.dirname(sys.executable))
@@ -115,7 +117,7 @@ def test_checkov_passes_with_every_suppression_explained(rendered, tmp_path):
     if not CHECKOV.exists():
         pytest.skip("checkov lives in its own venv (it conflicts with the pinned stack): run `make k8s-check`")
     (tmp_path / "rendered.yaml").write_text(yaml.safe_dump_all(rendered, sort_keys=False))
-    for job in JOBS:
+    for job in PER_RUN:
         shutil.copy(job, tmp_path / job.name)
     proc = subprocess.run(
         [str(CHECKOV), "-d", str(tmp_path), "--framework", "kubernetes", "--compact", "--quiet", "--skip-download"],
@@ -125,7 +127,7 @@ def test_checkov_passes_with_every_suppression_explained(rendered, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "Failed checks: 0" in proc.stdout
-    for doc in [*rendered, *(d for job in JOBS for d in _documents(job))]:
+    for doc in [*rendered, *(d for job in PER_RUN for d in _documents(job))]:
         for key, value in doc["metadata"].get("annotations", {}).items():
             if key.startswith("checkov.io/skip"):
                 assert re.fullmatch(r"CKV2?_K8S_\d+=\S.{20,}", value), (
@@ -150,18 +152,40 @@ def test_storage_classes_come_from_params_env(tmp_path):
 # Commands
 
 
-@pytest.mark.parametrize("path", [p for p in MANIFESTS if "kind: Job" in p.read_text() or "template:" in p.read_text()])
-def test_ftops_commands_in_manifests_parse(path):
+def test_every_ftops_container_runs_a_command_that_parses(rendered):
     from ftops.cli import build_parser
 
-    parsed = 0
-    for doc in _documents(path):
-        for container in _containers(doc, init=True):
+    parsed = []
+    for doc in [*rendered, *(d for job in PER_RUN for d in _documents(job))]:
+        for container in _containers(doc, init=True) or doc.get("spec", {}).get("containers", []):
+            if not container["image"].startswith("ghcr.io/ftops/ftops-gpu:"):
+                continue
             args = container.get("args") or []
             if args[:1] == ["ftops"]:
                 build_parser().parse_args(args[1:])  # argparse exits 2 (SystemExit) on a wrong command
-                parsed += 1
-    assert parsed or path.name.startswith(("postgres", "minio", "mlflow", "train-job-multi")), path.name
+                parsed.append(" ".join(args[:3]))
+            else:  # accelerate (its own test), the serving config step (python), the volume shell (sleep)
+                assert args[:2] == ["accelerate", "launch"] or container["command"][0] in ("python", "sleep")
+    assert set(parsed) >= {
+        "ftops serve --host",
+        "ftops base import",
+        "ftops data replay",
+        "ftops train configs/gpu.yaml",
+        "ftops gate $(RUN_ID)",
+        "ftops promote ticket-extractor",
+    }
+
+
+def test_gate_job_takes_the_run_id_from_kubectl_set_env():
+    proc = subprocess.run(
+        [KUBECTL, "set", "env", "--local", "-f", str(K8S / "gate-job.yaml"), "RUN_ID=0a1b2c3d", "-o", "yaml"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (container,) = _containers(yaml.safe_load(proc.stdout))
+    assert {"name": "RUN_ID", "value": "0a1b2c3d"} in container["env"] and "$(RUN_ID)" in container["args"]
 
 
 def test_multi_gpu_job_is_accelerate_launch_of_the_same_training():
@@ -183,9 +207,9 @@ def test_multi_gpu_job_is_accelerate_launch_of_the_same_training():
 def test_training_jobs_run_the_gpu_config_with_replay_and_checkpoints_on_a_volume():
     from ftops.training.config import load_config
 
-    (importer,) = _containers(_documents(BASE / "base-import-job.yaml")[0])
+    (importer,) = _containers(_documents(K8S / "base-import-job.yaml")[0])
     replay_written = importer["args"][3]
-    for path in JOBS:
+    for path in TRAIN_JOBS:
         job = _documents(path)[0]
         (container,) = _containers(job)
         args = container["args"][container["args"].index("train") + 1 :]
@@ -251,7 +275,7 @@ def test_mlflow_server_args_parse_and_allow_the_cluster_host_names():
 
 
 def test_nothing_is_installed_at_start_and_images_are_built_here(rendered):
-    for doc in [*rendered, *(d for job in JOBS for d in _documents(job))]:
+    for doc in [*rendered, *(d for job in PER_RUN for d in _documents(job))]:
         for container in _containers(doc, init=True):
             assert "pip install" not in " ".join(container.get("command", []) + container.get("args", []))
             image = container["image"]
@@ -282,7 +306,7 @@ def _secret_refs(doc: dict):
 def test_every_secret_is_a_secret_ref_defined_in_the_example(rendered):
     example = {d["metadata"]["name"]: d["stringData"] for d in _documents(K8S / "secret.example.yaml")}
     production = _render(K8S / "overlays" / "production")
-    refs = {ref for d in [*production, *(d for job in JOBS for d in _documents(job))] for ref in _secret_refs(d)}
+    refs = {ref for d in [*production, *(d for job in PER_RUN for d in _documents(job))] for ref in _secret_refs(d)}
     monitor = _kind(production, "ServiceMonitor", "ftops-serve")
     credentials = monitor["spec"]["endpoints"][0]["authorization"]["credentials"]
     refs.add((credentials["name"], credentials["key"]))
@@ -302,7 +326,7 @@ def test_every_secret_is_a_secret_ref_defined_in_the_example(rendered):
 
 
 def test_pods_run_as_non_root_with_fsgroup_and_writable_home(rendered):
-    for doc in [*rendered, *(d for job in JOBS for d in _documents(job))]:
+    for doc in [*rendered, *(d for job in PER_RUN for d in _documents(job))]:
         if not _containers(doc):
             continue
         pod = _pod(doc)
@@ -338,7 +362,7 @@ def test_serving_config_in_configmap_is_accepted_by_the_service():
 
 def test_gpu_workloads_request_gpus_and_use_the_cluster_mlflow():
     mlflow_service = _kind(_documents(BASE / "mlflow.yaml"), "Service", "mlflow")["metadata"]["name"]
-    for path in [BASE / "serving.yaml", *JOBS]:
+    for path in [BASE / "serving.yaml", *TRAIN_JOBS, K8S / "gate-job.yaml"]:
         for doc in _documents(path):
             for container in _containers(doc):
                 assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
