@@ -10,10 +10,10 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test ui lint format clean help
+.PHONY: setup demo test ui lint format clean help checkov k8s-check gpu-resolve
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 setup: $(STAMP) $(BASE)  ## create .venv, install the pinned stack, import the SmolLM2 base (idempotent)
 
@@ -54,3 +54,27 @@ format: $(STAMP)  ## ruff: fix what can be fixed and format the tree
 
 clean:  ## remove .ftops state (keeps .venv)
 	rm -rf .ftops
+
+# checkov in its own venv: its pins (packaging 23.2, networkx 2.6, cachetools 5) would downgrade the pinned stack's
+CHECKOV_VENV := .venv-checkov
+$(CHECKOV_VENV)/.installed:
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q 'checkov==3.3.30' 2>&1 | $(QUIET_PIP)
+	@touch $@
+
+checkov: $(CHECKOV_VENV)/.installed  ## install checkov into .venv-checkov (tests/test_k8s.py runs it from there)
+
+k8s-check: $(STAMP) $(CHECKOV_VENV)/.installed  ## render k8s/ (kubectl kustomize), validate it strictly, run checkov
+	$(BIN)/python -m pytest -q tests/test_k8s.py
+
+# the GPU image's Python set (extras gpu + postgres) resolved for Linux x86_64 from the package index alone (--isolated:
+# no local wheel folders, whose CPU torch would stand in for the CUDA one); nothing is installed or built
+GPU_PLATFORMS := $(foreach v,$(shell seq 39 -1 17),--platform manylinux_2_$(v)_x86_64) --platform manylinux2014_x86_64
+gpu-resolve: $(STAMP)  ## prove that '.[gpu,postgres]' resolves for Linux x86_64, Python 3.11 (needs the index)
+	$(BIN)/pip --isolated install --dry-run --ignore-installed --quiet --report $(VENV)/gpu-resolve.json \
+	  $(GPU_PLATFORMS) --platform linux_x86_64 --only-binary=:all: --python-version 3.11 --implementation cp \
+	  --target $(VENV)/gpu-resolve-target '.[gpu,postgres]'
+	$(BIN)/python -c "import json; r = json.load(open('$(VENV)/gpu-resolve.json')); \
+	  v = {i['metadata']['name'].lower(): i['metadata']['version'] for i in r['install']}; \
+	  assert '+cpu' not in v['torch'], v['torch']; \
+	  print('gpu extra resolves:', len(v), 'packages; torch', v['torch'], 'vllm', v['vllm'], 'triton', v.get('triton'))"
