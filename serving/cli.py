@@ -6,8 +6,12 @@ import argparse
 import os
 import sys
 
+#: the BentoML service inference alone runs as; the top composes a larger one (``ftops.cli.service``)
+SERVICE = "ftops.serving.service:FtopsLLM"
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: argparse._SubParsersAction, service: str = SERVICE) -> None:
+    """Add ``ftops serve``; it runs the BentoML service ``service`` (``module:Name``)."""
     p = sub.add_parser(
         "serve",
         help="serve the base model and the registry's adapters over an OpenAI-compatible API",
@@ -25,7 +29,7 @@ examples:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=3000, help="port (default 3000)")
     p.add_argument("--config", help="serving config YAML (serving/config.py; default: $FTOPS_SERVE_CONFIG)")
-    p.set_defaults(func=_serve)
+    p.set_defaults(func=_serve, service=service)
 
 
 def preflight(config) -> list[str]:
@@ -84,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.update(cpu_env(config.engine))
     bentoml = shutil.which("bentoml", path=os.path.dirname(sys.executable)) or "bentoml"
-    argv = [bentoml, "serve", "ftops.serving.service:FtopsLLM", "--host", args.host, "--port", str(args.port)]
+    argv = [bentoml, "serve", args.service, "--host", args.host, "--port", str(args.port)]
     print(f"serving on http://{args.host}:{args.port}/v1 (OpenAI-compatible; /readyz once loaded)", flush=True)
     os.execve(bentoml, argv, env)
     return 0  # not reached

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -105,6 +105,9 @@ class ServeConfig(BaseModel):
     """vLLM engine settings."""
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     """Request limits."""
+    jobs: dict[str, Any] = Field(default_factory=dict)
+    """The fine-tuning API served beside inference (``/v1/files``, ``/v1/fine_tuning/jobs``): its settings are the
+    training stage's ``JobsConfig`` (training/jobs_service.py), checked when the service is composed."""
     retry: RetryConfig = Field(default_factory=RetryConfig)
     """Retries of transient failures (start, registry reads, adapter downloads)."""
 

@@ -13,6 +13,8 @@ from ftops.errors import UsageError
 from ftops.names import check_name
 
 HINT = "keys and defaults are documented in training/config.py"
+#: the ``ftops.*`` run tags a job config may set (all others are lineage that training sets)
+USER_TAGS = frozenset({"ftops.model_name", "ftops.job_id"})
 
 
 class DataConfig(StrictConfig):
@@ -105,6 +107,10 @@ class TrainConfig(StrictConfig):
     """Seed for the initialisation of LoRA weights, shuffling and dropout."""
     run_name: str | None = None
     """MLflow run name (default: ``<base>-<method>``)."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    """Extra MLflow tags on the run, e.g. ``{ftops.model_name: support-tickets}`` (the gate's default registered
+    name) or the fine-tuning API's ``ftops.job_id``. Names starting with ``ftops.`` other than those two are
+    reserved for lineage."""
     output: Path | None = None
     """Also copy the final adapter (or full model) to this folder."""
     resume: str | None = None
@@ -119,6 +125,14 @@ class TrainConfig(StrictConfig):
             return check_name(v, "base model name")
         except UsageError as e:
             raise ValueError(str(e)) from None
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        reserved = [k for k in v if k.startswith("ftops.") and k not in USER_TAGS]
+        if reserved:
+            raise ValueError(f"{reserved} are lineage tags ftops sets; ftops.* tags allowed: {sorted(USER_TAGS)}")
+        return v
 
     @field_validator("run_name")
     @classmethod

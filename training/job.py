@@ -351,6 +351,7 @@ def train(config: TrainConfig, callbacks: list | tuple = ()) -> str:
                         A.TAG_BASE_SHA256: base.sha256,
                         A.TAG_QUANTIZATION: config.quantization,
                         "ftops.method": config.method,
+                        **config.tags,
                     }
                 )
                 if config.method != "full":

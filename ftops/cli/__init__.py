@@ -43,6 +43,10 @@ COMMAND_MODULES = (
 )
 
 
+#: ``ftops serve`` runs the composed service: inference and the fine-tuning API behind one base_url
+REGISTER_OPTIONS = {"ftops.serving.cli": {"service": "ftops.cli.service:FtopsLLM"}}
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
@@ -51,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        importlib.import_module(name).register(sub, **REGISTER_OPTIONS.get(name, {}))
     return parser
 
 

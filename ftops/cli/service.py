@@ -1,0 +1,21 @@
+"""The service ``ftops serve`` runs: inference (``ftops.serving``) and OpenAI's fine-tuning API
+(``ftops.training``) behind one ``base_url``, one port and one set of API keys, as OpenAI serves both.
+
+    bentoml serve ftops.cli.service:FtopsLLM --port 3000      # or: ftops serve
+
+Composed here, at the top, so that serving never imports training. ``jobs:`` in the serving config sets the
+fine-tuning API up (``ftops.training.jobs_service.JobsConfig``; ``jobs: {enabled: false}`` serves inference alone).
+"""
+
+from __future__ import annotations
+
+from ftops.serving.config import load_config
+from ftops.serving.gateway import Mount
+from ftops.serving.service import FtopsLLM, mount
+from ftops.training.jobs_service import build
+
+_jobs = build(load_config().jobs)
+if _jobs is not None:
+    mount(Mount(("/v1/files", "/v1/fine_tuning"), _jobs.app, _jobs.start, _jobs.stop))
+
+__all__ = ["FtopsLLM"]
