@@ -199,3 +199,48 @@ def fast_ftops_home(ftops_home, migrated_mlflow_db) -> Path:
     ftops_home.mkdir(parents=True, exist_ok=True)
     shutil.copy(migrated_mlflow_db, ftops_home / "mlflow.db")
     return ftops_home
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(backend_uri: str, folder: Path, workers: int = 1):
+    """A real ``mlflow server`` process on ``backend_uri`` (artifacts and its log under ``folder``), answering
+    ``/health``; returns ``(url, process)``. The caller stops it (``process.terminate()``), e.g. to see what a
+    registry that stopped answering does."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    log_path = folder / f"mlflow-server-{port}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [
+                *(str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", backend_uri),
+                *("--artifacts-destination", (folder / "server-artifacts").as_uri()),
+                *("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):  # a give-up point for a loaded machine (~5 min), not a timing assertion
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited {proc.returncode}: {log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                if r.status == 200:
+                    return url, proc
+        except OSError:
+            time.sleep(0.5)
+    proc.terminate()
+    pytest.fail(f"mlflow server on {backend_uri} did not answer {url}/health: {log_path.read_text()}")

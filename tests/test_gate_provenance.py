@@ -8,31 +8,15 @@ the test stops. The transformers engine on the tiny base, as in ``test_gate.py``
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import LEARNED_ADAPTER, log_adapter_run
+from conftest import LEARNED_ADAPTER, log_adapter_run, start_mlflow_server
+from test_gate import POLICY, _gate, _one_error_line
 
 from ftops import adapter as fa
 from ftops.cli import main
 from ftops.manifest import sha256_file
-
-FAST = ["--engine", "transformers", "--max-new-tokens", "8", "--regression-limit", "4"]
-POLICY = """\
-# ftops gate RUN_ID --policy THIS_FILE
-name: test
-rules:
-  - {metric: accuracy, min: 0.8}
-  - {metric: improvement, min: 0.5}
-  - {metric: retention, min: 0.95}
-  - {metric: accuracy, max_drop_vs_production: 0.02}
-"""
 
 
 @pytest.fixture
@@ -40,22 +24,6 @@ def policy(tmp_path) -> Path:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
     return path
-
-
-def _gate(capsys, run_id: str, policy: Path, *extra: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main(["gate", run_id, "--policy", str(policy), "--name", "tickets", *FAST, *extra])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_error_line(err: str, *needles: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def _log_metrics(run_id: str, metrics: dict[str, float]) -> None:
@@ -160,7 +128,8 @@ def test_held_out_split_overlapping_training_or_replay_is_refused(
         run_id = log_adapter_run(tiny_base, learned_rows, **LEARNED_ADAPTER, **data)
         rc, _, err = _gate(capsys, run_id, policy)
         assert rc == 1, label
-        line = _one_error_line(err, run_id, "1 of 4 held-out examples", "disjoint")
+        _one_error_line(err, run_id, "1 of 4 held-out examples", "disjoint")
+        line = err.strip()
         if "exact" in label:
             assert "test line 2 = train line 2" in line
         else:
@@ -189,53 +158,16 @@ def test_fold_ignores_case_whitespace_and_punctuation():
 # ------------------------------------------------------------------------------------------- registry read errors
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def registry_server(tmp_path, migrated_mlflow_db):
-    """A real ``mlflow server`` on a copy of the migrated empty store; yields ``(uri, process)``."""
+    """A real ``mlflow server`` on a copy of the migrated empty store; yields ``(url, process)``."""
     import shutil
 
     db = tmp_path / "registry.db"
     shutil.copy(migrated_mlflow_db, db)
-    port = _free_port()
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen(
-        [
-            str(mlflow_bin),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{db}",
-            "--default-artifact-root",
-            (tmp_path / "server-artifacts").as_uri(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-    )
-    uri = f"http://127.0.0.1:{port}"
+    url, proc = start_mlflow_server(f"sqlite:///{db}", tmp_path)
     try:
-        for _ in range(600):  # up to ~5 minutes on a loaded machine; not a timing assertion, only a give-up point
-            assert proc.poll() is None, "mlflow server exited during start"
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not answer /health")
-        yield uri, proc
+        yield url, proc
     finally:
         if proc.poll() is None:
             proc.terminate()
