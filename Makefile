@@ -74,7 +74,4 @@ gpu-resolve: $(STAMP)  ## prove that '.[gpu,postgres]' resolves for Linux x86_64
 	$(BIN)/pip --isolated install --dry-run --ignore-installed --quiet --report $(VENV)/gpu-resolve.json \
 	  $(GPU_PLATFORMS) --platform linux_x86_64 --only-binary=:all: --python-version 3.11 --implementation cp \
 	  --target $(VENV)/gpu-resolve-target '.[gpu,postgres]'
-	$(BIN)/python -c "import json; r = json.load(open('$(VENV)/gpu-resolve.json')); \
-	  v = {i['metadata']['name'].lower(): i['metadata']['version'] for i in r['install']}; \
-	  assert '+cpu' not in v['torch'], v['torch']; \
-	  print('gpu extra resolves:', len(v), 'packages; torch', v['torch'], 'vllm', v['vllm'], 'triton', v.get('triton'))"
+	$(BIN)/python k8s/check_gpu_resolve.py $(VENV)/gpu-resolve.json

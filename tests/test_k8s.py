@@ -459,3 +459,22 @@ def test_store_check_exits_2_without_its_variables():
         text=True,
     )
     assert proc.returncode == 2 and "MLFLOW_BACKEND_STORE_URI, MLFLOW_ARTIFACTS_DESTINATION not set" in proc.stderr
+
+
+def _gpu_report(torch_version: str, cuda: str) -> dict:
+    torch = {"name": "torch", "version": torch_version, "requires_dist": [f"cuda-toolkit[cublas,cudart]=={cuda}"]}
+    others = [{"name": n, "version": "1.0"} for n in ("vllm", "triton")]
+    return {"install": [{"metadata": m} for m in (torch, *others)]}
+
+
+def test_gpu_resolve_check_wants_a_cuda_torch_matching_the_image_base():
+    spec = importlib.util.spec_from_file_location("check_gpu_resolve", K8S / "check_gpu_resolve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dockerfile = (K8S / "Dockerfile.gpu").read_text()
+    base = re.search(r"^FROM nvidia/cuda:(\d+\.\d+)\.\d+-devel-", dockerfile, re.M).group(1)
+    problems, summary = module.check(_gpu_report("2.13.0", f"{base}.3"), dockerfile)
+    assert problems == [] and f"CUDA {base}" in summary
+    (problem,) = module.check(_gpu_report("2.13.0", "12.1.0"), dockerfile)[0]
+    assert problem == f"Dockerfile.gpu's CUDA base is {base}, torch 2.13.0 needs CUDA 12.1"
+    assert "CPU build" in module.check(_gpu_report("2.13.0+cpu", f"{base}.3"), dockerfile)[0][0]
