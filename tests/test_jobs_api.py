@@ -252,7 +252,7 @@ def test_the_guides_code_runs_upload_create_poll_succeeded(server):
 
     settings.configure_mlflow()
     version = mlflow.MlflowClient().get_model_version_by_alias("tiny-llama-tickets", "staging")
-    assert version.version == "1" and version.tags["ftops.gate.verdict"] == "pass"
+    assert str(version.version) == "1" and version.tags["ftops.gate.verdict"] == "pass"
     run = mlflow.MlflowClient().get_run(version.run_id)
     assert run.data.tags["ftops.job_id"] == job.id
     # listed, and invisible to another key; cancelling a finished job is a 400

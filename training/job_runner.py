@@ -127,13 +127,17 @@ class LocalExecutor:
         while not self._stop.is_set():
             try:
                 job = self._next()
-                if job is None:
-                    self._stop.wait(self.config.poll_s)
-                    continue
-                self.run(job)
-            except Exception:  # one broken job must not stop the queue
-                log.exception("fine-tuning worker: unexpected error")
+            except Exception:  # the store is unreachable: wait and look again
+                log.exception("fine-tuning worker: cannot read the queue")
+                job = None
+            if job is None:
                 self._stop.wait(self.config.poll_s)
+                continue
+            try:
+                self.run(job)
+            except Exception as e:  # one broken job must not stop the queue, nor stay "running" for ever
+                log.exception("fine-tuning job %s: unexpected error", job["id"])
+                self._fail(job, "internal_error", f"{type(e).__name__}: {e}")
 
     def _next(self) -> dict | None:
         pending = self.store.jobs_with_status("validating_files")
@@ -161,13 +165,13 @@ class LocalExecutor:
         config.write_text(yaml.safe_dump(template))
         current = self._resumable(self.store.get_job(job["id"], None))
         overrides = job_overrides(current, splits, self.config.learning_rate, name)
-        code, out = self._child_run(
+        code, out, err = self._child_run(
             job, [sys.executable, "-m", "ftops.cli", "train", str(config), *overrides, "--json"]
         )
         if self._cancelled(job):
             return
         if code != 0:
-            return self._fail(job, "training_failed", f"training failed: {_last_line(out)}")
+            return self._fail(job, "training_failed", f"training failed: {_last_line(err)}")
         run_id = json.loads(out.strip().splitlines()[-1])["run_id"]
         self._follow(job, run_id)
         self.store.add_event(job["id"], "Training finished; evaluating the adapter and its base with the gate")
@@ -184,13 +188,13 @@ class LocalExecutor:
             "--json",
             *self.config.gate_options,
         ]
-        code, out = self._child_run(job, gate)
+        code, out, err = self._child_run(job, gate)
         if self._cancelled(job):
             return
         try:
             report = json.loads(out[out.index("{") :])
         except ValueError:
-            return self._fail(job, "gate_error", f"the gate did not run: {_last_line(out)}")
+            return self._fail(job, "gate_error", f"the gate did not run: {_last_line(err)}")
         failed = [r for r in report.get("rules", []) if not r.get("passed")]
         metrics = {r["metric"]: r["value"] for r in report.get("rules", [])}
         self.store.add_event(job["id"], f"Evaluation: {json.dumps(metrics)}", data={"metrics": metrics})
@@ -298,10 +302,10 @@ class LocalExecutor:
         work.mkdir(parents=True, exist_ok=True)
         return work
 
-    def _child_run(self, job: dict, cmd: list[str]) -> tuple[int, str]:
+    def _child_run(self, job: dict, cmd: list[str]) -> tuple[int, str, str]:
         """Run ``cmd`` in its own process group; while it runs, follow the job's MLflow run and honour cancel."""
         env = {**os.environ, **self.config.env, "FTOPS_HOME": str(settings.home())}
-        out_path = self._work_dir(job) / "child.log"
+        out_path = self._work_dir(job) / f"{cmd[3]}.log"  # train.log / gate.log, and .err beside each
         with open(out_path, "w") as out, open(out_path.with_suffix(".err"), "w") as err:
             self._child = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
             while self._child.poll() is None:
@@ -315,7 +319,7 @@ class LocalExecutor:
                 self._follow(job, current.get("run_id"))
             code = self._child.wait()
         self._child = None
-        return code, out_path.read_text() + "\n" + out_path.with_suffix(".err").read_text()[-2000:]
+        return code, out_path.read_text(), out_path.with_suffix(".err").read_text()[-4000:]
 
     def _kill_child(self) -> None:
         child = self._child
