@@ -168,6 +168,8 @@ def spool_row(url: str | None, **fields) -> dict:
     """Record a request while no :class:`Ledger` is open (the service still starting, or its database down at start):
     the row goes straight to the spool of ``url``, for the next ``Ledger`` opened on it. Same arguments as
     :meth:`Ledger.record`; the costs are stamped as zero (such requests never reached the engine)."""
+    fields = {"at": None, "http_status": None, "error": None, **fields}
+    _check(**fields)
     row = _row(**fields, replica=load_hardware().default, self_hosted_usd=0.0, hosted_usd={})
     _spool(Spool(spool_path(url)), row, url or default_url(), "no ledger is open")
     _count(row)
