@@ -5,9 +5,16 @@ OpenAI-compatible app, following the registry aliases.
     FTOPS_SERVE_CONFIG=configs/serve.yaml                   # which base and adapters (serving/config.py)
 
 Startup returns at once (``/livez`` answers); the engine and the adapters load in the background and ``/readyz``
-answers 200 only once they are in. A watcher polls the registry every ``poll_interval_s``: when an alias moves it
-downloads and verifies the new version, loads it into the engine, and only then switches ``model: NAME`` to it;
-the old version stays loaded, so requests in flight (and clients pinning ``NAME:VERSION``) finish normally.
+answers 200 only once every followed model is served or refused. A watcher polls the registry every
+``poll_interval_s``: when an alias moves it checks the new version (gate verdict ``pass``, not revoked, the base),
+downloads it and verifies its files against the digest the gate tagged, loads it into the engine, and only then
+switches ``model: NAME`` to it; the old version stays loaded, so requests in flight (and clients pinning
+``NAME:VERSION``) finish normally. A loaded version revoked in the registry is no longer served.
+
+Failures are transient (MLflow, network, disk: retried with backoff, ``retry`` in the config, logged each time) or
+permanent (not gated, revoked, digest mismatch, another base: refused for good, logged with the reason); ``/readyz``'s
+body shows each model's state and every refused version. A failed start is retried too; ``/livez`` answers 503 once
+it failed ``retry.start_attempts`` times in a row, or when the engine died, so that the orchestrator restarts the pod.
 """
 
 from __future__ import annotations
@@ -90,6 +97,7 @@ class FtopsLLM:
         self.ready = False  # started: ledger, engine, the first look at every alias
         self.startup_error: str | None = None  # the last failed start attempt's error, while it is retried
         self.start_failures = 0
+        self._start_step = "starting"
         self.ledger = None
         self.engine_client = None
         self.engine_app = None
@@ -167,6 +175,7 @@ class FtopsLLM:
     async def _start(self) -> None:
         """Start the ledger, the engine and the adapters; a failed start is retried with backoff."""
         from ftops.errors import FtopsError
+        from ftops.redact import redact
 
         while True:
             try:
@@ -176,7 +185,7 @@ class FtopsLLM:
                 raise
             except Exception as e:  # shown by /readyz, /livez (after retry.start_attempts) and every request
                 self.start_failures += 1
-                self.startup_error = f"{type(e).__name__}: {e}"
+                self.startup_error = redact(f"{self._start_step}: {type(e).__name__}: {e}")
                 delay = self.config.retry.delay(self.start_failures)
                 log.error(
                     "start failed (attempt %d, retrying in %.0f s%s): %s",
@@ -204,8 +213,10 @@ class FtopsLLM:
         if self.ledger is None:
             from ftops.serving.ledger import Ledger
 
+            self._start_step = "opening the ledger"
             self.ledger = await loop.run_in_executor(None, lambda: Ledger(url=self.config.ledger_url))
         if self.engine_app is None:
+            self._start_step = "starting the vLLM engine"
             try:
                 self.engine_client, self.engine_app = await start_engine(self.base, self.config.engine, self._stack)
             except BaseException:
@@ -213,6 +224,7 @@ class FtopsLLM:
                 self._stack, self.engine_client, self.engine_app = AsyncExitStack(), None, None
                 raise
             self.engine_state = self.engine_app.state
+        self._start_step = "loading the adapters"
         for name, alias in self.config.adapter_specs():
             await self._follow(name, alias, force=True)
             model = self.models[name]
