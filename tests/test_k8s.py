@@ -41,6 +41,8 @@ def _documents(path: Path) -> list[dict]:
 
 
 def _pod(doc: dict) -> dict:
+    if doc.get("kind") == "Pod":
+        return doc["spec"]
     return doc.get("spec", {}).get("template", {}).get("spec", {})
 
 
@@ -119,14 +121,21 @@ def test_checkov_passes_with_every_suppression_explained(rendered, tmp_path):
     (tmp_path / "rendered.yaml").write_text(yaml.safe_dump_all(rendered, sort_keys=False))
     for job in PER_RUN:
         shutil.copy(job, tmp_path / job.name)
+    shutil.copy(K8S / "Dockerfile.gpu", tmp_path / "Dockerfile.gpu")
+    (tmp_path / "mlflow").mkdir()
+    shutil.copy(K8S / "mlflow" / "Dockerfile", tmp_path / "mlflow" / "Dockerfile")
+    frameworks = ["--framework", "kubernetes", "dockerfile"]
     proc = subprocess.run(
-        [str(CHECKOV), "-d", str(tmp_path), "--framework", "kubernetes", "--compact", "--quiet", "--skip-download"],
+        [str(CHECKOV), "-d", str(tmp_path), *frameworks, "--compact", "--quiet", "--skip-download"],
         capture_output=True,
         text=True,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "Failed checks: 0" in proc.stdout
+    assert proc.stdout.count("Failed checks: 0") == 2, proc.stdout  # kubernetes and dockerfile
+    for dockerfile in (K8S / "Dockerfile.gpu", K8S / "mlflow" / "Dockerfile"):
+        for skip in re.findall(r"checkov:skip=(.*)", dockerfile.read_text()):
+            assert re.fullmatch(r"CKV_DOCKER_\d+:\S.{20,}", skip), f"{dockerfile.name}: {skip} needs a reason"
     for doc in [*rendered, *(d for job in PER_RUN for d in _documents(job))]:
         for key, value in doc["metadata"].get("annotations", {}).items():
             if key.startswith("checkov.io/skip"):
@@ -157,7 +166,7 @@ def test_every_ftops_container_runs_a_command_that_parses(rendered):
 
     parsed = []
     for doc in [*rendered, *(d for job in PER_RUN for d in _documents(job))]:
-        for container in _containers(doc, init=True) or doc.get("spec", {}).get("containers", []):
+        for container in _containers(doc, init=True):
             if not container["image"].startswith("ghcr.io/ftops/ftops-gpu:"):
                 continue
             args = container.get("args") or []
