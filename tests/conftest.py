@@ -211,8 +211,8 @@ def free_port() -> int:
 
 def start_mlflow_server(backend_uri: str, folder: Path, workers: int = 1):
     """A real ``mlflow server`` process on ``backend_uri`` (artifacts and its log under ``folder``), answering
-    ``/health``; returns ``(url, process)``. The caller stops it (``process.terminate()``), e.g. to see what a
-    registry that stopped answering does."""
+    ``/health``; returns ``(url, process)``. The caller stops it with :func:`stop_mlflow_server`, e.g. to see what
+    a registry that stopped answering does."""
     import subprocess
     import sys
     import time
@@ -242,5 +242,19 @@ def start_mlflow_server(backend_uri: str, folder: Path, workers: int = 1):
                     return url, proc
         except OSError:
             time.sleep(0.5)
-    proc.terminate()
+    stop_mlflow_server(proc)
     pytest.fail(f"mlflow server on {backend_uri} did not answer {url}/health: {log_path.read_text()}")
+
+
+def stop_mlflow_server(proc) -> None:
+    """Stop a server from :func:`start_mlflow_server` and every process it started (uvicorn workers, job consumers):
+    they share its process group."""
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group outlived its leader
+    except ProcessLookupError:
+        pass

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import LEARNED_ADAPTER, log_adapter_run, start_mlflow_server
-from test_gate import POLICY, _gate, _one_error_line
+from conftest import LEARNED_ADAPTER, log_adapter_run, start_mlflow_server, stop_mlflow_server
+from test_gate import POLICY, _client, _gate, _one_error_line
 
 from ftops import adapter as fa
 from ftops.cli import main
@@ -27,9 +27,7 @@ def policy(tmp_path) -> Path:
 
 
 def _log_metrics(run_id: str, metrics: dict[str, float]) -> None:
-    from ftops.settings import mlflow_client
-
-    client = mlflow_client()
+    client = _client()
     for k, v in metrics.items():
         client.log_metric(run_id, f"eval.{k}", v)
 
@@ -41,7 +39,6 @@ def test_metrics_of_other_settings_are_not_reused_and_the_hash_is_tagged(
     tiny_base, fast_ftops_home, learned_rows, policy, capsys, tmp_path
 ):
     from ftops.registry import eval as ev
-    from ftops.settings import mlflow_client
 
     run_id = log_adapter_run(tiny_base, learned_rows, **LEARNED_ADAPTER)
     small = ev.EvalConfig(engine="transformers", max_new_tokens=8, regression_limit=4, max_examples=2)
@@ -54,7 +51,7 @@ def test_metrics_of_other_settings_are_not_reused_and_the_hash_is_tagged(
     assert report["metrics"]["examples"] == 4  # evaluated again on the whole split, not the 2-example run's figures
     assert report["eval_reused"] is False
 
-    client = mlflow_client()
+    client = _client()
     run = client.get_run(run_id)
     sha = run.data.tags[fa.TAG_EVAL_SETTINGS]
     assert sha != partial.settings_sha256 and sha == report["eval_settings_sha256"]
@@ -82,8 +79,6 @@ def test_metrics_of_other_settings_are_not_reused_and_the_hash_is_tagged(
 
 
 def test_hand_logged_metrics_are_never_reused(tiny_base, fast_ftops_home, learned_rows, policy, capsys):
-    from ftops.settings import mlflow_client
-
     lr0 = log_adapter_run(tiny_base, learned_rows, b_init=0.0)  # answers exactly as its base: fails the policy
     perfect = {"accuracy": 1.0, "base.accuracy": 0.0, "improvement": 1.0, "retention": 1.0, "examples": 4.0}
     _log_metrics(lr0, perfect)  # no settings tag at all
@@ -93,13 +88,13 @@ def test_hand_logged_metrics_are_never_reused(tiny_base, fast_ftops_home, learne
     assert report["verdict"] == "fail" and report["metrics"]["accuracy"] == 0.0 and report["eval_reused"] is False
 
     # now the run carries a real evaluation and its tag; metrics logged by hand on top of it are not that evaluation
-    assert mlflow_client().get_run(lr0).data.tags[fa.TAG_EVAL_SETTINGS] == report["eval_settings_sha256"]
+    assert _client().get_run(lr0).data.tags[fa.TAG_EVAL_SETTINGS] == report["eval_settings_sha256"]
     _log_metrics(lr0, perfect)
     rc, out, _ = _gate(capsys, lr0, policy, "--json")
     assert rc == 1
     report = json.loads(out)
     assert report["metrics"]["accuracy"] == 0.0 and report["eval_reused"] is False
-    assert mlflow_client().search_registered_models() == []
+    assert _client().search_registered_models() == []
 
 
 # ------------------------------------------------------------------------------------------- held-out overlap
@@ -117,8 +112,6 @@ def _shout(row: dict) -> dict:
 def test_held_out_split_overlapping_training_or_replay_is_refused(
     tiny_base, fast_ftops_home, learned_rows, policy, capsys
 ):
-    from ftops.settings import mlflow_client
-
     other = {"messages": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]}
     cases = {
         "exact duplicate in train": {"train_rows": [other, learned_rows[1]]},
@@ -134,8 +127,8 @@ def test_held_out_split_overlapping_training_or_replay_is_refused(
             assert "test line 2 = train line 2" in line
         else:
             assert "test line 3 ~ replay line 1" in line
-        assert "eval.accuracy" not in mlflow_client().get_run(run_id).data.metrics, label  # refused before evaluating
-    assert mlflow_client().search_registered_models() == []
+        assert "eval.accuracy" not in _client().get_run(run_id).data.metrics, label  # refused before evaluating
+    assert _client().search_registered_models() == []
 
     # same prompt, another answer, and another prompt with the same answer: no overlap
     near = [
@@ -169,9 +162,7 @@ def registry_server(tmp_path, migrated_mlflow_db):
     try:
         yield url, proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(60)
+        stop_mlflow_server(proc)
 
 
 def test_a_registry_that_cannot_be_read_stops_gate_and_promote(
@@ -180,8 +171,6 @@ def test_a_registry_that_cannot_be_read_stops_gate_and_promote(
     """Tracking in the local store, the registry on a real server: gate and promote work while it runs; once it is
     stopped, gate (which needs the production version for ``max_drop_vs_production``) and promote stop with one line
     naming the model, instead of taking the unreachable registry for "no production version"."""
-    from ftops.settings import mlflow_client
-
     uri, proc = registry_server
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -193,15 +182,14 @@ def test_a_registry_that_cannot_be_read_stops_gate_and_promote(
     assert json.loads(out)["production_version"] is None  # the model did not exist: that is "none"
     capsys.readouterr()
     assert main(["promote", "tickets", "--to", "production"]) == 0, capsys.readouterr()
-    assert str(mlflow_client().get_model_version_by_alias("tickets", "production").version) == "1"
+    assert str(_client().get_model_version_by_alias("tickets", "production").version) == "1"
 
-    proc.terminate()
-    proc.wait(60)
+    stop_mlflow_server(proc)
     candidate = log_adapter_run(tiny_base, learned_rows, **LEARNED_ADAPTER)
     rc, out, err = _gate(capsys, candidate, policy)
     assert rc == 1, out + err
     _one_error_line(err, "tickets", "cannot read", "registry")
-    run = mlflow_client().get_run(candidate)
+    run = _client().get_run(candidate)
     assert fa.TAG_GATE_VERDICT not in run.data.tags and "eval.accuracy" not in run.data.metrics
 
     capsys.readouterr()
