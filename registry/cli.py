@@ -94,6 +94,10 @@ policy's max_drop_vs_production rules. The previous production version is record
 ftops.production.history) so that `ftops rollback NAME` is exact. Serving follows the alias.
 Moving the alias in the MLflow UI is a promotion too.
 
+Promotions at once, from this machine or several, take turns on the registry lock: a file beside the embedded
+store; on a tracking server the registered model ftops-registry-lock (exists while held), or with
+FTOPS_REGISTRY_LOCK_URL=postgresql://... a PostgreSQL advisory lock in that database (best: the server's own).
+
 examples:
   ftops promote support-tickets --to production
   ftops promote support-tickets --to production --version 3 --json""",

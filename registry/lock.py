@@ -102,8 +102,8 @@ def _advisory_lock(url: str) -> Iterator[None]:
         parsed = None
     if parsed is None or parsed.get_backend_name() not in ("postgresql", "postgres"):
         raise FtopsError(f"{LOCK_URL_ENV}: not a PostgreSQL URL (postgresql://USER:PASSWORD@HOST:PORT/DB)")
-    if parsed.drivername == "postgres":
-        parsed = parsed.set(drivername="postgresql")
+    if parsed.drivername in ("postgresql", "postgres"):  # SQLAlchemy 2.1 would pick psycopg 3; ftops ships psycopg2
+        parsed = parsed.set(drivername="postgresql+psycopg2")
     where = f"PostgreSQL advisory lock {ADVISORY_KEY} at {parsed.render_as_string(hide_password=True)}"
     engine = sa.create_engine(parsed, poolclass=NullPool)
     try:
