@@ -278,6 +278,7 @@ def test_mlflow_server_args_parse_and_allow_the_cluster_host_names():
     for url in urls:
         host = url.split("//", 1)[1].split("/")[0]
         assert is_allowed_host_header(allowed, host), f"{host} would get 403 from MLflow"
+    assert is_allowed_host_header(allowed, "localhost:5000"), "kubectl port-forward svc/mlflow 5000 (k8s/README.md)"
     assert not is_allowed_host_header(allowed, "evil.example.com:5000")
     migrate = _kind(_documents(BASE / "mlflow-migrate-job.yaml"), "Job", "mlflow-migrate")
     assert _containers(migrate)[0]["command"][:3] == ["mlflow", "db", "upgrade"]
@@ -487,3 +488,21 @@ def test_gpu_resolve_check_wants_a_cuda_torch_matching_the_image_base():
     (problem,) = module.check(_gpu_report("2.13.0", "12.1.0"), dockerfile)[0]
     assert problem == f"Dockerfile.gpu's CUDA base is {base}, torch 2.13.0 needs CUDA 12.1"
     assert "CPU build" in module.check(_gpu_report("2.13.0+cpu", f"{base}.3"), dockerfile)[0][0]
+
+
+def test_serving_init_container_adds_the_ledger_url_from_the_secret(tmp_path):
+    from ftops.serving.config import load_config
+
+    docs = _documents(BASE / "serving.yaml")
+    (init,) = _pod(_kind(docs, "Deployment", "ftops-serve"))["initContainers"]
+    (tmp_path / "configmap").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "configmap" / "serve.yaml").write_text(docs[0]["data"]["serve.yaml"])
+    script = init["args"][0].replace("/etc/ftops-configmap/", f"{tmp_path}/configmap/")
+    script = script.replace("/etc/ftops/", f"{tmp_path}/out/")
+    url = "postgresql://ftops:p%40ss#word@postgres.ftops.svc.cluster.local:5432/ftops_ledger"
+    env = {**os.environ, "FTOPS_LEDGER_URL": url}
+    subprocess.run([sys.executable, *init["command"][1:], script], env=env, check=True)
+    config = load_config(tmp_path / "out" / "serve.yaml")
+    assert config.ledger_url == url
+    assert config.adapter_specs() == [("ticket-extractor", "production")]
