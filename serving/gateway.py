@@ -5,8 +5,11 @@ Everything that speaks the OpenAI wire protocol is vLLM's (``vllm.entrypoints`` 
 - refuses oversize bodies (413), malformed JSON (400) and more requests in flight than allowed (429 + Retry-After),
 - maps ``model: NAME`` to the version its alias points at now (``NAME:VERSION``, which is also what pins),
 - lists base and adapters with their registry versions (``GET /v1/models``),
-- records every request in the cost ledger and the Prometheus series, with the ``usage`` the client received,
-- answers every error in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
+- records every request to an inference route in the cost ledger and the Prometheus series, with the ``usage`` the
+  client received; a request refused before the engine (401, 400, 404, 405, 413, 429, 503) is a ``refused`` row with
+  its status and reason, a stream that errors is ``failed`` with its error,
+- answers every error in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``, redacted
+  (``ftops/redact.py``: no password or secret key reaches a client or the log).
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Histogram
 
+from ftops.redact import RedactFilter, redact
+
 log = logging.getLogger("ftops.serving")
+log.addFilter(RedactFilter())  # service.py logs here too: its messages and tracebacks are redacted on the way out
 
 OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz"})
 GENERATE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -46,7 +52,7 @@ Send = Callable[[dict], Awaitable[None]]
 
 
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
-    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
+    return json.dumps({"error": {"message": redact(message), "type": type_, "param": param, "code": code}}).encode()
 
 
 async def send_error(
@@ -122,6 +128,8 @@ class ApiKeyMiddleware:
                 if bearer(scope)
                 else "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' (FTOPS_API_KEY)."
             )
+            if scope["path"] in GENERATE_PATHS and _GATEWAY is not None:  # an inference request: it gets its row
+                return await _GATEWAY.refuse(scope, send, 401, message, "invalid_request_error", "invalid_api_key")
             return await send_error(send, 401, message, "invalid_request_error", "invalid_api_key")
         scope.setdefault("state", {})["ftops_key_id"] = key_id
         return await self.app(scope, receive, send)
@@ -170,14 +178,33 @@ class Outcome:
     error_type: str | None = None
     response_id: str | None = None
     """The ``id`` the client received (``chatcmpl-...``): the ledger's request id."""
+    refused: bool = False
+    """Answered by the gateway before the engine (401, 400, 404, 405, 413, 429, 503)."""
+    error: str | None = None
+    """Why it failed or was refused: the error message the client got (in a stream: the error event's)."""
+
+    def ledger_status(self) -> str:
+        if self.refused:
+            return "refused"
+        if self.status == 200:
+            if self.error_type == "stream_error":
+                return "failed"  # the stream said so, then ended with [DONE]: not an answer
+            return "ok" if self.done else "cancelled"  # cancelled: the client went away mid-stream
+        if self.status == 0 and self.error_type == "disconnected":
+            return "cancelled"  # the client left before any answer
+        if 400 <= self.status < 500:
+            return "refused"  # the engine's own validation (e.g. max_tokens over the context)
+        return "failed"
 
 
 class Gateway:
     """The app mounted at ``/``: routes ``/v1/*`` to vLLM's app (``engine_app``) once the service is ready."""
 
     def __init__(self, service) -> None:
+        global _GATEWAY
         self.service = service  # ftops.serving.service.FtopsLLM: .ready, .startup_error, .routing, .config, .ledger
         self.inflight = 0
+        _GATEWAY = self  # the one of this process: ApiKeyMiddleware records its 401s of inference routes through it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # BentoML runs the service's own startup hooks
@@ -193,8 +220,8 @@ class Gateway:
         path, method = scope["path"], scope["method"]
         if path in GENERATE_PATHS:
             if method != "POST":
-                return await send_error(
-                    send, 405, f"{method} {path}: use POST", "invalid_request_error", "method_not_allowed"
+                return await self.refuse(
+                    scope, send, 405, f"{method} {path}: use POST", "invalid_request_error", "method_not_allowed"
                 )
             return await self.generate(scope, receive, send)
         if path == "/v1/models" and method == "GET":
@@ -294,57 +321,106 @@ class Gateway:
             "GET /v1/models lists what this service serves."
         )
 
+    async def refuse(
+        self,
+        scope: Scope,
+        send: Send,
+        status: int,
+        message: str,
+        type_: str,
+        code: str,
+        param: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        *,
+        request_id: str | None = None,
+        started: float | None = None,
+        model: str | None = None,
+        release: Callable[[], None] | None = None,
+    ) -> None:
+        """Answer an inference request with an error before the engine, and record it: a ``refused`` row with the
+        status, the reason, zero tokens and the key id (None when no valid key was shown). The client gets the
+        row's request id in ``x-request-id``."""
+        started = time.perf_counter() if started is None else started
+        request_id = request_id or f"req-{uuid.uuid4().hex}"
+        headers = [*(headers or []), (b"x-request-id", request_id.encode())]
+        await send_error(send, status, message, type_, code, param, headers)
+        if release is not None:  # the concurrency slot, when one was taken
+            release()
+        if self.service is None:  # not built yet: nothing to record with
+            return
+        outcome = Outcome(status=status, refused=True, error=f"{code}: {message}")
+        key_id = scope.get("state", {}).get("ftops_key_id")
+        await self._record(request_id, key_id, model or "", None, None, outcome, started)
+
     async def generate(self, scope: Scope, receive: Receive, send: Send) -> None:
         svc = self.service
         limits = svc.config.limits
         started = time.perf_counter()
         key_id = scope.get("state", {}).get("ftops_key_id")
         request_id = f"req-{uuid.uuid4().hex}"
+        ids = {"request_id": request_id, "started": started}
         # 1. the body: refuse an oversize one before reading it all
         for k, v in scope.get("headers", []):
             if k == b"content-length" and v.isdigit() and int(v) > limits.max_body_bytes:
-                return await send_error(
+                return await self.refuse(
+                    scope,
                     send,
                     413,
                     f"Request body is {int(v)} bytes; the limit is {limits.max_body_bytes}.",
                     "invalid_request_error",
                     "request_too_large",
+                    **ids,
                 )
         chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return
+                gone = Outcome(error_type="disconnected", error="the client left before sending its whole body")
+                return await self._record(request_id, key_id, "", None, None, gone, started)
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limits.max_body_bytes:
-                return await send_error(
+                return await self.refuse(
+                    scope,
                     send,
                     413,
                     f"Request body exceeds the limit of {limits.max_body_bytes} bytes.",
                     "invalid_request_error",
                     "request_too_large",
+                    **ids,
                 )
             chunks.append(chunk)
             if not message.get("more_body"):
                 break
         if (err := self._not_ready()) is not None:
-            return await send_error(send, err[0], err[1], "server_error", "not_ready", headers=[(b"retry-after", b"5")])
+            return await self.refuse(
+                scope, send, err[0], err[1], "server_error", "not_ready", headers=[(b"retry-after", b"5")], **ids
+            )
         # 2. concurrency
         if self.inflight >= limits.max_concurrency:
-            return await send_error(
+            return await self.refuse(
+                scope,
                 send,
                 429,
                 f"Too many requests in flight (limit {limits.max_concurrency}); retry after {limits.retry_after_s} s.",
                 "rate_limit_exceeded",
                 "rate_limit_exceeded",
                 headers=[(b"retry-after", str(limits.retry_after_s).encode())],
+                **ids,
             )
         self.inflight += 1
+        released = False
+
+        def release() -> None:  # once the engine is done with it: the ledger write that follows holds no slot
+            nonlocal released
+            if not released:
+                released = True
+                self.inflight -= 1
+
         try:
-            await self._generate(scope, receive, send, b"".join(chunks), started, key_id, request_id)
+            await self._generate(scope, receive, send, b"".join(chunks), started, key_id, request_id, release)
         finally:
-            self.inflight -= 1
+            release()
 
     async def _generate(
         self,
@@ -355,45 +431,59 @@ class Gateway:
         started: float,
         key_id: str | None,
         request_id: str,
+        release: Callable[[], None],
     ) -> None:
         svc = self.service
+        ids = {"request_id": request_id, "started": started, "release": release}
         # 3. JSON and model
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
-            return await send_error(
+            return await self.refuse(
+                scope,
                 send,
                 400,
                 f"We could not parse the JSON body of your request ({e}).",
                 "invalid_request_error",
                 "invalid_json",
+                **ids,
             )
         if not isinstance(body, dict):
-            return await send_error(
-                send, 400, "The request body must be a JSON object.", "invalid_request_error", "invalid_json"
+            return await self.refuse(
+                scope,
+                send,
+                400,
+                "The request body must be a JSON object.",
+                "invalid_request_error",
+                "invalid_json",
+                **ids,
             )
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            return await send_error(
+            return await self.refuse(
+                scope,
                 send,
                 400,
                 "You must provide a model parameter.",
                 "invalid_request_error",
                 "missing_model",
                 "model",
+                **ids,
             )
         resolved = self.resolve(model)
         if resolved is None and ":" in model:
             resolved = await svc.load_pinned(model)  # a registry version of a served model, loaded on first use
         if resolved is None:
-            await self._record(request_id, key_id, model, None, None, Outcome(status=404), started)
-            return await send_error(
+            return await self.refuse(
+                scope,
                 send,
                 404,
                 self.not_found(model),
                 "invalid_request_error",
                 "model_not_found",
                 "model",
+                model=model,
+                **ids,
             )
         engine_model, adapter, version = resolved
         body["model"] = engine_model
@@ -460,7 +550,11 @@ class Gateway:
         except (OSError, asyncio.CancelledError):
             outcome.error_type = "disconnected"
             raise
+        except Exception as e:  # the engine's app broke: the row says how
+            outcome.error = f"{type(e).__name__}: {e}"
+            raise
         finally:
+            release()
             await self._record(request_id, key_id, model, adapter, version, outcome, started)
 
     async def _record(
@@ -474,12 +568,7 @@ class Gateway:
         started: float,
     ) -> None:
         latency = time.perf_counter() - started
-        if outcome.status == 200 and outcome.done:
-            status = "ok"
-        elif outcome.status == 200:
-            status = "cancelled"  # the client went away mid-stream: the tokens produced so far are recorded
-        else:
-            status = "failed"
+        status = outcome.ledger_status()
         ttft = outcome.first_token_at - started if outcome.first_token_at is not None else None
         if status == "ok" and ttft is None:
             ttft = latency  # a non-streamed answer arrives whole
@@ -488,9 +577,6 @@ class Gateway:
         LATENCY.labels(model=label_model, adapter=adapter or "").observe(latency)
         if ttft is not None and outcome.first_token_at is not None:
             TTFT.labels(model=label_model, adapter=adapter or "").observe(ttft)
-        ledger = self.service.ledger
-        if ledger is None:
-            return
         kwargs = dict(
             request_id=outcome.response_id or request_id,
             api_key_id=key_id,
@@ -502,9 +588,15 @@ class Gateway:
             latency_s=latency,
             ttft_s=ttft,
             status=status,
+            http_status=outcome.status or None,
+            error=outcome.error,
         )
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, lambda: ledger.record(**kwargs))
+        from ftops.serving.ledger import spool_row
+
+        ledger, url = self.service.ledger, self.service.config.ledger_url
+        try:  # without an open ledger (still starting, or its database was down at start) the row is spooled
+            write = ledger.record if ledger is not None else lambda **kw: spool_row(url, **kw)
+            await asyncio.get_running_loop().run_in_executor(None, lambda: write(**kwargs))
         except Exception as e:  # the answer is already sent; a ledger outage must be loud, not fatal
             log.error("ledger: could not record %s: %s", request_id, e)
 
@@ -517,6 +609,8 @@ def _usage_from_json(raw: bytes, outcome: Outcome) -> None:
         return
     if isinstance(payload.get("id"), str):
         outcome.response_id = payload["id"]
+    if outcome.error is None:
+        outcome.error = _error_message(payload)
     outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
     outcome.completion_tokens = int(usage.get("completion_tokens") or 0)
 
@@ -549,9 +643,22 @@ def _rewrite_event(event: bytes, outcome: Outcome, want_usage: bool, want_contin
             outcome.first_token_at = time.perf_counter()
     if "error" in chunk:
         outcome.error_type = "stream_error"
+        outcome.error = _error_message(chunk) or "the stream sent an error event"
     if not choices and usage is not None:  # the final usage-only chunk
         return event if want_usage else b""
     if usage is not None and not want_continuous:
         chunk.pop("usage", None)
         return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
     return event
+
+
+def _error_message(payload: dict) -> str | None:
+    """The message of an OpenAI-shaped error (``{"error": {"message", "code", ...}}``), with its code; else None."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        message = str(error.get("message") or "")
+        return f"{error['code']}: {message}" if error.get("code") else message or None
+    return str(error) if error else None
+
+
+_GATEWAY: Gateway | None = None

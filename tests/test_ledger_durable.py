@@ -287,7 +287,7 @@ def test_every_request_gets_a_row_refused_failed_and_spooled(service, pg):
     status, headers, body = service["loading"]
     bodies.append(body)
     assert status == 503, body
-    refused = {headers["x-request-id"]: (503, None, "not_ready")}
+    refused = {headers["x-request-id"]: (503, "default", "not_ready")}
 
     def refuse(expect: int, code: str, key_id: str | None, **kw) -> None:
         status, headers, body = post(url, **kw)
