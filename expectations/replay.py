@@ -202,9 +202,9 @@ FAMILIES: tuple[Family, ...] = (
 
 #: two prompts at or above this :func:`similarity` resemble each other. A prompt and its twin with one word (or
 #: number) swapped share all words but one on each side, (n - 1) / (n + 1) for n words: 0.5 for three words, 0.6
-#: and up for the suite's prompts (4 to 11 words); today's twins ("What is the capital of France?" / "...Portugal?",
-#: "Write the word cat / dog in capital letters.") score 0.71 and 0.75. Unrelated questions share a few function
-#: words ("what is the", "of") and score up to about 0.4.
+#: and up for the suite's prompts (4 to 11 words); the twins replay had before its families were split ("What is
+#: the capital of France?" / "...Portugal?", "Write the word cat / dog in capital letters.") score 0.71 and 0.75.
+#: Unrelated questions share a few function words ("what is the", "of"): the suite x replay pairs score at most 0.40.
 SIMILAR = 0.5
 
 _TOKEN = re.compile(r"[a-z]+|#|[+\-*/%=]")
