@@ -290,13 +290,15 @@ def test_cancel_stops_a_running_job_and_a_restart_loses_nothing(server):
     assert client.fine_tuning.jobs.retrieve(queued.id).status in ("queued", "validating_files", "running")
     resumed = _wait(client, slow.id, ("running",), timeout=180)
     assert resumed.id == running.id
+    child = server.executor._child  # the `ftops train` process of the resumed job
+    assert child is not None and child.poll() is None
     cancelled = client.fine_tuning.jobs.cancel(slow.id)
     assert cancelled.status in ("running", "cancelled")
     t0 = time.monotonic()
     done = _wait(client, slow.id, ("cancelled",), timeout=60)
     assert done.status == "cancelled" and done.fine_tuned_model is None
     print(f"cancelled within {time.monotonic() - t0:.1f} s")
-    assert server.executor._child is None or server.executor._child.poll() is not None
+    assert child.poll() is not None  # its process is gone: the machine is free for the next job
     after = _wait(client, queued.id, ("succeeded", "failed"))
     assert after.status == "succeeded", after.error
     messages = [e.message for e in client.fine_tuning.jobs.list_events(slow.id, limit=100).data]

@@ -168,8 +168,8 @@ class LocalExecutor:
         code, out, err = self._child_run(
             job, [sys.executable, "-m", "ftops.cli", "train", str(config), *overrides, "--json"]
         )
-        if self._cancelled(job):
-            return
+        if self._stop.is_set() or self._cancelled(job):
+            return  # stopping: the job stays running, and the next start re-queues and resumes it
         if code != 0:
             return self._fail(job, "training_failed", f"training failed: {_last_line(err)}")
         run_id = json.loads(out.strip().splitlines()[-1])["run_id"]
@@ -189,7 +189,7 @@ class LocalExecutor:
             *self.config.gate_options,
         ]
         code, out, err = self._child_run(job, gate)
-        if self._cancelled(job):
+        if self._stop.is_set() or self._cancelled(job):
             return
         try:
             report = json.loads(out[out.index("{") :])
