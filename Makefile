@@ -38,7 +38,7 @@ $(BASE): $(STAMP)
 demo: setup  ## set up, then run the whole flow on embedded defaults
 	$(BIN)/ftops demo
 
-test: setup  ## set up, then run the whole test suite
+test: setup $(CHECKOV_VENV)/.installed  ## set up (checkov too), then run the whole test suite
 	$(BIN)/python -m pytest -q
 
 ui: setup  ## MLflow UI on the embedded store (http://127.0.0.1:5000)
