@@ -167,6 +167,19 @@ class Routing:
 
 
 @dataclass
+class Mount:
+    """An app composed beside inference at the top (the fine-tuning API: ``ftops.cli.service``), answering under
+    ``prefixes`` behind the same API keys; ``start``/``stop`` run with the service."""
+
+    prefixes: tuple[str, ...]
+    app: Callable
+    start: Callable[[], None] | None = None
+    stop: Callable[[], None] | None = None
+    openapi: dict | None = None
+    """This app's part of ``/openapi.json`` (``paths`` and ``components.schemas``), which the gateway merges."""
+
+
+@dataclass
 class Outcome:
     """What happened to one generate request, for the ledger and metrics."""
 
@@ -205,6 +218,8 @@ class Gateway:
         self.service = service  # ftops.serving.service.FtopsLLM: .ready, .startup_error, .routing, .config, .ledger
         self.inflight = 0
         _GATEWAY = self  # the one of this process: ApiKeyMiddleware records its 401s of inference routes through it
+        self.mounts: list[Mount] = []
+        self._openapi: dict | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # BentoML runs the service's own startup hooks
@@ -228,9 +243,23 @@ class Gateway:
             return await self.models(send)
         if path == "/v1/usage" and method == "GET":
             return await self.usage(scope, send)
+        if path == "/openapi.json" and method == "GET":  # behind the API key: it is the surface of a private service
+            return await send_json(send, await self.openapi())
+        for mount in self.mounts:
+            if any(path == p or path.startswith(p + "/") for p in mount.prefixes):
+                return await mount.app(scope, receive, send)
         return await send_error(
             send, 404, f"Unknown request URL: {method} {path}.", "invalid_request_error", "unknown_url"
         )
+
+    async def openapi(self) -> dict:
+        """The service's OpenAPI schema (``ftops.serving.openapi``), built once, off the event loop."""
+        if self._openapi is None:
+            from ftops.serving.openapi import document
+
+            parts = [m.openapi for m in self.mounts if m.openapi]
+            self._openapi = await asyncio.get_running_loop().run_in_executor(None, document, parts)
+        return self._openapi
 
     def _not_ready(self) -> tuple[int, str] | None:
         svc = self.service

@@ -502,3 +502,85 @@ def _check_jsonl(data: bytes, filename: str) -> None:
         ) from None
     if not isinstance(obj, dict):
         raise ApiError(400, f"{filename}: line 1 is not a JSON object.", "invalid_file_format", "file")
+
+
+# --------------------------------------------------------------------------------------------- its OpenAPI part
+def openapi_part(app: FastAPI) -> dict:
+    """This app's part of the service's OpenAPI schema (the service merges it into ``/openapi.json``): its routes as
+    FastAPI sees them, with the request bodies it reads itself (:class:`JobRequest`, the multipart upload), the
+    answers in the ``openai`` client's own models, and every error in OpenAI's shape (:class:`ApiError`; FastAPI's
+    422 is never sent: a bad parameter answers 400)."""
+    from fastapi.openapi.utils import get_openapi
+    from openai.types import FileDeleted, FileObject
+    from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
+    from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint
+    from pydantic import create_model
+    from pydantic.json_schema import models_json_schema
+
+    class ApiErrorObject(BaseModel):
+        message: str
+        type: str
+        param: str | None = None
+        code: str | None = None
+
+    class ApiErrorBody(BaseModel):
+        error: ApiErrorObject
+
+    def page_of(item: type[BaseModel]) -> type[BaseModel]:
+        return create_model(
+            f"{item.__name__}List",
+            object=(Literal["list"], ...),
+            data=(list[item], ...),
+            has_more=(bool, ...),
+            first_id=(str | None, None),
+            last_id=(str | None, None),
+        )
+
+    answers = {
+        ("/v1/files", "post"): FileObject,
+        ("/v1/files", "get"): page_of(FileObject),
+        ("/v1/files/{file_id}", "get"): FileObject,
+        ("/v1/files/{file_id}", "delete"): FileDeleted,
+        ("/v1/fine_tuning/jobs", "post"): FineTuningJob,
+        ("/v1/fine_tuning/jobs", "get"): page_of(FineTuningJob),
+        ("/v1/fine_tuning/jobs/{job_id}", "get"): FineTuningJob,
+        ("/v1/fine_tuning/jobs/{job_id}/cancel", "post"): FineTuningJob,
+        ("/v1/fine_tuning/jobs/{job_id}/events", "get"): page_of(FineTuningJobEvent),
+        ("/v1/fine_tuning/jobs/{job_id}/checkpoints", "get"): page_of(FineTuningJobCheckpoint),
+    }
+    models = [(m, "serialization") for m in {*answers.values(), ApiErrorBody}] + [(JobRequest, "validation")]
+    refs, defs = models_json_schema(models, ref_template="#/components/schemas/jobs.{model}")  # apart from vLLM's
+    doc = get_openapi(title="ftops fine-tuning", version="1", routes=app.routes)
+    error = {
+        "description": "An error in OpenAI's shape",
+        "content": {"application/json": {"schema": refs[(ApiErrorBody, "serialization")]}},
+    }
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            answer = answers.get((path, method))
+            ok = (
+                {"content": {"application/json": {"schema": refs[(answer, "serialization")]}}}
+                if answer is not None
+                else {"content": {"application/jsonl": {"schema": {"type": "string"}}}}  # a file's bytes
+            )
+            op["responses"] = {"200": {"description": "OK", **ok}, "default": error}
+    doc["paths"]["/v1/fine_tuning/jobs"]["post"]["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": refs[(JobRequest, "validation")]}},
+    }
+    doc["paths"]["/v1/files"]["post"]["requestBody"] = {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "JSON Lines"},
+                        "purpose": {"type": "string", "enum": ["fine-tune"]},
+                    },
+                }
+            }
+        },
+    }
+    return {"paths": doc["paths"], "components": {"schemas": {f"jobs.{k}": v for k, v in defs["$defs"].items()}}}

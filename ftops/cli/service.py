@@ -12,10 +12,11 @@ from __future__ import annotations
 from ftops.serving.config import load_config
 from ftops.serving.gateway import Mount
 from ftops.serving.service import FtopsLLM, mount
+from ftops.training.jobs_api import openapi_part
 from ftops.training.jobs_service import build
 
 _jobs = build(load_config().jobs)
 if _jobs is not None:
-    mount(Mount(("/v1/files", "/v1/fine_tuning"), _jobs.app, _jobs.start, _jobs.stop))
+    mount(Mount(("/v1/files", "/v1/fine_tuning"), _jobs.app, _jobs.start, _jobs.stop, openapi_part(_jobs.app)))
 
 __all__ = ["FtopsLLM"]

@@ -1,0 +1,165 @@
+"""The service's own OpenAPI schema (``GET /openapi.json``) and a fuzz run against it: schemathesis generates requests
+for every ``/v1`` route from that schema and sends them, with the API key, to ONE real composed service (``ftops
+serve``: BentoML, a real vLLM engine on the tiny base, the fine-tuning API mounted beside it). No answer may be a
+5xx and none may break the schema (schemathesis's ``not_a_server_error`` and ``response_schema_conformance``).
+
+Bounded in count (``CASES_PER_MODE`` valid and as many invalid requests per operation, derandomized so a run can be
+repeated) and in length (``max_model_len`` 512 bounds what the engine generates); the figures (cases per route,
+statuses seen, duration) are printed (``pytest -s``) and written to ``fuzz-figures.json`` in the test's temp folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from datetime import UTC, datetime
+
+import pytest
+from test_serving import ADMIN_KEY, API_KEY, REPO, free_port, http, wait_ready
+
+pytestmark = pytest.mark.slow
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+CASES_PER_MODE = int(os.environ.get("FTOPS_FUZZ_CASES", "40"))
+"""Generated requests per operation and generation mode (valid, then invalid): 15 operations x 2 x 40 = 1,200
+(``FTOPS_FUZZ_CASES`` sets another count for a quick look; the assertion of >= 1,000 cases then fails)."""
+V1_ROUTES = {
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/v1/usage",
+    "/v1/files",
+    "/v1/files/{file_id}",
+    "/v1/files/{file_id}/content",
+    "/v1/fine_tuning/jobs",
+    "/v1/fine_tuning/jobs/{job_id}",
+    "/v1/fine_tuning/jobs/{job_id}/cancel",
+    "/v1/fine_tuning/jobs/{job_id}/events",
+    "/v1/fine_tuning/jobs/{job_id}/checkpoints",
+}
+
+
+@pytest.fixture(scope="module")
+def service(tiny_base, models_dir, tmp_path_factory):
+    """``ftops serve`` on the tiny base with the fine-tuning API (its default), as tests/test_serving.py starts it."""
+    home = tmp_path_factory.mktemp("fuzz-home")
+    config = home / "serve.yaml"
+    config.write_text(
+        "# ftops serve --config serve.yaml (written by tests/test_fuzz.py)\n"
+        "base: tiny-llama\nadapters: []\npoll_interval_s: 5\n"
+        "engine: {max_model_len: 512, max_lora_rank: 8, max_loras: 1, dtype: bfloat16, max_num_seqs: 8}\n"
+        "limits: {max_body_bytes: 65536, max_concurrency: 8, retry_after_s: 2}\n"
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "FTOPS_HOME": str(home),
+        "FTOPS_MODELS": str(models_dir),
+        "FTOPS_API_KEY": API_KEY,
+        "FTOPS_ADMIN_KEY": ADMIN_KEY,
+        "BENTOML_HOME": str(home / "bentoml"),
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = open(home / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftops.cli", "serve", "--config", str(config), "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url, home / "server.log")
+        yield {"url": url, "home": home, "log": home / "server.log"}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def test_openapi_json_covers_every_v1_route_behind_the_key(service):
+    status, _, body = http("GET", service["url"] + "/openapi.json")
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    status, _, doc = http("GET", service["url"] + "/openapi.json", None, AUTH)
+    assert status == 200
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) == V1_ROUTES
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ChatCompletionRequest")
+    request = doc["components"]["schemas"]["ChatCompletionRequest"]
+    assert {"messages", "model", "max_tokens", "stream"} <= set(request["properties"])
+    error = doc["components"]["schemas"]["ErrorObject"]
+    assert set(error["properties"]) == {"message", "type", "param", "code"}
+    job = doc["paths"]["/v1/fine_tuning/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert doc["components"]["schemas"][job["$ref"].rsplit("/", 1)[1]]["required"] == ["model", "training_file"]
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            assert "default" in op["responses"], f"{method.upper()} {path}: its errors are not described"
+
+
+@pytest.mark.timeout(7200)  # a guard against a hang, not a speed check
+def test_fuzz_every_v1_route_no_5xx_and_no_schema_break(service, tmp_path):
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+
+    url = service["url"]
+    schema = schemathesis.openapi.from_url(url + "/openapi.json", headers=AUTH)
+    cases: Counter[str] = Counter()
+    statuses: dict[str, Counter[int]] = defaultdict(Counter)
+    failures: list[str] = []
+    started = time.monotonic()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        label = f"{operation.method.upper()} {operation.path}"
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @settings(
+                max_examples=CASES_PER_MODE,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+                verbosity=Verbosity.quiet,
+            )
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def one(case, label=label):
+                response = case.call(base_url=url, headers=AUTH, timeout=300)
+                cases[label] += 1
+                statuses[label][response.status_code] += 1
+                try:
+                    case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
+                except Exception as e:  # recorded and reported all at once: one bad answer does not stop the run
+                    failures.append(f"{label} -> {response.status_code}: {str(e)[:600]}\n  {case.as_curl_command()}")
+
+            one()
+    figures = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        "duration_s": round(time.monotonic() - started, 1),
+        "cases": sum(cases.values()),
+        "per_route": {k: {"cases": cases[k], "statuses": dict(sorted(statuses[k].items()))} for k in sorted(cases)},
+        "failures": len(failures),
+    }
+    (tmp_path / "fuzz-figures.json").write_text(json.dumps(figures, indent=1))
+    print(json.dumps(figures, indent=1))
+    assert not failures, f"{len(failures)} answers broke a check:\n" + "\n".join(failures[:20])
+    assert figures["cases"] >= 1000
+    assert {path for label in cases for path in [label.split(" ", 1)[1]]} == V1_ROUTES
+    assert not any(s >= 500 for c in statuses.values() for s in c)
