@@ -48,8 +48,10 @@ def configure_mlflow() -> str:
 
     import mlflow
 
-    # Alembic's migration chatter on every new SQLite store says nothing a user can act on.
+    # Alembic's migration chatter on every new SQLite store says nothing a user can act on; nor does MLflow's
+    # "Creating initial MLflow database tables".
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     uri = tracking_uri()
     embedded = is_embedded()
     if embedded:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ftops.config import read_yaml, validate
 from ftops.errors import FtopsError
+from ftops.settings import mlflow_client
 
 HERE = Path(__file__).resolve().parent
 PRICES_PATH = HERE / "prices.yaml"
@@ -326,7 +327,7 @@ def training_cost(run_id: str, prices: PriceTable, usd_per_hour: float) -> dict:
     from mlflow.exceptions import MlflowException
 
     try:
-        run = _mlflow_client().get_run(run_id)
+        run = mlflow_client().get_run(run_id)
     except (MlflowException, OSError) as e:  # an unknown id, an unreachable store
         return {
             "run_id": run_id,
@@ -372,7 +373,7 @@ def training_cost_for_version(name: str, version: str, prices: PriceTable, usd_p
     from mlflow.exceptions import MlflowException
 
     try:
-        run_id = _mlflow_client().get_model_version(name, str(version)).run_id
+        run_id = mlflow_client().get_model_version(name, str(version)).run_id
     except (MlflowException, OSError) as e:
         return {
             "registered_model": name,
@@ -388,15 +389,3 @@ def training_cost_for_version(name: str, version: str, prices: PriceTable, usd_p
             "reason": f"registered model version {name}/{version} records no training run",
         }
     return {"registered_model": name, "version": str(version), **training_cost(run_id, prices, usd_per_hour)}
-
-
-def _mlflow_client():
-    import logging
-
-    import mlflow
-
-    from ftops import settings
-
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
-    settings.configure_mlflow()
-    return mlflow.MlflowClient()
