@@ -115,12 +115,17 @@ def example_hash(example: dict) -> str:
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})
 
 
+def fold_text(text: str) -> str:
+    """``text`` up to case, whitespace and punctuation: ``"Hello,  World!"`` and ``"hello world"`` fold alike."""
+    return " ".join(text.lower().translate(_PUNCT).split())
+
+
 def _near_key(example: dict) -> str:
     """The text up to case, whitespace and punctuation."""
     parts = []
     for m in example["messages"]:
         text = m.get("content") if isinstance(m.get("content"), str) else json.dumps(m.get("tool_calls"))
-        parts.append(m["role"] + ":" + " ".join(str(text).lower().translate(_PUNCT).split()))
+        parts.append(m["role"] + ":" + fold_text(str(text)))
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
 
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import tempfile
-import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from ftops import adapter as fa
 from ftops.errors import FtopsError
+from ftops.expectations.validate import fold_text
 from ftops.manifest import safetensors_shapes
 from ftops.names import check_name
 from ftops.registry import eval as ev
@@ -172,13 +172,6 @@ def alias_version(client, name: str, alias: str) -> str | None:
 # ------------------------------------------------------------------------------------------- held-out overlap
 
 
-def _fold(text: str) -> str:
-    """Text with case, whitespace and punctuation folded: ``"Hello, World!"`` and ``"hello world"`` are one."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text)
-    return " ".join(text.split())
-
-
 def _example_key(row: dict) -> tuple[str, str] | None:
     """``(user prompt, answer)`` of a chat row: its user messages and its last assistant message."""
     messages = row.get("messages") if isinstance(row, dict) else None
@@ -214,7 +207,7 @@ def check_held_out(run_id: str, dst: Path) -> Path:
     import mlflow
 
     local = {}
-    logged = {f.path for folder in ("data",) for f in mlflow_client().list_artifacts(run_id, folder)}
+    logged = {f.path for f in mlflow_client().list_artifacts(run_id, "data")}
     for artifact in (ev.TEST_SPLIT_ARTIFACT, *TRAINED_SPLITS):
         if artifact in logged:
             local[artifact] = Path(
@@ -234,20 +227,20 @@ def check_held_out(run_id: str, dst: Path) -> Path:
             for n, (prompt, answer) in _read_examples(local[artifact]):
                 where = f"{Path(artifact).stem} line {n}"
                 exact.setdefault((prompt, answer), where)
-                folded.setdefault((_fold(prompt), _fold(answer)), where)
+                folded.setdefault((fold_text(prompt), fold_text(answer)), where)
     clashes = []
     test = _read_examples(local[ev.TEST_SPLIT_ARTIFACT])
     for n, (prompt, answer) in test:
         if (prompt, answer) in exact:
             clashes.append(f"test line {n} = {exact[(prompt, answer)]}")
-        elif (key := (_fold(prompt), _fold(answer))) in folded:
+        elif (key := (fold_text(prompt), fold_text(answer))) in folded:
             clashes.append(f"test line {n} ~ {folded[key]} (same text up to case, whitespace, punctuation)")
     if clashes:
         shown = "; ".join(clashes[:5]) + (f"; and {len(clashes) - 5} more" if len(clashes) > 5 else "")
         raise FtopsError(
             f"run {run_id}: {len(clashes)} of {len(test)} held-out examples also appear in its training or replay "
             f"data ({shown}); the held-out split must be disjoint from what was trained on: remove them and train "
-            "again (`ftops data split` splits without duplicates)"
+            "again"
         )
     return local[ev.TEST_SPLIT_ARTIFACT]
 

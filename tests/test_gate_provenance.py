@@ -140,14 +140,6 @@ def test_held_out_split_overlapping_training_or_replay_is_refused(
     assert rc == 0, out + err
 
 
-def test_fold_ignores_case_whitespace_and_punctuation():
-    from ftops.registry.gate import _fold
-
-    assert _fold("  Hello,\tWORLD!! ") == _fold("hello world") == "hello world"
-    assert _fold('{"a": 1}') == _fold('{"A":1}')
-    assert _fold("dog") != _fold("cat")
-
-
 # ------------------------------------------------------------------------------------------- registry read errors
 
 
