@@ -140,11 +140,9 @@ def _holder() -> str:
 
 @contextmanager
 def _registry_model_lock() -> Iterator[None]:
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    settings.configure_mlflow()
-    client = mlflow.MlflowClient()
+    client = settings.mlflow_client()
     token = uuid.uuid4().hex
     tags = {TAG_HOLDER: _holder(), TAG_TOKEN: token, TAG_SINCE: datetime.now(UTC).isoformat(timespec="seconds")}
     where = f"registered model {LOCK_MODEL} on the tracking server ($MLFLOW_TRACKING_URI)"
