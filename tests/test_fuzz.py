@@ -27,9 +27,9 @@ pytestmark = pytest.mark.slow
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CASES_PER_MODE = int(os.environ.get("FTOPS_FUZZ_CASES", "50"))
-"""Generated requests per operation and generation mode (valid, then invalid): 1,150 over the 15 operations, 8 of
-which have invalid requests (``FTOPS_FUZZ_CASES`` sets another count for a quick look; below 44, the assertion
-of >= 1,000 cases fails)."""
+"""Generated requests per operation and generation mode (valid, then invalid: a bad body, parameter or key): 1,500
+over the 15 operations (``FTOPS_FUZZ_CASES`` sets another count for a quick look; below 34, the assertion of >= 1,000
+cases fails)."""
 BASE = "tiny-llama"
 ENGINE_ROUTES = ("/v1/chat/completions", "/v1/completions")
 SAMPLING = ("max_tokens", "temperature", "top_p", "stop", "stream", "stream_options", "seed", "logprobs")
