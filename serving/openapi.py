@@ -46,7 +46,8 @@ def inference_part() -> dict:
     from vllm.entrypoints.serve.engine.protocol import ModelList
 
     errors: dict[int | str, dict[str, Any]] = {"default": {"model": Error, **ERROR_RESPONSE}}
-    stream = {"text/event-stream": {"schema": {"type": "string"}}}  # "stream": true answers server-sent events
+    event = {"type": "object", "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}
+    stream = {"text/event-stream": {"schema": event}}  # "stream": true answers server-sent events, each one
     router = APIRouter()
 
     @router.post(

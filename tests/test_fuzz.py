@@ -163,7 +163,7 @@ def fuzz(url: str, per_mode: int = CASES_PER_MODE) -> tuple[dict, list[str]]:
             statuses[label][response.status_code] += 1
             try:
                 case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
-            except Exception as e:
+            except (Exception, BaseExceptionGroup) as e:  # schemathesis's FailureGroup
                 failures.append(f"{label} -> {response.status_code}: {str(e)[:800]}\n  {case.as_curl_command()}")
 
         try:
