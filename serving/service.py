@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -29,9 +30,10 @@ from dataclasses import dataclass
 import bentoml
 
 from ftops.serving.config import ADMIN_KEY_ENV, load_api_keys, load_config
-from ftops.serving.gateway import ApiKeyMiddleware, Gateway, HealthRoutes, Routing
+from ftops.serving.gateway import ApiKeyMiddleware, Gateway, HealthRoutes, Mount, Routing
 
 log = logging.getLogger("ftops.serving")
+_REGISTERED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 _gateway = Gateway(service=None)
 _keys: dict[str, str] = {}
@@ -109,10 +111,16 @@ class FtopsLLM:
 
     @bentoml.on_startup
     async def _begin(self) -> None:
+        for mount in _gateway.mounts:
+            if mount.start is not None:
+                await asyncio.get_running_loop().run_in_executor(None, mount.start)
         self._tasks.append(asyncio.create_task(self._start()))
 
     @bentoml.on_shutdown
     async def _end(self) -> None:
+        for mount in _gateway.mounts:
+            if mount.stop is not None:
+                await asyncio.get_running_loop().run_in_executor(None, mount.stop)
         for task in self._tasks:
             task.cancel()
         await self._stack.aclose()
@@ -354,7 +362,9 @@ class FtopsLLM:
         from ftops.serving.adapters import TransientError, UnknownVersion
 
         name, _, version = model.partition(":")
-        if name not in self.routing.aliases or not version.isdigit() or model in self.refused:
+        # any registered model may be pinned (a fine-tuning job's NAME:VERSION answers at once): what loads is only
+        # what fetch_adapter verifies (gate pass, not revoked, the gate's digest, this base)
+        if not _REGISTERED_NAME.match(name) or not version.isdigit() or model in self.refused:
             return None
         try:
             await self._ensure_loaded(name, version, None)
@@ -369,6 +379,11 @@ class FtopsLLM:
             return None
         self._pinned_errors.pop(model, None)
         return model, name, version
+
+
+def mount(app: Mount) -> None:
+    """Serve ``app`` beside inference on the same port and keys (called at import by the composing module)."""
+    _gateway.mounts.append(app)
 
 
 FtopsLLM.add_asgi_middleware(ApiKeyMiddleware, keys=lambda: _keys)
