@@ -5,6 +5,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ftops-installed
+# checkov in its own venv: its pins (packaging 23.2, networkx 2.6, cachetools 5) would downgrade the pinned stack's
+CHECKOV_VENV := .venv-checkov
 BASE := .ftops/models/smollm2-135m-instruct.json
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -55,8 +57,7 @@ format: $(STAMP)  ## ruff: fix what can be fixed and format the tree
 clean:  ## remove .ftops state (keeps .venv)
 	rm -rf .ftops
 
-# checkov in its own venv: its pins (packaging 23.2, networkx 2.6, cachetools 5) would downgrade the pinned stack's
-CHECKOV_VENV := .venv-checkov
+# checkov's own venv (defined here, before the rules that name it: make expands prerequisites as it reads them)
 $(CHECKOV_VENV)/.installed:
 	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install -q 'checkov==3.3.30' 2>&1 | $(QUIET_PIP)
