@@ -158,7 +158,9 @@ def _registry_model_lock() -> Iterator[None]:
             )
             break
         except MlflowException as e:
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            # RESOURCE_DOES_NOT_EXIST is contention too: the SQL stores answer a duplicate create by reading the
+            # existing model, and the holder may delete it between the two (the lock was just released)
+            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise FtopsError(f"{where}: cannot take the registry lock ({e.message})") from None
             if _lock_tags(client).get(TAG_TOKEN) == token:
                 break  # our own create, retried by MLflow's HTTP client after its first answer was lost
