@@ -473,7 +473,10 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def _side_metrics(prefix: str, gens: list[Generation], refs: list[str], json_task: bool, schema: dict | None) -> dict:
+def side_metrics(prefix: str, gens: list[Generation], refs: list[str], json_task: bool, schema: dict | None) -> dict:
+    """The task metrics of one side's answers ``gens`` against the references ``refs``, names prefixed with ``prefix``
+    (``""`` for the candidate, ``"base."`` for the base): what the gate judges. ``ftops advise`` scores its options
+    with it too."""
     m = {
         f"{prefix}accuracy": _mean([float(exact_match(g.text, r, json_task)) for g, r in zip(gens, refs)]),
         f"{prefix}answer_tokens": _mean([g.tokens for g in gens]),
@@ -486,17 +489,25 @@ def _side_metrics(prefix: str, gens: list[Generation], refs: list[str], json_tas
     return m
 
 
-def _regression(engine: Engine, adapter: Path, config: EvalConfig) -> tuple[dict, list[dict]]:
+def regression_answers(
+    engine: Engine, adapter: Path | None, config: EvalConfig
+) -> tuple[list[dict], list[Generation], list[bool]]:
+    """The regression suite's items (the first ``config.regression_limit``), the answers of base + ``adapter`` (None:
+    the base alone) and whether each passed its check."""
     from ftops.expectations import regression
 
     items = list(regression.load_suite())[: config.regression_limit]
     if not items:
+        return [], [], []
+    gens = engine.chat([item["messages"] for item in items], adapter, config.max_new_tokens)
+    return items, gens, [bool(regression.score(item, g.text)) for item, g in zip(items, gens)]
+
+
+def _regression(engine: Engine, adapter: Path, config: EvalConfig) -> tuple[dict, list[dict]]:
+    items, cand, cand_ok = regression_answers(engine, adapter, config)
+    if not items:
         return {}, []
-    prompts = [item["messages"] for item in items]
-    cand = engine.chat(prompts, adapter, config.max_new_tokens)
-    base = engine.chat(prompts, None, config.max_new_tokens)
-    cand_ok = [bool(regression.score(item, g.text)) for item, g in zip(items, cand)]
-    base_ok = [bool(regression.score(item, g.text)) for item, g in zip(items, base)]
+    _, base, base_ok = regression_answers(engine, None, config)
     score, base_score = _mean([float(x) for x in cand_ok]), _mean([float(x) for x in base_ok])
     rows = [
         {
@@ -529,8 +540,8 @@ def _run(
     cand = engine.chat(prompts, adapter, config.max_new_tokens)
     base_gens = engine.chat(prompts, None, config.max_new_tokens)
     metrics = {"examples": float(len(rows))}
-    metrics |= _side_metrics("", cand, refs, json_task, schema)
-    metrics |= _side_metrics("base.", base_gens, refs, json_task, schema)
+    metrics |= side_metrics("", cand, refs, json_task, schema)
+    metrics |= side_metrics("base.", base_gens, refs, json_task, schema)
     metrics["improvement"] = metrics["accuracy"] - metrics["base.accuracy"]
     if json_task:
         metrics["field_improvement"] = metrics["field_accuracy"] - metrics["base.field_accuracy"]

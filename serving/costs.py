@@ -52,6 +52,18 @@ class ModelPrice(BaseModel):
     """The day this price was read from ``source``."""
     source: str = Field(min_length=1)
     """Where the price was read (URL)."""
+    new_jobs_until: date | None = None
+    """Fine-tuned rows: the last day the provider accepts new fine-tuning jobs; null when no end is announced."""
+    available_until: date | None = None
+    """The last day the model answers requests (a fine-tuned model ends with its base); null when not announced."""
+    availability_source: str | None = None
+    """Where the availability dates were read (URL) and on which day; required with either date."""
+
+    @model_validator(mode="after")
+    def _dates_have_a_source(self) -> ModelPrice:
+        if (self.new_jobs_until or self.available_until) and not self.availability_source:
+            raise ValueError("availability dates need availability_source (where and when they were read)")
+        return self
 
 
 class PriceTable(BaseModel):
