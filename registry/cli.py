@@ -62,12 +62,19 @@ examples:
         help="judge a run against a policy; register it at @staging if it passes",
         formatter_class=_RAW,
         description="""\
-Evaluate RUN_ID if it has no eval.* metrics yet, then judge every rule of the policy (registry/policies/*.yaml):
-absolute floors (accuracy >= 0.8), relative rules (retention >= 0.95, improvement >= 0.05) and rules against
-the current production version (max_drop_vs_production). Each rule is printed pass/fail with its values.
+Check RUN_ID's held-out split shares no example with its training or replay data (exact or normalised text; an
+overlap is refused), evaluate it, then judge every rule of the policy (registry/policies/*.yaml): absolute floors
+(accuracy >= 0.8), relative rules (retention >= 0.95, improvement >= 0.05) and rules against the current
+production version (max_drop_vs_production; a registry read error stops the gate, it never counts as "no
+production"). Each rule is printed pass/fail with its values.
+
+Metrics already on the run are reused only when they came from the same evaluation settings (data digests, schema,
+engine, limits, suite version: hashed in eval/settings.json and tag ftops.eval.settings_sha256); otherwise, or with
+--reevaluate, the gate evaluates again.
 
 pass (exit 0): the adapter is checked against its base (name, sha256, rank, target modules, safetensors sha256),
   a model version is registered with lineage tags and the report as its description, alias 'staging' moves to it.
+  The version carries the settings hash and the adapter's digest; serving loads only what matches them.
 fail (exit 1): nothing is registered and no alias moves; the report is printed and logged on the run
   (gate/report.md, gate/report.json, tag ftops.gate.verdict=fail).
 

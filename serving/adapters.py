@@ -64,11 +64,10 @@ def cache_dir() -> Path:
 def alias_version(name: str, alias: str) -> str | None:
     """The version ``alias`` points at now; None when the model or alias does not exist (yet). Raises
     :class:`TransientError` when the registry cannot be read."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+        return str(settings.mlflow_client().get_model_version_by_alias(name, alias).version)
     except MlflowException as e:
         if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
@@ -80,14 +79,13 @@ def alias_version(name: str, alias: str) -> str | None:
 def version_tags(name: str, version: str) -> dict[str, str]:
     """The registry tags of ``name`` version ``version``. Raises :class:`RefusedError` when there is no such
     version, :class:`TransientError` when the registry cannot be read."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     check_name(name, "registered model name")
     if not version.isdigit():
         raise RefusedError(f"{name}:{version}: a registry version is a number")
     try:
-        return dict(MlflowClient().get_model_version(name, version).tags or {})
+        return dict(settings.mlflow_client().get_model_version(name, version).tags or {})
     except MlflowException as e:
         if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise UnknownVersion(f"{name} version {version} is not in the registry") from e

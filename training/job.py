@@ -145,10 +145,9 @@ def resolved_run_name(config: TrainConfig) -> str:
 
 
 def _check_resume(config: TrainConfig, base: BaseModel, splits: dict[str, Split]) -> Path:
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient()
+    client = settings.mlflow_client()
     try:
         run = client.get_run(config.resume)
     except MlflowException:
