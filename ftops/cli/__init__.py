@@ -25,6 +25,7 @@ ftops takes a fine-tuned LLM from training data to production traffic:
   promote / rollback / models  move the registry aliases staging -> production
   serve                        BentoML + vLLM OpenAI-compatible server following the registry
   cost report                  what every token cost, against hosted APIs
+  advise                       should you fine-tune? prompt, few-shot, retrieval, adapter side by side, in $
   demo                         the whole flow, end to end
 
 State lives in ./.ftops (FTOPS_HOME); MLFLOW_TRACKING_URI points at a real MLflow server instead.
@@ -39,6 +40,7 @@ COMMAND_MODULES = (
     "ftops.registry.cli",
     "ftops.serving.cli",
     "ftops.serving.cost_cli",
+    "ftops.serving.advise",
     "ftops.cli.demo",
 )
 

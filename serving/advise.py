@@ -1,0 +1,960 @@
+"""``ftops advise DATA_DIR_OR_RUN``: should you fine-tune? Prompt, few-shot, retrieval, adapters and a hosted model
+side by side on the user's own held-out examples, in quality and dollars.
+
+The guides' decision order is prompt first, then retrieval, and fine-tune only for what they cannot reach (format,
+domain terms) or for a lower cost per query at volume. Every option answers the same held-out examples and is scored
+with the gate's own functions (:func:`ftops.registry.eval.side_metrics`, ``regression_answers``) on the gate's
+engines (:func:`ftops.registry.eval.make_engine`, greedy decoding):
+
+- ``zero-shot``: the base with the data's system prompt (the held-out row's own, else the training split's most
+  common one);
+- ``few-shot``: the base with ``k`` training examples (a fixed, seeded sample) as earlier chat turns;
+- ``retrieval``: the base with the ``k`` training examples most similar to each query (BM25 over the user turns,
+  ``rank_bm25``), the most similar last;
+- each adapter (the run's own when the input is a run, and every ``--adapter NAME[@ALIAS|:VERSION]``);
+- each ``--hosted-model`` at ``--hosted-url`` through the ``openai`` client, with the zero-shot prompt; an endpoint
+  that does not answer is a note in the report, and the rest still runs.
+
+Costs follow the cost model of ``docs/cost.md``: the self-hosted cost of an option is the replica's hourly price
+(``serving/hardware.yaml``) times the engine's busy time (the union of its batches' intervals,
+:func:`ftops.serving.costs.busy_seconds`), per 1,000 queries; the hosted cost is the price table's
+(``serving/prices.yaml``) per-token prices times the option's own prompt and completion tokens. Local options are
+also priced as if their tokens went to a hosted API (``price_base`` for prompt options, ``price_fine_tuned`` for
+adapters), which is the OpenAI-side decision. Break-even: an adapter's training cost (the run's cost entry,
+:func:`ftops.serving.costs.training_cost`) over its saving per query against each other option.
+
+Where it lives: serving is the last stage, and advise needs two earlier ones: registry's evaluation (held-out
+split, scoring, engines) and serving's own cost model and registry resolution. A stage imports only the stages before
+it, so it belongs here (not in registry, which may not import serving); it never imports training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from ftops.config import StrictConfig
+from ftops.errors import FtopsError, UsageError
+
+#: what the decision order calls each kind of option: 1 prompt, 2 retrieval, 3 fine-tune
+TIERS = {"zero-shot": 1, "few-shot": 1, "hosted": 1, "retrieval": 2, "adapter": 3}
+TIER_NAMES = {1: "prompt", 2: "retrieval", 3: "fine-tune"}
+DAYS_PER_MONTH = 730 / 24  # the cost model's month: 730 hours
+
+
+class AdviseConfig(StrictConfig):
+    """What ``ftops advise`` compares and how. ``ftops advise`` builds its options from these fields."""
+
+    source: str
+    """A data folder with train.jsonl and test.jsonl (`ftops data split`), or an MLflow run id of `ftops train`
+    (its splits, its adapter and its training cost)."""
+    adapters: list[str] = Field(default_factory=list)
+    """Registered adapter NAME, NAME@ALIAS or NAME:VERSION to compare (repeatable; NAME alone means @production)."""
+    hosted_url: str | None = None
+    """An OpenAI-compatible base URL (https://api.openai.com/v1, or an ftops serve's http://HOST:PORT/v1)."""
+    hosted_models: list[str] = Field(default_factory=list)
+    """Model at --hosted-url, as MODEL or MODEL=PRICE_KEY (a serving/prices.yaml key to price it with; default: the
+    row whose model or key is MODEL). Repeatable."""
+    hosted_api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the hosted endpoint's API key (``none`` is sent if unset)."""
+    base: str | None = None
+    """Imported base model for a data folder without adapters (default: smollm2-135m-instruct; else the adapters')."""
+    k: int = Field(4, ge=1)
+    """Training examples in the prompt for few-shot and retrieval."""
+    queries_per_day: float = Field(1000.0, gt=0)
+    """Traffic for the break-even in months."""
+    out: Path | None = None
+    """Folder for report.md, advice.json and advice.png (default: $FTOPS_HOME/advise/<UTC time>)."""
+    engine: Literal["vllm", "transformers"] = "vllm"
+    """The gate's engines: vllm (batched, the one that serves) or transformers (generate, fp32)."""
+    max_examples: int | None = Field(None, ge=1)
+    """Use only the first N held-out examples (none: all)."""
+    max_new_tokens: int = Field(128, ge=1)
+    """Greedy decoding stops at EOS or after this many tokens per answer (the gate's default)."""
+    batch_size: int = Field(8, ge=1)
+    """Queries answered at once: the engine's batch, and concurrent requests to the hosted endpoint."""
+    regression: bool = True
+    """Also score the base and each adapter on the general-skill regression suite (prompt options share the base's
+    weights, so its score)."""
+    regression_limit: int | None = Field(None, ge=1)
+    """Score only the first N regression items (none: all 40)."""
+    format_schema: str | None = None
+    """JSON schema for format compliance: a .json file or 'ticket' (none: derived from the references)."""
+    max_model_len: int = Field(2048, ge=64)
+    """vLLM context length: every prompt plus max_new_tokens must fit."""
+    kv_cache_gib: int = Field(1, ge=1)
+    """vLLM on CPU: KV cache size in GiB."""
+    replica: str | None = None
+    """serving/hardware.yaml instance the self-hosted options run on (default: the table's default)."""
+    price_base: str = "openai/gpt-4o-mini"
+    """Price row for the hosted equivalent of the prompt options' tokens."""
+    price_fine_tuned: str = "openai/ft:gpt-4o-mini"
+    """Price row for the hosted equivalent of the adapters' tokens (and its training price for a hosted fine-tune)."""
+    tolerance: float = Field(0.05, ge=0)
+    """An option is good enough when its quality is within this of the best option's."""
+    payback_months: float = Field(6.0, gt=0)
+    """Fine-tune for cost only when the adapter repays its training within this many months at --queries-per-day."""
+    warn_days: int = Field(90, ge=0)
+    """Warn when a price row's end date (new fine-tuning jobs, availability) is past or within this many days."""
+
+
+# --------------------------------------------------------------------------------------------- inputs
+@dataclass
+class Data:
+    label: str
+    train: list[dict]
+    test: list[dict]
+    run_id: str | None = None
+    train_path: str = ""
+
+
+@dataclass
+class AdapterChoice:
+    label: str
+    path: Path
+    rank: int
+    base_name: str
+    base_sha256: str
+    run_id: str | None
+    name: str | None = None
+    version: str | None = None
+
+
+@dataclass
+class Answers:
+    gens: list
+    prompt_tokens: list[int]
+    latencies: list[float]
+    busy_s: float
+
+
+@dataclass
+class Option:
+    id: str
+    name: str
+    kind: str
+    conversations: list[list[dict]]
+    adapter: AdapterChoice | None = None
+    hosted_model: str | None = None
+    price_key: str | None = None
+    answers: Answers | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+def _read_chat_rows(path: Path, what: str) -> list[dict]:
+    """Chat rows of a split file; one clear line for a missing, empty or malformed one."""
+    if not path.is_file():
+        raise FtopsError(
+            f"{path}: no {what} split; a data folder holds train.jsonl and test.jsonl (`ftops data split`)"
+        )
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if row["messages"][-1]["role"] != "assistant" or len(row["messages"]) < 2:
+                raise ValueError("the last message must be the assistant's answer")
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise FtopsError(f"{path} line {n}: not a chat example ({e}); `ftops data validate` says more") from e
+        rows.append(row)
+    if not rows:
+        raise FtopsError(f"the {what} split {path} is empty: advise needs held-out and training examples")
+    return rows
+
+
+def load_data(source: str, tmp: Path) -> Data:
+    """The training and held-out splits of a data folder or of a training run (its logged ``data/`` artifacts)."""
+    folder = Path(source)
+    if folder.is_dir():
+        return Data(
+            str(folder),
+            _read_chat_rows(folder / "train.jsonl", "training"),
+            _read_chat_rows(folder / "test.jsonl", "held-out"),
+            train_path=str(folder / "train.jsonl"),
+        )
+    if folder.suffix or "/" in source:
+        raise FtopsError(f"{source}: no such data folder (give a folder from `ftops data split` or a run id)")
+    import mlflow
+
+    from ftops.registry import eval as ev
+
+    ev.get_run(source)  # a clear line for an unknown or malformed id
+    test = ev.download_test_split(source, tmp / "data")
+    try:
+        train = Path(
+            mlflow.artifacts.download_artifacts(run_id=source, artifact_path="data/train.jsonl", dst_path=str(tmp))
+        )
+    except Exception as e:  # MlflowException / OSError for a missing artifact
+        raise FtopsError(
+            f"run {source} has no training split data/train.jsonl ({e}); it is logged by `ftops train`"
+        ) from e
+    return Data(
+        f"run {source}",
+        _read_chat_rows(train, "training"),
+        _read_chat_rows(test, "held-out"),
+        source,
+        f"run {source} data/train.jsonl",
+    )
+
+
+_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<alias>[A-Za-z0-9_-]+)|:(?P<version>\d+))?$")
+
+
+def resolve_adapter(spec: str, tmp: Path) -> AdapterChoice:
+    """``NAME``, ``NAME@ALIAS`` or ``NAME:VERSION`` from the registry: a gated, unrevoked version, downloaded into
+    ``tmp`` and checked against its manifest and the digest the gate tagged."""
+    from ftops.adapter import TAG_ADAPTER_DIGEST, TAG_BASE_NAME, download_adapter
+    from ftops.base import load_base
+    from ftops.serving.adapters import UnknownVersion, alias_version, refusal, version_tags
+    from ftops.settings import mlflow_client
+
+    m = _SPEC.match(spec)
+    if not m:
+        raise UsageError(f"--adapter {spec!r}: expected NAME, NAME@ALIAS or NAME:VERSION")
+    name, version = m["name"], m["version"]
+    mlflow_client()  # the configured store
+    if version is None:
+        alias = m["alias"] or "production"
+        version = alias_version(name, alias)
+        if version is None:
+            raise FtopsError(
+                f"unknown adapter {spec}: the registry has no model {name} with alias @{alias}; "
+                "`ftops models` lists them"
+            )
+    try:
+        tags = version_tags(name, version)
+    except UnknownVersion as e:
+        raise FtopsError(f"unknown adapter {spec}: {e}; `ftops models` lists the versions") from e
+    if tags.get(TAG_BASE_NAME) is None:
+        raise FtopsError(f"adapter {spec}: version {version} has no {TAG_BASE_NAME} tag; register it with `ftops gate`")
+    base = load_base(tags[TAG_BASE_NAME])
+    if (why := refusal(name, version, tags, base)) is not None:
+        raise FtopsError(f"adapter {spec}: {why}")
+    path, manifest = download_adapter(f"models:/{name}/{version}", tmp / "adapters" / f"{name}-{version}")
+    if manifest.get("digest") != tags[TAG_ADAPTER_DIGEST]:
+        raise FtopsError(f"adapter {spec}: its files are not the ones the gate verified (digest mismatch)")
+    run_id = mlflow_client().get_model_version(name, version).run_id
+    return AdapterChoice(
+        f"{name}:{version}",
+        path,
+        int((manifest.get("lora") or {}).get("r") or 8),
+        base.name,
+        base.sha256,
+        run_id or None,
+        name,
+        version,
+    )
+
+
+def run_adapter(run_id: str, tmp: Path) -> AdapterChoice:
+    """The adapter of training run ``run_id`` (verified against its manifest)."""
+    from ftops.registry import eval as ev
+
+    path, manifest = ev.fetch_adapter(run_id, tmp / "adapters" / "run")
+    return AdapterChoice(
+        f"run {run_id[:8]}",
+        path,
+        int((manifest.get("lora") or {}).get("r") or 8),
+        manifest["base"]["name"],
+        manifest["base"]["sha256"],
+        run_id,
+    )
+
+
+def parse_hosted(config: AdviseConfig, prices) -> list[tuple[str, str | None]]:
+    """``(model, price key or None)`` for each ``--hosted-model``; a usage error for an unknown explicit key."""
+    if config.hosted_models and not config.hosted_url:
+        raise UsageError("--hosted-model needs --hosted-url (the OpenAI-compatible base URL that serves it)")
+    if config.hosted_url and not config.hosted_models:
+        raise UsageError("--hosted-url needs at least one --hosted-model")
+    out = []
+    for item in config.hosted_models:
+        model, _, key = item.partition("=")
+        if not model:
+            raise UsageError(f"--hosted-model {item!r}: expected MODEL or MODEL=PRICE_KEY")
+        if key and key not in prices.models:
+            raise UsageError(f"--hosted-model {item!r}: no price row {key!r} in the price table")
+        if not key:
+            key = next(
+                (k for k, p in prices.models.items() if model in (k, p.model) or k.endswith("/" + model)),
+                "",
+            )
+        out.append((model, key or None))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- prompts
+def system_prompt(train: list[dict]) -> str | None:
+    """The training split's most common system prompt (None when it has none)."""
+    found = Counter(str(m["content"]) for r in train for m in r["messages"][:1] if m["role"] == "system")
+    return found.most_common(1)[0][0] if found else None
+
+
+def _query(row: dict, system: str | None) -> tuple[list[dict], list[dict]]:
+    """``(system messages, the rest but the reference)`` of a held-out row, the training system prompt standing in
+    when the row has none."""
+    messages = row["messages"][:-1]
+    own = [m for m in messages if m["role"] == "system"]
+    rest = [m for m in messages if m["role"] != "system"]
+    if not own and system:
+        own = [{"role": "system", "content": system}]
+    return own, rest
+
+
+def _turns(example: dict) -> list[dict]:
+    return [m for m in example["messages"] if m["role"] != "system"]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def _user_text(messages: list[dict]) -> str:
+    return "\n".join(str(m["content"]) for m in messages if m["role"] == "user")
+
+
+def build_prompts(data: Data, k: int) -> dict[str, list[list[dict]]]:
+    """The conversations of zero-shot, few-shot and retrieval for every held-out row."""
+    from rank_bm25 import BM25Okapi
+
+    system = system_prompt(data.train)
+    shots = random.Random(0).sample(data.train, k)
+    bm25 = BM25Okapi([_words(_user_text(r["messages"])) or ["_"] for r in data.train])
+    out: dict[str, list[list[dict]]] = {"zero-shot": [], "few-shot": [], "retrieval": []}
+    for row in data.test:
+        own, rest = _query(row, system)
+        scores = bm25.get_scores(_words(_user_text(rest)) or ["_"])
+        best = sorted(range(len(data.train)), key=lambda i: (-scores[i], i))[:k]
+        out["zero-shot"].append(own + rest)
+        out["few-shot"].append(own + [m for ex in shots for m in _turns(ex)] + rest)
+        out["retrieval"].append(own + [m for i in reversed(best) for m in _turns(data.train[i])] + rest)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- answering
+def answer_local(
+    engine, conversations: list[list[dict]], adapter: Path | None, config: AdviseConfig, tokens
+) -> Answers:
+    """Answer in batches of ``batch_size``; a query's latency is its batch's wall time (the offline engine returns
+    a batch at once), the busy time the union of the batches' intervals."""
+    from ftops.serving.costs import busy_seconds
+
+    gens, latencies, intervals = [], [], []
+    for i in range(0, len(conversations), config.batch_size):
+        batch = conversations[i : i + config.batch_size]
+        start = time.time()
+        gens += engine.chat(batch, adapter, config.max_new_tokens)
+        end = time.time()
+        intervals.append((start, end))
+        latencies += [end - start] * len(batch)
+    return Answers(gens, [tokens(c) for c in conversations], latencies, busy_seconds(intervals))
+
+
+def hosted_client(config: AdviseConfig):
+    """An ``openai`` client on ``--hosted-url`` and whether it answers: ``(client, None)`` or ``(None, why not)``."""
+    import os
+
+    import openai
+
+    client = openai.OpenAI(
+        base_url=config.hosted_url,
+        api_key=os.environ.get(config.hosted_api_key_env) or "none",
+        max_retries=1,
+        timeout=120,
+    )
+    try:
+        client.with_options(timeout=15).models.list()
+    except openai.OpenAIError as e:
+        detail = " ".join(str(e).split())[:200]
+        return (
+            None,
+            f"hosted URL {config.hosted_url} unreachable ({type(e).__name__}: {detail}); hosted options skipped",
+        )
+    return client, None
+
+
+def answer_hosted(client, model: str, conversations: list[list[dict]], config: AdviseConfig) -> Answers:
+    """Each query as one chat request, ``batch_size`` at once; latency and tokens as the endpoint reported them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ftops.registry.eval import Generation
+    from ftops.serving.costs import busy_seconds
+
+    def ask(messages):
+        start = time.time()
+        reply = client.chat.completions.create(
+            model=model, messages=messages, max_tokens=config.max_new_tokens, temperature=0
+        )
+        end = time.time()
+        text = reply.choices[0].message.content or ""
+        return Generation(text, reply.usage.completion_tokens, end - start), reply.usage.prompt_tokens, (start, end)
+
+    with ThreadPoolExecutor(max_workers=config.batch_size) as pool:
+        done = list(pool.map(ask, conversations))
+    gens = [d[0] for d in done]
+    return Answers(gens, [d[1] for d in done], [g.latency_s for g in gens], busy_seconds([d[2] for d in done]))
+
+
+# --------------------------------------------------------------------------------------------- the job
+def advise(config: AdviseConfig) -> dict:
+    """Compare every option on the held-out split; write the report, chart and JSON into ``config.out``, log them as
+    an MLflow run, and return the report as a dict."""
+    from ftops.base import SMOLLM2_NAME, load_base
+    from ftops.registry import eval as ev
+    from ftops.serving.costs import load_hardware, load_prices
+
+    # 1. inputs, checked before any model starts: data, k, adapters, price rows, the hosted endpoint
+    prices, hardware = load_prices(), load_hardware()
+    instance = hardware.instance(config.replica or hardware.default)
+    for key in (config.price_base, config.price_fine_tuned):
+        if key not in prices.models:
+            raise UsageError(f"price row {key!r} is not in the price table ({', '.join(sorted(prices.models))})")
+    hosted = parse_hosted(config, prices)
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="ftops-advise-") as tmp_name:
+        tmp = Path(tmp_name)
+        data = load_data(config.source, tmp)
+        data.test = data.test[: config.max_examples]
+        if config.k > len(data.train):
+            raise FtopsError(
+                f"--k {config.k} is larger than the training split ({len(data.train)} examples in "
+                f"{data.train_path}); lower --k"
+            )
+        adapters = ([run_adapter(data.run_id, tmp)] if data.run_id else []) + [
+            resolve_adapter(s, tmp) for s in config.adapters
+        ]
+        base = load_base(adapters[0].base_name if adapters else (config.base or SMOLLM2_NAME))
+        for a in adapters:
+            if (a.base_name, a.base_sha256) != (base.name, base.sha256):
+                raise FtopsError(
+                    f"adapter {a.label} adapts {a.base_name} ({a.base_sha256[:12]}), not {base.name} "
+                    f"({base.sha256[:12]}): compare adapters of one base at a time"
+                )
+        client = None
+        if hosted:
+            client, why = hosted_client(config)
+            if why:
+                notes.append(why)
+                print(f"ftops advise: note: {why}; the rest still runs", file=sys.stderr)
+
+        # 2. the options and their prompts; every prompt must fit the context
+        prompts = build_prompts(data, config.k)
+        options = [
+            Option("zero_shot", "zero-shot", "zero-shot", prompts["zero-shot"], price_key=config.price_base),
+            Option(f"few_shot_k{config.k}", f"few-shot (k={config.k})", "few-shot", prompts["few-shot"]),
+            Option(f"retrieval_k{config.k}", f"retrieval (BM25, k={config.k})", "retrieval", prompts["retrieval"]),
+        ]
+        for o in options[1:]:
+            o.price_key = config.price_base
+        for a in adapters:
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", a.label)
+            options.append(
+                Option(
+                    f"adapter_{slug}",
+                    f"adapter {a.label}",
+                    "adapter",
+                    prompts["zero-shot"],
+                    a,
+                    None,
+                    config.price_fine_tuned,
+                )
+            )
+        if client is not None:
+            for model, key in hosted:
+                slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
+                options.append(
+                    Option(f"hosted_{slug}", f"hosted {model}", "hosted", prompts["zero-shot"], None, model, key)
+                )
+                if key is None:
+                    notes.append(f"hosted {model}: no price row for it; give --hosted-model {model}=PROVIDER/MODEL")
+        tokenizer = _tokenizer(base.path)
+
+        def tokens(conversation: list[dict]) -> int:
+            text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        longest = max(tokens(c) for o in options for c in o.conversations)
+        if longest + config.max_new_tokens > config.max_model_len:
+            raise FtopsError(
+                f"the longest prompt is {longest} tokens (k={config.k}): with max_new_tokens {config.max_new_tokens} "
+                f"it does not fit max_model_len {config.max_model_len}; lower --k or raise --max-model-len"
+            )
+
+        # 3. answer and score every option on the same held-out rows
+        refs = [str(r["messages"][-1]["content"]) for r in data.test]
+        ref_objects = [ev.parse_json_object(r) for r in refs]
+        json_task = all(o is not None for o in ref_objects)
+        schema = ev.load_schema(config.format_schema, ref_objects) if json_task else None
+        eval_config = ev.EvalConfig(
+            engine=config.engine,
+            max_new_tokens=config.max_new_tokens,
+            regression=config.regression,
+            regression_limit=config.regression_limit,
+            format_schema=config.format_schema,
+            max_model_len=config.max_model_len,
+            kv_cache_gib=config.kv_cache_gib,
+            batch_size=config.batch_size,
+        )
+        engine = ev.make_engine(eval_config, base.path, max([a.rank for a in adapters] or [8]))
+        base_regression = None
+        try:
+            for o in options:
+                print(f"advise: {o.name} on {len(data.test)} held-out examples", file=sys.stderr, flush=True)
+                if o.kind == "hosted":
+                    try:
+                        o.answers = answer_hosted(client, o.hosted_model, o.conversations, config)
+                    except Exception as e:  # openai.OpenAIError and its kin: note it, keep the rest
+                        notes.append(f"hosted {o.hosted_model}: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+                        continue
+                else:
+                    path = o.adapter.path if o.adapter else None
+                    o.answers = answer_local(engine, o.conversations, path, config, tokens)
+                o.metrics = ev.side_metrics("", o.answers.gens, refs, json_task, schema)
+                if config.regression and o.kind != "hosted":
+                    if o.adapter is None and base_regression is None:
+                        base_regression = _regression_score(engine, None, eval_config)
+                    o.metrics["regression_score"] = (
+                        _regression_score(engine, o.adapter.path, eval_config) if o.adapter else base_regression
+                    )
+        finally:
+            if hasattr(engine, "close"):
+                engine.close()
+        options = [o for o in options if o.answers is not None]
+
+    # 4. costs, break-even, warnings, the recommendation
+    training = {a.label: _training(a, prices, instance.usd_per_hour) for a in adapters}
+    primary = "field_accuracy" if json_task else "accuracy"
+    rows = [_option_row(o, primary, prices, instance.usd_per_hour) for o in options]
+    for row in rows:
+        if row["kind"] == "adapter":
+            row["training"] = training[row["adapter"]["label"]]
+            row["break_even"] = break_even(row, rows, config.queries_per_day, config.price_fine_tuned)
+            if not row["training"].get("available"):
+                notes.append(f"{row['name']}: training cost unknown ({row['training'].get('reason')})")
+    report = {
+        "generated_at": datetime.now(UTC).isoformat(),
+        "source": config.source,
+        "base": {"name": base.name, "sha256": base.sha256},
+        "held_out_examples": len(data.test),
+        "training_examples": len(data.train),
+        "json_task": json_task,
+        "quality_metric": primary,
+        "config": config.model_dump(mode="json"),
+        "replica": {"name": config.replica or hardware.default, "usd_per_hour": instance.usd_per_hour},
+        "prices_as_of": prices.as_of.isoformat(),
+        "hardware_as_of": hardware.as_of.isoformat(),
+        "options": rows,
+        "warnings": availability_warnings(rows, prices, date.today(), config.warn_days),
+        "notes": notes,
+    }
+    report["recommendation"] = recommend(report, config)
+    return write_outputs(report, config)
+
+
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _regression_score(engine, adapter: Path | None, eval_config) -> float | None:
+    from ftops.registry import eval as ev
+
+    items, _, ok = ev.regression_answers(engine, adapter, eval_config)
+    return sum(ok) / len(items) if items else None
+
+
+def _training(a: AdapterChoice, prices, usd_per_hour: float) -> dict:
+    from ftops.serving.costs import training_cost, training_cost_for_version
+
+    if a.name:
+        return training_cost_for_version(a.name, a.version, prices, usd_per_hour)
+    return training_cost(a.run_id, prices, usd_per_hour)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q))
+
+
+def _option_row(o: Option, primary: str, prices, usd_per_hour: float) -> dict:
+    """Tokens, costs and latency of one option; every figure recomputable from the others and the two tables."""
+    a, n = o.answers, len(o.answers.gens)
+    prompt, completion = sum(a.prompt_tokens), sum(g.tokens for g in a.gens)
+    hosted_usd = prices.hosted_cost(prompt, completion)
+    self_hosted = usd_per_hour * a.busy_s / 3600 / n * 1000 if o.kind != "hosted" else None
+    priced = hosted_usd[o.price_key] / n * 1000 if o.price_key else None
+    row = {
+        "id": o.id,
+        "name": o.name,
+        "kind": o.kind,
+        "tier": TIERS[o.kind],
+        "queries": n,
+        "metrics": o.metrics,
+        "quality": o.metrics.get(primary, 0.0),
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "prompt_tokens_per_query": prompt / n,
+        "completion_tokens_per_query": completion / n,
+        "busy_s": a.busy_s,
+        "latency_p50_s": _percentile(a.latencies, 50),
+        "latency_p95_s": _percentile(a.latencies, 95),
+        "self_hosted_usd_per_1k": self_hosted,
+        "price_key": o.price_key,
+        "hosted_usd_per_1k": priced,
+        # what running this option costs: the replica for local options, the API's price for hosted ones
+        "usd_per_1k": self_hosted if o.kind != "hosted" else priced,
+    }
+    if o.adapter:
+        row["adapter"] = {
+            "label": o.adapter.label,
+            "name": o.adapter.name,
+            "version": o.adapter.version,
+            "run_id": o.adapter.run_id,
+        }
+    if o.hosted_model:
+        row["hosted_model"] = o.hosted_model
+    return row
+
+
+def break_even(adapter: dict, rows: list[dict], queries_per_day: float, price_fine_tuned: str) -> list[dict]:
+    """For each other option: queries (and months at ``queries_per_day``) after which the adapter's saving per query
+    repays its training. Self-hosted: training runtime x replica price against ``usd_per_1k``. Hosted: the same
+    trained tokens at ``price_fine_tuned``'s training price, the adapter's tokens at its serving price against the
+    other option's tokens at its hosted-equivalent price. None when there is no saving (or no training cost)."""
+    t = adapter.get("training") or {}
+
+    def one(training_usd, mine, theirs):
+        if training_usd is None or mine is None or theirs is None:
+            return {"saving_usd_per_query": None, "queries": None, "months": None}
+        saving = (theirs - mine) / 1000
+        queries = training_usd / saving if saving > 0 else None
+        return {
+            "saving_usd_per_query": saving,
+            "queries": queries,
+            "months": None if queries is None else queries / queries_per_day / DAYS_PER_MONTH,
+        }
+
+    out = []
+    for other in rows:
+        if other is adapter or other["kind"] == "adapter":
+            continue
+        hosted_training = (t.get("hosted_usd") or {}).get(price_fine_tuned)
+        out.append(
+            {
+                "against": other["name"],
+                "training_usd": t.get("self_hosted_usd"),
+                "self_hosted": one(t.get("self_hosted_usd"), adapter["usd_per_1k"], other["usd_per_1k"]),
+                "hosted_training_usd": hosted_training,
+                "hosted": one(hosted_training, adapter["hosted_usd_per_1k"], other["hosted_usd_per_1k"])
+                if other["kind"] != "hosted"
+                else one(None, None, None),
+            }
+        )
+    return out
+
+
+def availability_warnings(rows: list[dict], prices, today: date, warn_days: int) -> list[str]:
+    """One line per price row in use whose new-jobs or availability date is past or within ``warn_days``."""
+    out = []
+    for key in sorted({r["price_key"] for r in rows if r["price_key"]}):
+        p = prices.models[key]
+        users = ", ".join(r["name"] for r in rows if r["price_key"] == key)
+        for what, when in (("new fine-tuning jobs", p.new_jobs_until), ("the model itself", p.available_until)):
+            if when is None:
+                continue
+            days = (when - today).days
+            if days < 0:
+                state = f"ended on {when} ({-days} days ago)"
+            elif days <= warn_days:
+                state = f"end on {when} (in {days} days)"
+            else:
+                continue
+            out.append(f"{key} (prices {users}): {what} {state}; source: {' '.join(p.availability_source.split())}")
+    return out
+
+
+def _usd(x: float | None) -> str:
+    return "-" if x is None else f"${x:.3g}"
+
+
+def _count(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def _when(b: dict) -> str:
+    """``queries | months`` cells of one break-even: 'never' without a saving, '-' without a training cost."""
+    if b["queries"] is None:
+        return "never | -" if b["saving_usd_per_query"] is not None else "- | -"
+    return f"{_count(b['queries'])} | {b['months']:.3g}"
+
+
+def recommend(report: dict, config: AdviseConfig) -> dict:
+    """The guides' order: the first option (prompt, then retrieval, then fine-tune; cheapest first within a tier)
+    whose quality is within ``tolerance`` of the best; an adapter instead when it is good enough too, cheaper per
+    query, and repays its training within ``payback_months``. The reason, in numbers."""
+    rows, metric = report["options"], report["quality_metric"]
+    if not rows:
+        return {"option": None, "why": "no option could be evaluated; see the notes"}
+    best = max(rows, key=lambda r: r["quality"])
+    if best["quality"] <= 0:
+        return {
+            "option": None,
+            "why": f"no option does the task: the best {metric} is {best['quality']:.2f} ({best['name']}); "
+            "fix the data, the prompt or the base model before deciding",
+        }
+    target = best["quality"] - config.tolerance
+    cost = lambda r: r["usd_per_1k"] if r["usd_per_1k"] is not None else float("inf")  # noqa: E731
+    ordered = sorted(rows, key=lambda r: (r["tier"], cost(r)))
+    good = [r for r in ordered if r["quality"] >= target]
+    pick = good[0]
+
+    def said(r):
+        return f"{r['name']} reaches {r['quality']:.2f} {metric} at {_usd(r['usd_per_1k'])}/1k queries"
+
+    why = [
+        f"In the guides' order (prompt, then retrieval, then fine-tune), {said(pick)}, within {config.tolerance:.2f} "
+        f"of the best ({best['name']}: {best['quality']:.2f})."
+    ]
+    if pick["kind"] != "adapter":
+        for r in (r for r in good if r["kind"] == "adapter" and cost(r) < cost(pick)):
+            be = next((b["self_hosted"] for b in r["break_even"] if b["against"] == pick["name"]), {})
+            if be.get("months") is not None and be["months"] <= config.payback_months:
+                why.append(
+                    f"But {said(r)}: it repays its {_usd(r['training'].get('self_hosted_usd'))} training after "
+                    f"{_count(be['queries'])} queries ({be['months']:.2g} months at "
+                    f"{config.queries_per_day:,.0f}/day), "
+                    f"within {config.payback_months:g} months: fine-tune for cost at volume."
+                )
+                pick = r
+                break
+    else:
+        below = [r for r in ordered if r["tier"] < 3]
+        top = max(below, key=lambda r: r["quality"]) if below else None
+        if top is not None:
+            why.append(
+                f"No prompt or retrieval option comes close: the best of them, {said(top)}; fine-tuning is worth it "
+                "for quality."
+            )
+    if pick["kind"] == "adapter":
+        base_reg = next((r["metrics"].get("regression_score") for r in rows if r["kind"] == "zero-shot"), None)
+        reg = pick["metrics"].get("regression_score")
+        if base_reg and reg is not None and reg < 0.95 * base_reg:
+            why.append(
+                f"Caveat: it forgot general skills (regression suite {reg:.2f} against the base's {base_reg:.2f})."
+            )
+    for w in report["warnings"]:
+        if pick["price_key"] and w.startswith(pick["price_key"] + " "):
+            why.append(f"Warning: {w.split(';')[0]}.")
+    return {"option": pick["name"], "why": " ".join(why)}
+
+
+# --------------------------------------------------------------------------------------------- output
+def markdown(report: dict) -> str:
+    c, metric = report["config"], report["quality_metric"]
+    lines = [
+        f"# Should you fine-tune? `ftops advise {report['source']}`",
+        "",
+        f"Base `{report['base']['name']}`; {report['held_out_examples']} held-out examples, "
+        f"{report['training_examples']} training examples; k={c['k']}; engine {c['engine']}, greedy, "
+        f"max_new_tokens {c['max_new_tokens']}, batches of {c['batch_size']}. Self-hosted on "
+        f"`{report['replica']['name']}` at ${report['replica']['usd_per_hour']}/h (hardware as of "
+        f"{report['hardware_as_of']}), busy-time method; hosted prices as of {report['prices_as_of']}. "
+        f"Quality: {metric}.",
+        "",
+        f"**Recommendation: {report['recommendation']['option'] or 'none'}.** {report['recommendation']['why']}",
+        "",
+        "| option | " + metric + " | format | exact | regression | prompt tok/q | completion tok/q | "
+        "$/1k queries | hosted-priced $/1k (row) | p50 s | p95 s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["options"]:
+        m = r["metrics"]
+
+        def f(name, m=m):
+            return "-" if m.get(name) is None else f"{m[name]:.2f}"
+
+        lines.append(
+            f"| {r['name']} | {r['quality']:.2f} | {f('format_compliance')} | {f('accuracy')} | "
+            f"{f('regression_score')} | {r['prompt_tokens_per_query']:.0f} | {r['completion_tokens_per_query']:.1f} | "
+            f"{_usd(r['usd_per_1k'])}{' (API)' if r['kind'] == 'hosted' else ''} | "
+            f"{_usd(r['hosted_usd_per_1k'])} ({r['price_key'] or 'no row'}) | {r['latency_p50_s']:.2f} | "
+            f"{r['latency_p95_s']:.2f} |"
+        )
+    adapters = [r for r in report["options"] if r["kind"] == "adapter"]
+    if adapters:
+        lines += [
+            "",
+            f"### Break-even at {c['queries_per_day']:,.0f} queries/day",
+            "",
+            "| adapter | against | training $ | saving $/query | queries | months | hosted: training $ | "
+            "saving $/query | queries | months |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for a in adapters:
+            for b in a["break_even"]:
+                s, h = b["self_hosted"], b["hosted"]
+                lines.append(
+                    f"| {a['name']} | {b['against']} | {_usd(b['training_usd'])} | {_usd(s['saving_usd_per_query'])} | "
+                    f"{_when(s)} | {_usd(b['hosted_training_usd'])} | {_usd(h['saving_usd_per_query'])} | {_when(h)} |"
+                )
+        lines += [
+            "",
+            "Self-hosted: the adapter's training runtime x the replica price, against the saving per query on this "
+            "replica. Hosted: the same trained tokens at the fine-tuned row's training price, the adapter's tokens at "
+            f"`{c['price_fine_tuned']}` against the other option's tokens at `{c['price_base']}`. 'never': no saving.",
+        ]
+    for title, items in (("Warnings", report["warnings"]), ("Notes", report["notes"])):
+        if items:
+            lines += ["", f"### {title}", ""] + [f"- {x}" for x in items]
+    lines += [
+        "",
+        "How to read it: every option answered the same held-out examples, scored with the gate's metrics. Prompt "
+        "options leave the base's weights alone, so their regression score is the base's (the suite asked without "
+        "the task prompt). A query's latency is the wall time of its batch on the offline engine (an upper bound); "
+        "the hosted-priced column prices an option's own tokens at a hosted API's rates, its quality is the one "
+        "measured here.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> Path:
+    """Quality against cost per 1,000 queries, one point per option."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {1: "tab:blue", 2: "tab:orange", 3: "tab:green"}
+    points = [r for r in report["options"] if r["usd_per_1k"]]
+    for r in points:
+        ax.scatter(
+            r["usd_per_1k"], r["quality"], s=60, color=colors[r["tier"]], marker="s" if r["kind"] == "hosted" else "o"
+        )
+        ax.annotate(r["name"], (r["usd_per_1k"], r["quality"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    for tier, color in colors.items():
+        ax.scatter([], [], color=color, label=TIER_NAMES[tier])
+    if points:
+        ax.set_xscale("log")
+        lo, hi = min(r["usd_per_1k"] for r in points), max(r["usd_per_1k"] for r in points)
+        ax.set_xlim(lo / 2, hi * 4)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("USD per 1,000 queries (self-hosted busy time; hosted: price table), log scale")
+    ax.set_ylabel(report["quality_metric"])
+    ax.set_title(
+        f"ftops advise: {report['held_out_examples']} held-out examples, base {report['base']['name']}", fontsize=10
+    )
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(report: dict, config: AdviseConfig) -> dict:
+    """report.md, advice.json and advice.png in ``config.out``; the MLflow run ``advise``, tagged with the adapters."""
+    import mlflow
+
+    from ftops import settings
+
+    out = config.out or settings.home() / "advise" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot(report, out / "advice.png")
+    settings.configure_mlflow()
+    adapters = [r["adapter"] for r in report["options"] if r["kind"] == "adapter"]
+    tags = {
+        "ftops.kind": "advise",
+        "ftops.advise.source": report["source"],
+        "ftops.advise.recommendation": str(report["recommendation"]["option"]),
+        "ftops.advise.adapters": ",".join(a["label"] for a in adapters),
+        "ftops.advise.adapter_runs": ",".join(a["run_id"] or "" for a in adapters),
+    }
+    tags |= {f"ftops.advise.adapter.{a['name']}": a["version"] for a in adapters if a["name"]}
+    with mlflow.start_run(experiment_id=settings.experiment_id(), run_name="advise", tags=tags) as run:
+        report["mlflow_run_id"] = run.info.run_id
+        report["out"] = {"report": str(out / "report.md"), "json": str(out / "advice.json"), "chart": str(png)}
+        (out / "report.md").write_text(markdown(report))
+        (out / "advice.json").write_text(json.dumps(report, indent=2, default=str))
+        mlflow.log_params(
+            {"k": config.k, "queries_per_day": config.queries_per_day, "examples": report["held_out_examples"]}
+        )
+        metrics = {}
+        for r in report["options"]:
+            metrics[f"{r['id']}.quality"] = r["quality"]
+            if r["usd_per_1k"] is not None:
+                metrics[f"{r['id']}.usd_per_1k"] = r["usd_per_1k"]
+        mlflow.log_metrics(metrics)
+        for f in ("report.md", "advice.json", "advice.png"):
+            mlflow.log_artifact(str(out / f), "advise")
+    return report
+
+
+# --------------------------------------------------------------------------------------------- command line
+#: ``ftops advise`` options whose names differ from the fields
+FLAGS = {
+    "adapters": "--adapter",
+    "hosted_models": "--hosted-model",
+    "hosted_api_key_env": "--hosted-key-env",
+    "format_schema": "--schema",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ftops.config import add_options
+
+    p = sub.add_parser(
+        "advise",
+        help="should you fine-tune? prompt vs few-shot vs retrieval vs adapter, in quality and dollars",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Answer "should you fine-tune?" with your own data: the base with the data's system prompt (zero-shot), with k
+training examples in the prompt (few-shot), with the k most similar training examples per query (retrieval, BM25),
+each adapter, and hosted models through the openai client, all on the same held-out examples with the gate's
+metrics. Per option: quality, tokens per query, self-hosted cost per 1,000 queries (busy time on this hardware
+profile), the hosted price, latency p50/p95; break-even of each adapter's training cost; a recommendation in the
+guides' order (prompt, then retrieval, then fine-tune). Writes report.md, advice.json and advice.png, logged as
+an MLflow run tagged with the adapters.
+
+examples:
+  ftops advise .ftops/demo/data --adapter ticket-extractor@production
+  ftops advise RUN_ID --k 4 --queries-per-day 5000 --json
+  ftops advise data/ --hosted-url https://api.openai.com/v1 --hosted-model gpt-4o-mini""",
+    )
+    p.add_argument("source", metavar="DATA_DIR_OR_RUN", help=AdviseConfig.model_fields["source"].description)
+    fields = [f for f in AdviseConfig.model_fields if f != "source"]
+    add_options(p, AdviseConfig, fields=fields, flags=FLAGS)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_advise)
+
+
+def _advise(args: argparse.Namespace) -> int:
+    import os
+
+    from ftops.config import from_options
+
+    config = from_options(args, AdviseConfig, flags=FLAGS, source=args.source)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    report = advise(config)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(markdown(report))
+        print(f"report, chart and JSON in {Path(report['out']['report']).parent}; MLflow run {report['mlflow_run_id']}")
+    return 0
