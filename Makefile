@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test ui lint format clean help checkov k8s-check gpu-resolve
+.PHONY: setup demo test ui lint format clean help checkov k8s-check gpu-resolve bento
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -53,6 +53,11 @@ lint: $(STAMP)  ## ruff: lint rules and the formatter's check (CI runs both)
 format: $(STAMP)  ## ruff: fix what can be fixed and format the tree
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+bento: $(STAMP)  ## build the ftops wheel into dist/, then the Bento ftops:<version> from bentofile.yaml (offline)
+	rm -f dist/ftops-*.whl
+	$(BIN)/pip wheel --no-deps --no-build-isolation -q -w dist . 2>&1 | $(QUIET_PIP)
+	$(BIN)/bentoml build .
 
 clean:  ## remove .ftops state (keeps .venv)
 	rm -rf .ftops

@@ -3,6 +3,7 @@ from anywhere (not only from the checkout, where the stage folders would shadow 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -83,3 +84,68 @@ def test_the_installed_service_imports_outside_the_checkout(wheel, tmp_path):
     assert Path(service_file).is_relative_to(site)  # the wheel's copy, not the checkout's
     assert policy_found == "True"
     assert bare == "[]"
+
+
+def test_the_bento_installs_ftops_and_its_built_service_imports(wheel, tmp_path):
+    """``make bento``'s build, offline, from the repository's own bentofile.yaml: the Bento carries the ftops wheel
+    (the one pyproject.toml's version names) and pins the extras it serves with; the service it names imports from
+    that wheel alone, run from the Bento's own folder."""
+    import tomllib
+
+    import yaml
+
+    bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (named_wheel,) = bentofile["python"]["wheels"]
+    assert Path(named_wheel).name == wheel.name, "bentofile.yaml names another ftops version than pyproject.toml"
+    extras = project["optional-dependencies"]
+    assert bentofile["python"]["packages"] == extras["cpu"] + extras["postgres"]
+    assert bentofile["service"] == "ftops.cli.service:FtopsLLM"  # what `ftops serve` runs (ftops/cli/__init__.py)
+
+    context = tmp_path / "context"  # the build context: bentofile.yaml, what it includes, and the wheel where it says
+    (context / named_wheel).parent.mkdir(parents=True)
+    shutil.copy2(wheel, context / named_wheel)
+    shutil.copy2(REPO / "bentofile.yaml", context / "bentofile.yaml")
+    for pattern in bentofile["include"]:
+        (context / pattern).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / pattern, context / pattern)
+    home = tmp_path / "bentoml-home"
+    env = {**os.environ, "BENTOML_HOME": str(home), "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "True"}
+    bentoml = Path(sys.executable).with_name("bentoml")
+    r = subprocess.run(
+        [str(bentoml), "build", str(context)], cwd=context, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    (bento,) = [p for p in (home / "bentos" / "ftops").iterdir() if p.name != "latest"]
+    (packed,) = (bento / "env" / "python" / "wheels").glob("ftops-*.whl")
+    assert packed.read_bytes() == wheel.read_bytes()
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text().split()
+    assert set(extras["cpu"] + extras["postgres"]) <= set(requirements)
+
+    site = tmp_path / "site"  # what the Bento's install.sh installs, without its dependencies (this venv has them)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(packed)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    probe = (
+        f"import bentoml, ftops, ftops.serving.service as s; svc = bentoml.load({str(bento)!r});"
+        "print(ftops.__file__); print(svc.name);"
+        "print(sorted([path for app, path, _ in svc.mount_apps if app is s._gateway]"
+        " + [p for m in s._gateway.mounts for p in m.prefixes]))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=bento / "src",
+        env={**env, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    ftops_file, name, routes = r.stdout.strip().splitlines()[-3:]
+    assert Path(ftops_file).is_relative_to(site)  # the Bento's ftops, not the checkout's
+    assert name == "ftops"
+    # the gateway (inference, health, OpenAPI) at the root, and the fine-tuning API composed beside it
+    assert routes == str(["/", "/v1/files", "/v1/fine_tuning"])
