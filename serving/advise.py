@@ -433,9 +433,9 @@ def advise(config: AdviseConfig) -> dict:
                 f"--k {config.k} is larger than the training split ({len(data.train)} examples in "
                 f"{data.train_path}); lower --k"
             )
-        adapters = ([run_adapter(data.run_id, tmp)] if data.run_id else []) + [
-            resolve_adapter(s, tmp) for s in config.adapters
-        ]
+        adapters = [resolve_adapter(s, tmp) for s in config.adapters]
+        if data.run_id and all(a.run_id != data.run_id for a in adapters):  # the run's own, unless registered above
+            adapters.insert(0, run_adapter(data.run_id, tmp))
         base = load_base(adapters[0].base_name if adapters else (config.base or SMOLLM2_NAME))
         for a in adapters:
             if (a.base_name, a.base_sha256) != (base.name, base.sha256):
@@ -511,6 +511,9 @@ def advise(config: AdviseConfig) -> dict:
         engine = ev.make_engine(eval_config, base.path, max([a.rank for a in adapters] or [8]))
         base_regression = None
         try:
+            # warm up (first-call set-up, an adapter's first load) outside the measured busy time
+            for path in {None, *(a.path for a in adapters)}:
+                engine.chat(prompts["zero-shot"][:1], path, 1)
             for o in options:
                 print(f"advise: {o.name} on {len(data.test)} held-out examples", file=sys.stderr, flush=True)
                 if o.kind == "hosted":
@@ -689,7 +692,7 @@ def availability_warnings(rows: list[dict], prices, today: date, warn_days: int)
 
 
 def _usd(x: float | None) -> str:
-    return "-" if x is None else f"${x:.3g}"
+    return "-" if x is None else f"{'-' if x < 0 else ''}${abs(x):.3g}"
 
 
 def _count(x: float | None) -> str:
@@ -806,6 +809,9 @@ def markdown(report: dict) -> str:
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for a in adapters:
+            if not a["training"].get("available"):
+                lines.append(f"| {a['name']} | every option | unknown (see the notes) | | | | | | | |")
+                continue
             for b in a["break_even"]:
                 s, h = b["self_hosted"], b["hosted"]
                 lines.append(

@@ -2,7 +2,8 @@
 
 data (generate, validate, split; the base answers general prompts as replay) -> train (QLoRA, tickets + replay) ->
 gate (eval adapter and base, register @staging) -> promote (@production) -> serve (BentoML + vLLM, real HTTP) -> ask
-adapter and base the same questions -> cost report.
+adapter and base the same questions -> cost report -> ``ftops advise`` (prompt, few-shot, retrieval and the adapter on
+a few held-out tickets: should you have fine-tuned?).
 Each step calls the same public function its own subcommand calls; nothing here is special to the demo.
 """
 
@@ -58,6 +59,12 @@ class DemoConfig(StrictConfig):
     """Port of the demo service (0: a free one)."""
     serve_timeout_s: float = Field(600.0, gt=0)
     """How long to wait for the service to be ready, in seconds."""
+    advise: bool = True
+    """End with ``ftops advise`` for the demo run: zero-shot, few-shot, retrieval and the adapter side by side."""
+    advise_examples: int = Field(10, ge=1)
+    """Held-out tickets the advice answers per option (few, so the demo stays minutes on 2 CPU cores)."""
+    advise_regression: int = Field(10, ge=1)
+    """Regression-suite items the advice scores the base and the adapter on."""
 
 
 #: ``ftops demo`` options whose names differ from the fields
@@ -240,13 +247,32 @@ def cost_report(work: Path) -> None:
     print(f"cost chart: {work / 'cost.png'} (also logged to MLflow)")
 
 
+def advice(config: DemoConfig, work: Path, run_id: str, version: str | None) -> None:
+    """``ftops advise`` for the demo run (its registered version when the gate passed), bounded to a few examples."""
+    from ftops.serving.advise import AdviseConfig, advise, markdown
+
+    report = advise(
+        AdviseConfig(
+            source=run_id,
+            adapters=[f"{config.model_name}:{version}"] if version else [],
+            k=3,
+            max_examples=config.advise_examples,
+            regression_limit=config.advise_regression,
+            format_schema="ticket",
+            out=work / "advise",
+        )
+    )
+    print(markdown(report))
+    print(f"advice: {work / 'advise'} (report.md, advice.png, advice.json; MLflow run {report['mlflow_run_id']})")
+
+
 def run(config: DemoConfig) -> int:
     from ftops.base import SMOLLM2, SMOLLM2_NAME, import_base, load_base
 
     settings.configure_mlflow()
     work = settings.home() / "demo"
     work.mkdir(parents=True, exist_ok=True)
-    total = 6 if config.serve else 4
+    total = 6 if config.serve else (5 if config.advise else 4)  # with the service, the advice closes step 6
     started = time.monotonic()
 
     _step(1, total, f"base model {config.base}")
@@ -274,8 +300,12 @@ def run(config: DemoConfig) -> int:
         who = "the adapter and the base" if version else "the base alone (the gate refused the adapter)"
         _step(5, total, f"serve: BentoML + vLLM, asking {who} through the openai client")
         serve_and_ask(config, work, base, splits["test"], with_adapter=version is not None)
-        _step(6, total, "cost report")
+        _step(6, total, "cost report" + (", then the advice: should you fine-tune?" if config.advise else ""))
         cost_report(work)
+    elif config.advise:
+        _step(5, total, "advice: should you fine-tune?")
+    if config.advise:
+        advice(config, work, run_id, version)
     if version is None:
         raise FtopsError(f"the gate refused run {run_id}; its report is above and on the run in MLflow")
 
