@@ -411,8 +411,17 @@ def load_test_split(run_id: str, dst: Path, local: Path | None = None) -> list[d
     """The run's held-out split ``data/test.jsonl`` (downloaded into ``dst`` unless ``local`` is that file already):
     chat rows whose last message is the assistant's reference."""
     local = local or download_test_split(run_id, dst)
+    rows = read_chat_rows(local, f"{TEST_SPLIT_ARTIFACT} of run {run_id}")
+    if not rows:
+        raise FtopsError(f"{TEST_SPLIT_ARTIFACT} of run {run_id} is empty; nothing to evaluate")
+    return rows
+
+
+def read_chat_rows(path: Path, where: str) -> list[dict]:
+    """The chat rows of a JSONL split whose last message is the assistant's reference (blank lines skipped); a
+    malformed row is an error naming ``where`` and its line."""
     rows = []
-    for n, line in enumerate(local.read_text().splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -421,10 +430,8 @@ def load_test_split(run_id: str, dst: Path, local: Path | None = None) -> list[d
             if messages[-1]["role"] != "assistant" or len(messages) < 2:
                 raise ValueError("the last message must be the assistant's reference answer")
         except (ValueError, KeyError, TypeError, IndexError) as e:
-            raise FtopsError(f"{TEST_SPLIT_ARTIFACT} line {n} of run {run_id}: not a chat example ({e})") from e
+            raise FtopsError(f"{where} line {n}: not a chat example ({e})") from e
         rows.append(row)
-    if not rows:
-        raise FtopsError(f"{TEST_SPLIT_ARTIFACT} of run {run_id} is empty; nothing to evaluate")
     return rows
 
 

@@ -155,21 +155,13 @@ class Option:
 
 def _read_chat_rows(path: Path, what: str) -> list[dict]:
     """Chat rows of a split file; one clear line for a missing, empty or malformed one."""
+    from ftops.registry.eval import read_chat_rows
+
     if not path.is_file():
         raise FtopsError(
             f"{path}: no {what} split; a data folder holds train.jsonl and test.jsonl (`ftops data split`)"
         )
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if row["messages"][-1]["role"] != "assistant" or len(row["messages"]) < 2:
-                raise ValueError("the last message must be the assistant's answer")
-        except (ValueError, KeyError, TypeError, IndexError) as e:
-            raise FtopsError(f"{path} line {n}: not a chat example ({e}); `ftops data validate` says more") from e
-        rows.append(row)
+    rows = read_chat_rows(path, str(path))
     if not rows:
         raise FtopsError(f"the {what} split {path} is empty: advise needs held-out and training examples")
     return rows
