@@ -403,136 +403,180 @@ def answer_hosted(client, model: str, conversations: list[list[dict]], config: A
 # --------------------------------------------------------------------------------------------- the job
 def advise(config: AdviseConfig) -> dict:
     """Compare every option on the held-out split; write the report, chart and JSON into ``config.out``, log them as
-    an MLflow run, and return the report as a dict."""
-    from ftops.base import SMOLLM2_NAME, load_base
-    from ftops.registry import eval as ev
+    an MLflow run, and return the report as a dict. Bad input fails before any model starts."""
     from ftops.serving.costs import load_hardware, load_prices
 
-    # 1. inputs, checked before any model starts: data, k, adapters, price rows, the hosted endpoint
     prices, hardware = load_prices(), load_hardware()
-    instance = hardware.instance(config.replica or hardware.default)
+    hardware.instance(config.replica or hardware.default)  # an unknown --replica: one line naming the choices
     for key in (config.price_base, config.price_fine_tuned):
         if key not in prices.models:
             raise UsageError(f"price row {key!r} is not in the price table ({', '.join(sorted(prices.models))})")
     hosted = parse_hosted(config, prices)
     notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="ftops-advise-") as tmp_name:
-        tmp = Path(tmp_name)
-        data = load_data(config.source, tmp)
-        data.test = data.test[: config.max_examples]
-        if config.k > len(data.train):
-            raise FtopsError(
-                f"--k {config.k} is larger than the training split ({len(data.train)} examples in "
-                f"{data.train_path}); lower --k"
-            )
-        adapters = [resolve_adapter(s, tmp) for s in config.adapters]
-        if data.run_id and all(a.run_id != data.run_id for a in adapters):  # the run's own, unless registered above
-            adapters.insert(0, run_adapter(data.run_id, tmp))
-        base = load_base(adapters[0].base_name if adapters else (config.base or SMOLLM2_NAME))
-        for a in adapters:
-            if (a.base_name, a.base_sha256) != (base.name, base.sha256):
-                raise FtopsError(
-                    f"adapter {a.label} adapts {a.base_name} ({a.base_sha256[:12]}), not {base.name} "
-                    f"({base.sha256[:12]}): compare adapters of one base at a time"
-                )
+    with tempfile.TemporaryDirectory(prefix="ftops-advise-") as tmp:
+        # 1. inputs: the splits, k, the adapters and their base, the hosted endpoint
+        data, adapters, base = load_inputs(config, Path(tmp))
         client = None
         if hosted:
             client, why = hosted_client(config)
             if why:
                 notes.append(why)
                 print(f"ftops advise: note: {why}; the rest still runs", file=sys.stderr)
-
         # 2. the options and their prompts; every prompt must fit the context
-        prompts = build_prompts(data, config.k)
-        options = [
-            Option("zero_shot", "zero-shot", "zero-shot", prompts["zero-shot"], price_key=config.price_base),
-            Option(f"few_shot_k{config.k}", f"few-shot (k={config.k})", "few-shot", prompts["few-shot"]),
-            Option(f"retrieval_k{config.k}", f"retrieval (BM25, k={config.k})", "retrieval", prompts["retrieval"]),
-        ]
-        for o in options[1:]:
-            o.price_key = config.price_base
-        for a in adapters:
-            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", a.label)
-            options.append(
-                Option(
-                    f"adapter_{slug}",
-                    f"adapter {a.label}",
-                    "adapter",
-                    prompts["zero-shot"],
-                    a,
-                    None,
-                    config.price_fine_tuned,
-                )
-            )
-        if client is not None:
-            for model, key in hosted:
-                slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
-                options.append(
-                    Option(f"hosted_{slug}", f"hosted {model}", "hosted", prompts["zero-shot"], None, model, key)
-                )
-                if key is None:
-                    notes.append(f"hosted {model}: no price row for it; give --hosted-model {model}=PROVIDER/MODEL")
-        tokenizer = _tokenizer(base.path)
-
-        def tokens(conversation: list[dict]) -> int:
-            text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
+        options = build_options(config, data, adapters, hosted if client is not None else [], notes)
+        tokens = prompt_counter(base.path)
         longest = max(tokens(c) for o in options for c in o.conversations)
         if longest + config.max_new_tokens > config.max_model_len:
             raise FtopsError(
                 f"the longest prompt is {longest} tokens (k={config.k}): with max_new_tokens {config.max_new_tokens} "
                 f"it does not fit max_model_len {config.max_model_len}; lower --k or raise --max-model-len"
             )
-
         # 3. answer and score every option on the same held-out rows
-        refs = [str(r["messages"][-1]["content"]) for r in data.test]
-        ref_objects = [ev.parse_json_object(r) for r in refs]
-        json_task = all(o is not None for o in ref_objects)
-        schema = ev.load_schema(config.format_schema, ref_objects) if json_task else None
-        eval_config = ev.EvalConfig(
-            engine=config.engine,
-            max_new_tokens=config.max_new_tokens,
-            regression=config.regression,
-            regression_limit=config.regression_limit,
-            format_schema=config.format_schema,
-            max_model_len=config.max_model_len,
-            kv_cache_gib=config.kv_cache_gib,
-            batch_size=config.batch_size,
-        )
-        engine = ev.make_engine(eval_config, base.path, max([a.rank for a in adapters] or [8]))
-        base_regression = None
-        try:
-            # warm up (first-call set-up, an adapter's first load) outside the measured busy time
-            for path in {None, *(a.path for a in adapters)}:
-                engine.chat(prompts["zero-shot"][:1], path, 1)
-            for o in options:
-                print(f"advise: {o.name} on {len(data.test)} held-out examples", file=sys.stderr, flush=True)
-                if o.kind == "hosted":
-                    try:
-                        o.answers = answer_hosted(client, o.hosted_model, o.conversations, config)
-                    except Exception as e:  # openai.OpenAIError and its kin: note it, keep the rest
-                        notes.append(f"hosted {o.hosted_model}: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
-                        continue
-                else:
-                    path = o.adapter.path if o.adapter else None
-                    o.answers = answer_local(engine, o.conversations, path, config, tokens)
-                o.metrics = ev.side_metrics("", o.answers.gens, refs, json_task, schema)
-                if config.regression and o.kind != "hosted":
-                    if o.adapter is None and base_regression is None:
-                        base_regression = _regression_score(engine, None, eval_config)
-                    o.metrics["regression_score"] = (
-                        _regression_score(engine, o.adapter.path, eval_config) if o.adapter else base_regression
-                    )
-        finally:
-            if hasattr(engine, "close"):
-                engine.close()
-        options = [o for o in options if o.answers is not None]
+        json_task = answer_options(config, data, base, adapters, options, client, tokens, notes)
+    # 4. costs, break-even, warnings, the recommendation; then the report, chart, JSON and MLflow run
+    report = summarize(config, data, base, adapters, options, json_task, notes, prices, hardware)
+    return write_outputs(report, config)
 
-    # 4. costs, break-even, warnings, the recommendation
-    training = {a.label: _training(a, prices, instance.usd_per_hour) for a in adapters}
+
+def load_inputs(config: AdviseConfig, tmp: Path) -> tuple[Data, list[AdapterChoice], object]:
+    """The splits (held-out cut to ``max_examples``), the adapters to compare and their one base."""
+    from ftops.base import SMOLLM2_NAME, load_base
+
+    data = load_data(config.source, tmp)
+    data.test = data.test[: config.max_examples]
+    if config.k > len(data.train):
+        raise FtopsError(
+            f"--k {config.k} is larger than the training split ({len(data.train)} examples in "
+            f"{data.train_path}); lower --k"
+        )
+    adapters = [resolve_adapter(s, tmp) for s in config.adapters]
+    if data.run_id and all(a.run_id != data.run_id for a in adapters):  # the run's own, unless registered above
+        adapters.insert(0, run_adapter(data.run_id, tmp))
+    base = load_base(adapters[0].base_name if adapters else (config.base or SMOLLM2_NAME))
+    for a in adapters:
+        if (a.base_name, a.base_sha256) != (base.name, base.sha256):
+            raise FtopsError(
+                f"adapter {a.label} adapts {a.base_name} ({a.base_sha256[:12]}), not {base.name} "
+                f"({base.sha256[:12]}): compare adapters of one base at a time"
+            )
+    return data, adapters, base
+
+
+def build_options(
+    config: AdviseConfig,
+    data: Data,
+    adapters: list[AdapterChoice],
+    hosted: list[tuple[str, str | None]],
+    notes: list[str],
+) -> list[Option]:
+    """Zero-shot, few-shot, retrieval, each adapter (zero-shot prompt) and each hosted model (zero-shot prompt)."""
+    prompts = build_prompts(data, config.k)
+    k, base_row, ft_row = config.k, config.price_base, config.price_fine_tuned
+    options = [
+        Option("zero_shot", "zero-shot", "zero-shot", prompts["zero-shot"], price_key=base_row),
+        Option(f"few_shot_k{k}", f"few-shot (k={k})", "few-shot", prompts["few-shot"], price_key=base_row),
+        Option(f"retrieval_k{k}", f"retrieval (BM25, k={k})", "retrieval", prompts["retrieval"], price_key=base_row),
+    ]
+    for a in adapters:
+        label = "adapter_" + _slug(a.label)
+        options.append(Option(label, f"adapter {a.label}", "adapter", prompts["zero-shot"], a, price_key=ft_row))
+    for model, key in hosted:
+        options.append(
+            Option("hosted_" + _slug(model), f"hosted {model}", "hosted", prompts["zero-shot"], None, model, key)
+        )
+        if key is None:
+            notes.append(f"hosted {model}: no price row for it; give --hosted-model {model}=PROVIDER/MODEL")
+    return options
+
+
+def prompt_counter(base_path: str):
+    """Prompt tokens of a conversation as the engines count them: the base's chat template, then its tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+
+    def tokens(conversation: list[dict]) -> int:
+        text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return tokens
+
+
+def answer_options(
+    config: AdviseConfig,
+    data: Data,
+    base,
+    adapters: list[AdapterChoice],
+    options: list[Option],
+    client,
+    tokens,
+    notes: list[str],
+) -> bool:
+    """Answer every option on the gate's engine (hosted ones through ``client``) and score it with the gate's
+    metrics; a hosted model that fails is a note. Returns whether the task is a JSON task."""
+    from ftops.registry import eval as ev
+
+    refs = [str(r["messages"][-1]["content"]) for r in data.test]
+    ref_objects = [ev.parse_json_object(r) for r in refs]
+    json_task = all(o is not None for o in ref_objects)
+    schema = ev.load_schema(config.format_schema, ref_objects) if json_task else None
+    eval_config = ev.EvalConfig(
+        engine=config.engine,
+        max_new_tokens=config.max_new_tokens,
+        regression=config.regression,
+        regression_limit=config.regression_limit,
+        format_schema=config.format_schema,
+        max_model_len=config.max_model_len,
+        kv_cache_gib=config.kv_cache_gib,
+        batch_size=config.batch_size,
+    )
+    engine = ev.make_engine(eval_config, base.path, max([a.rank for a in adapters] or [8]))
+    base_regression = None
+    try:
+        # warm up (first-call set-up, an adapter's first load) outside the measured busy time
+        for path in {None, *(a.path for a in adapters)}:
+            engine.chat(options[0].conversations[:1], path, 1)
+        for o in options:
+            print(f"advise: {o.name} on {len(data.test)} held-out examples", file=sys.stderr, flush=True)
+            if o.kind == "hosted":
+                try:
+                    o.answers = answer_hosted(client, o.hosted_model, o.conversations, config)
+                except Exception as e:  # openai.OpenAIError and its kin: note it, keep the rest
+                    notes.append(f"hosted {o.hosted_model}: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+                    continue
+            else:
+                o.answers = answer_local(engine, o.conversations, o.adapter.path if o.adapter else None, config, tokens)
+            o.metrics = ev.side_metrics("", o.answers.gens, refs, json_task, schema)
+            if config.regression and o.kind != "hosted":  # prompt options keep the base's weights: its score
+                if o.adapter is None and base_regression is None:
+                    base_regression = _regression_score(engine, None, eval_config)
+                o.metrics["regression_score"] = (
+                    _regression_score(engine, o.adapter.path, eval_config) if o.adapter else base_regression
+                )
+    finally:
+        if hasattr(engine, "close"):
+            engine.close()
+    return json_task
+
+
+def summarize(
+    config: AdviseConfig,
+    data: Data,
+    base,
+    adapters: list[AdapterChoice],
+    options: list[Option],
+    json_task: bool,
+    notes: list[str],
+    prices,
+    hardware,
+) -> dict:
+    """The report: per option its quality, tokens, costs and latency; each adapter's training cost and break-even;
+    the price rows' availability warnings; the recommendation."""
+    replica = config.replica or hardware.default
+    usd_per_hour = hardware.instance(replica).usd_per_hour
+    training = {a.label: _training(a, prices, usd_per_hour) for a in adapters}
     primary = "field_accuracy" if json_task else "accuracy"
-    rows = [_option_row(o, primary, prices, instance.usd_per_hour) for o in options]
+    rows = [_option_row(o, primary, prices, usd_per_hour) for o in options if o.answers is not None]
     for row in rows:
         if row["kind"] == "adapter":
             row["training"] = training[row["adapter"]["label"]]
@@ -548,7 +592,7 @@ def advise(config: AdviseConfig) -> dict:
         "json_task": json_task,
         "quality_metric": primary,
         "config": config.model_dump(mode="json"),
-        "replica": {"name": config.replica or hardware.default, "usd_per_hour": instance.usd_per_hour},
+        "replica": {"name": replica, "usd_per_hour": usd_per_hour},
         "prices_as_of": prices.as_of.isoformat(),
         "hardware_as_of": hardware.as_of.isoformat(),
         "options": rows,
@@ -556,13 +600,12 @@ def advise(config: AdviseConfig) -> dict:
         "notes": notes,
     }
     report["recommendation"] = recommend(report, config)
-    return write_outputs(report, config)
+    return report
 
 
-def _tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
+def _slug(text: str) -> str:
+    """An MLflow-safe metric name part."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
 def _regression_score(engine, adapter: Path | None, eval_config) -> float | None:
