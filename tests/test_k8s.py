@@ -28,8 +28,12 @@ KUSTOMIZATIONS = ("kustomization.yaml",)
 # every manifest file: the base's, the per-run Jobs and the example Secrets (the CRD component is checked rendered)
 MANIFESTS = sorted(p for p in [*BASE.glob("*.yaml"), *K8S.glob("*.yaml")] if p.name not in KUSTOMIZATIONS)
 TRAIN_JOBS = [K8S / "train-job.yaml", K8S / "train-job-multi-gpu.yaml"]
-# created one by one (kubectl create -f), not by the kustomization
-PER_RUN = sorted(p for p in K8S.glob("*.yaml") if p.name not in (*KUSTOMIZATIONS, "secret.example.yaml"))
+# the Job the fine-tuning API's kubernetes executor renders per job (training/k8s_executor.py), from the ConfigMap
+JOB_TEMPLATE = BASE / "jobs-api" / "train-job-template.yaml"
+# created one by one (kubectl create -f, or by the jobs API), not by the kustomization
+PER_RUN = sorted(p for p in K8S.glob("*.yaml") if p.name not in (*KUSTOMIZATIONS, "secret.example.yaml")) + [
+    JOB_TEMPLATE
+]
 KUBERNETES_VERSION = "1.33"
 CORE_KINDS = {"keda.sh/v1alpha1": "ScaledObject", "monitoring.coreos.com/v1": "ServiceMonitor"}
 KUBECTL = shutil.which("kubectl", path=os.path.dirname(sys.executable))
@@ -182,6 +186,8 @@ def test_every_ftops_container_runs_a_command_that_parses(rendered):
         "ftops train configs/gpu.yaml",
         "ftops gate $(RUN_ID)",
         "ftops promote ticket-extractor",
+        "ftops jobs serve",
+        "ftops jobs run-one",
     }
 
 
@@ -372,7 +378,7 @@ def test_serving_config_in_configmap_is_accepted_by_the_service():
 
 def test_gpu_workloads_request_gpus_and_use_the_cluster_mlflow():
     mlflow_service = _kind(_documents(BASE / "mlflow.yaml"), "Service", "mlflow")["metadata"]["name"]
-    for path in [BASE / "serving.yaml", *TRAIN_JOBS, K8S / "gate-job.yaml"]:
+    for path in [BASE / "serving.yaml", *TRAIN_JOBS, K8S / "gate-job.yaml", JOB_TEMPLATE]:
         for doc in _documents(path):
             for container in _containers(doc):
                 assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
@@ -506,3 +512,74 @@ def test_serving_init_container_adds_the_ledger_url_from_the_secret(tmp_path):
     config = load_config(tmp_path / "out" / "serve.yaml")
     assert config.ledger_url == url
     assert config.adapter_specs() == [("ticket-extractor", "production")]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fine-tuning API on the cluster: its Deployment, its rights, its settings and the Job template it renders
+
+
+def test_jobs_api_may_touch_jobs_in_its_namespace_only(rendered):
+    assert not [d for d in rendered if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    role = _kind(rendered, "Role", "ftops-jobs-api")
+    (rule,) = role["rules"]
+    assert rule["apiGroups"] == ["batch"] and rule["resources"] == ["jobs"]
+    assert sorted(rule["verbs"]) == ["create", "delete", "get", "list", "watch"]
+    binding = _kind(rendered, "RoleBinding", "ftops-jobs-api")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ftops-jobs-api"}
+    (subject,) = binding["subjects"]
+    assert subject == {"kind": "ServiceAccount", "name": "ftops-jobs-api", "namespace": role["metadata"]["namespace"]}
+    deployment = _kind(rendered, "Deployment", "ftops-jobs-api")
+    pod = _pod(deployment)
+    assert pod["serviceAccountName"] == "ftops-jobs-api" and pod["automountServiceAccountToken"] is True
+    for doc in [*rendered, *(d for job in PER_RUN for d in _documents(job))]:  # the token is mounted there only
+        if _containers(doc) and doc is not deployment:
+            assert _pod(doc).get("automountServiceAccountToken") is False, doc["metadata"]["name"]
+            assert _pod(doc).get("serviceAccountName") in (None, "default"), doc["metadata"]["name"]
+    (container,) = _containers(deployment)
+    assert "nvidia.com/gpu" not in container["resources"]["limits"], "the jobs API needs no GPU"
+
+
+def test_jobs_api_settings_and_template_in_the_configmap_are_what_the_code_loads(rendered, tmp_path):
+    from ftops.training.jobs_service import load_jobs_config
+    from ftops.training.k8s_executor import JOB_ENV, load_template
+
+    configmap = _kind(rendered, "ConfigMap", "ftops-jobs")
+    assert configmap["data"]["train-job-template.yaml"] == JOB_TEMPLATE.read_text()
+    config = load_jobs_config(yaml.safe_load(configmap["data"]["jobs.yaml"]))
+    assert config.executor == "kubernetes" and config.kubernetes.namespace == "ftops"
+    deployment = _kind(rendered, "Deployment", "ftops-jobs-api")
+    (api,) = _containers(deployment)
+    template = load_template(JOB_TEMPLATE)
+    kubernetes_validate.validate(template, KUBERNETES_VERSION, strict=True)
+    (train,) = _containers(template)
+    for pod, container in ((_pod(deployment), api), (_pod(template), train)):
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        config_dir = container["args"][container["args"].index("--config") + 1].rsplit("/", 1)[0]
+        assert volumes[mounts[config_dir]["name"]]["configMap"]["name"] == "ftops-jobs"
+        assert str(config.kubernetes.job_template).startswith(config_dir + "/")
+        files = mounts[str(config.files_dir)]
+        assert volumes[files["name"]]["persistentVolumeClaim"]["claimName"] == "ftops-files"
+        env = {e["name"]: e for e in container["env"]}
+        assert env["FTOPS_JOBS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "ftops-jobs", "key": "jobs-url"}
+    assert _pod(template)["volumes"] and files.get("readOnly") is True, "training pods read the uploads only"
+    assert not {m["mountPath"]: m for m in api["volumeMounts"]}[str(config.files_dir)].get("readOnly")
+    assert {e["name"] for e in train["env"]} >= set(JOB_ENV)
+    files_claim = _kind(rendered, "PersistentVolumeClaim", "ftops-files")
+    assert files_claim["spec"]["accessModes"] == ["ReadWriteMany"] and files_claim["spec"]["storageClassName"]
+    from ftops.serving.costs import load_hardware
+
+    assert config.hardware in load_hardware().instances, "ftops cost report prices the jobs at this profile"
+
+
+def test_one_base_url_the_ingress_sends_fine_tuning_to_the_jobs_api_and_serving_stops_serving_it(rendered):
+    from ftops.serving.config import load_config
+
+    ingress = _kind(rendered, "Ingress", "ftops")
+    (rule,) = ingress["spec"]["rules"]
+    routes = {p["path"]: p["backend"]["service"]["name"] for p in rule["http"]["paths"]}
+    assert routes == {"/v1/files": "ftops-jobs-api", "/v1/fine_tuning": "ftops-jobs-api", "/": "ftops-serve"}
+    for name in set(routes.values()):
+        assert _kind(rendered, "Service", name)
+    serve = load_config(None, yaml.safe_load(_kind(rendered, "ConfigMap", "ftops-serve")["data"]["serve.yaml"]))
+    assert serve.jobs == {"enabled": False}, "GPU serving replicas must not train the API's jobs themselves"

@@ -15,6 +15,14 @@ A job moves ``validating_files`` -> ``queued`` -> ``running`` -> ``succeeded`` |
 The gate runs as a command, not an import: the training stage does not import the registry. Cancel kills the
 child's process group at once (the machine is free within seconds). A service restarted with a job ``running``
 re-queues it; the next attempt resumes from the run's last checkpoint (``resume=RUN_ID``).
+
+Cost: each step's wall time is added to the run's ``job_train_wall_s`` / ``job_gate_wall_s`` metrics (every attempt,
+stopped ones too) and the run is tagged ``ftops.job.hardware`` with ``jobs.hardware``; with the trained tokens
+(``num_input_tokens_seen``) that is what ``ftops cost report`` prices per job (serving reads the run; training
+never reads serving's price tables).
+
+The same steps run in a Kubernetes pod (``ftops jobs run-one JOB_ID``, :meth:`LocalExecutor.run_in_pod`) when
+``jobs.executor`` is ``kubernetes`` (training/k8s_executor.py).
 """
 
 from __future__ import annotations
@@ -61,6 +69,9 @@ class RunnerSettings:
     """How often the worker looks at the queue, the child and MLflow."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment of the child processes."""
+    hardware: str | None = None
+    """Hardware profile (an instance of serving/hardware.yaml) the jobs run on, tagged ``ftops.job.hardware`` on each
+    run; ``ftops cost report`` prices the job's wall time at its hourly price."""
 
 
 def job_overrides(job: dict, splits: dict[str, Path], learning_rate: float, name: str) -> list[str]:
@@ -157,23 +168,59 @@ class LocalExecutor:
         ):
             return  # cancelled meanwhile
         self.store.add_event(job["id"], "Fine-tuning job started")
+        splits = json.loads((self._work_dir(job) / "splits.json").read_text())
+        self.train_and_gate(job, splits)
+
+    def run_in_pod(self, job_id: str, digests: dict[str, str]) -> None:
+        """One job inside the pod of its Kubernetes Job (``ftops jobs run-one``): the executor validated the files
+        and set the job ``running`` when it created the Job; this fetches the uploaded bytes from the shared files
+        location, checks them against the sha256 the Job carries (``digests``: param -> sha256) and the store's,
+        splits them as validation did (deterministic), then trains and gates as the local executor does. A pod
+        started again (node lost, evicted) resumes the job's run from its last complete checkpoint."""
+        from ftops.errors import FtopsError
+
+        job = self.store.get_job(job_id, None)
+        if job is None:
+            raise FtopsError(f"no fine-tuning job {job_id} in the job store ({_safe_url(self.store.url)})")
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            log.warning("fine-tuning job %s has already %s; nothing to do", job_id, job["status"])
+            return
+        if job["status"] != "running":
+            raise FtopsError(f"fine-tuning job {job_id} is {job['status']}; its executor starts the pod once it runs")
+        for param, expected in digests.items():
+            row = self.store.get_file(job["request"].get(param) or "", None)
+            if row is None or row["sha256"] != expected:
+                got = "deleted" if row is None else f"sha256 {row['sha256']}"
+                return self._fail(
+                    job, "invalid_file", f"{param}: the Job was made for sha256 {expected}, the store has {got}", param
+                )
+        self.store.update_job(job_id, worker=self.worker_id, started_at=job["started_at"] or int(time.time()))
+        self.store.add_event(job_id, f"Pod {self.worker_id} started the job")
+        splits = self._materialize(job, self._work_dir(job))
+        self.train_and_gate(self.store.get_job(job_id, None), {k: str(v) for k, v in splits.items()})
+
+    def train_and_gate(self, job: dict, splits: dict[str, str]) -> None:
+        """``ftops train`` with the job's overrides, then ``ftops gate``; the outcome recorded on the job."""
         name = registered_name(job)
         work = self._work_dir(job)
-        splits = json.loads((work / "splits.json").read_text())
         config = work / "train.yaml"
         template = yaml.safe_load(Path(self.config.train_config).read_text()) or {}
         config.write_text(yaml.safe_dump(template))
         current = self._resumable(self.store.get_job(job["id"], None))
         overrides = job_overrides(current, splits, self.config.learning_rate, name)
+        started = time.monotonic()
         code, out, err = self._child_run(
             job, [sys.executable, "-m", "ftops.cli", "train", str(config), *overrides, "--json"]
         )
-        if self._stop.is_set() or self._cancelled(job):
+        train_wall = time.monotonic() - started
+        if self._stop.is_set() or self._cancelled(job) or code != 0:
+            self._record_wall(job, "job_train_wall_s", train_wall)  # a stopped attempt's time was paid for too
+            if code != 0 and not self._stop.is_set() and not self._cancelled(job):
+                self._fail(job, "training_failed", f"training failed: {_last_line(err)}")
             return  # stopping: the job stays running, and the next start re-queues and resumes it
-        if code != 0:
-            return self._fail(job, "training_failed", f"training failed: {_last_line(err)}")
         run_id = json.loads(out.strip().splitlines()[-1])["run_id"]
         self._follow(job, run_id)
+        self._record_wall(job, "job_train_wall_s", train_wall, run_id)
         self.store.add_event(job["id"], "Training finished; evaluating the adapter and its base with the gate")
         gate = [
             sys.executable,
@@ -188,7 +235,9 @@ class LocalExecutor:
             "--json",
             *self.config.gate_options,
         ]
+        started = time.monotonic()
         code, out, err = self._child_run(job, gate)
+        self._record_wall(job, "job_gate_wall_s", time.monotonic() - started, run_id)
         if self._stop.is_set() or self._cancelled(job):
             return
         try:
@@ -218,14 +267,12 @@ class LocalExecutor:
         """The data contract on the uploaded file(s), then the split; ``queued`` or ``failed``."""
         from ftops.base import load_base
         from ftops.errors import FtopsError
-        from ftops.expectations.split import split_file
         from ftops.expectations.validate import validate_file
 
         request = job["request"]
         work = self._work_dir(job)
         try:
             base = load_base(request["model"])
-            paths = {}
             for param in ("training_file", "validation_file"):
                 if not request.get(param):
                     continue
@@ -239,20 +286,13 @@ class LocalExecutor:
                     bad = "; ".join(f"line {e.line or '-'}: {e.code}: {e.message}" for e in report.errors[:5])
                     more = f" (+{len(report.errors) - 5} more)" if len(report.errors) > 5 else ""
                     return self._fail(job, "invalid_training_file", f"{row['filename']}: {bad}{more}", param)
-                paths[param] = path
                 self.store.add_event(
                     job["id"],
                     f"{param} validated: {len(report.examples)} examples",
                     data={"examples": len(report.examples)},
                 )
-            if "validation_file" in paths:
-                splits = {
-                    "train": paths["training_file"],
-                    "validation": paths["validation_file"],
-                    "test": paths["validation_file"],
-                }
-            else:
-                splits = split_file(paths["training_file"], work / "data")
+            splits = self._materialize(job, work)
+            if not request.get("validation_file"):
                 sizes = {k: sum(1 for line in open(p) if line.strip()) for k, p in splits.items()}
                 small = {k: n for k, n in sizes.items() if n < MIN_SPLIT}
                 if small:
@@ -276,7 +316,45 @@ class LocalExecutor:
         if self.store.update_job(job["id"], only_if=("validating_files",), status="queued"):
             self.store.add_event(job["id"], "Files validated; the job is queued")
 
+    def _materialize(self, job: dict, work: Path) -> dict[str, Path]:
+        """The job's files written under ``work`` from the store (each checked against its sha256) and its splits:
+        the validation file as validation and test, or the training file split 80/10/10 (deterministic, so the
+        executor's validation and a pod on another machine get the same splits)."""
+        from ftops.expectations.split import split_file
+
+        request = job["request"]
+        paths = {}
+        for param in ("training_file", "validation_file"):
+            if request.get(param):
+                row = self.store.get_file(request[param], None)
+                if row is None:
+                    from ftops.errors import FtopsError
+
+                    raise FtopsError(f"{param} {request[param]} was deleted")
+                paths[param] = work / f"{param}.jsonl"
+                paths[param].write_bytes(self.store.file_bytes(row))
+        if "validation_file" in paths:
+            return {
+                "train": paths["training_file"],
+                "validation": paths["validation_file"],
+                "test": paths["validation_file"],
+            }
+        return split_file(paths["training_file"], work / "data")
+
     # ----------------------------------------------------------------------------------------- helpers
+    def _record_wall(self, job: dict, key: str, seconds: float, run_id: str | None = None) -> None:
+        """Add ``seconds`` to the run's ``key`` metric (the job's wall time on its machine, every attempt counted)
+        and tag the run with the hardware profile it ran on: what ``ftops cost report`` prices per job."""
+        run_id = run_id or (self.store.get_job(job["id"], None) or {}).get("run_id")
+        if not run_id:
+            return  # the child stopped before it created a run: nothing to price
+        client = settings.mlflow_client()
+        done = client.get_run(run_id).data.metrics.get(key, 0.0)
+        if seconds:
+            client.log_metric(run_id, key, done + seconds)
+        if self.config.hardware:
+            client.set_tag(run_id, "ftops.job.hardware", self.config.hardware)
+
     def _resumable(self, job: dict) -> dict:
         """A job that ran before resumes from its run's last complete checkpoint; with none, the old run is
         marked killed and the job starts a new one."""
@@ -402,6 +480,13 @@ class LocalExecutor:
             estimated_finish=None,
         )
         self.store.add_event(job["id"], f"The job failed: {message}", "error")
+
+
+def _safe_url(url: str) -> str:
+    """A database URL without its password, for errors."""
+    import sqlalchemy as sa
+
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
 def _last_line(text: str) -> str:
