@@ -232,3 +232,62 @@ def test_every_option_with_ftops_serve_as_the_hosted_endpoint(served, tiny_base,
     assert run_id in tags["ftops.advise.adapter_runs"].split(",")
     assert tags[f"ftops.advise.adapter.{MODEL}"] == served["v1"]
     assert advise_run.data.metrics["zero_shot.quality"] == zero["quality"]
+
+
+# --------------------------------------------------------------------------------------------- the decision
+def _row(name: str, kind: str, quality: float, usd_per_1k: float, **extra) -> dict:
+    from ftops.serving.advise import TIERS
+
+    return {
+        "name": name,
+        "kind": kind,
+        "tier": TIERS[kind],
+        "quality": quality,
+        "usd_per_1k": usd_per_1k,
+        "hosted_usd_per_1k": usd_per_1k,
+        "price_key": FT_ROW if kind == "adapter" else BASE_ROW,
+        "metrics": {"regression_score": 0.7},
+        **extra,
+    }
+
+
+def _decide(rows: list[dict], **config) -> dict:
+    from ftops.serving.advise import AdviseConfig, break_even, recommend
+
+    cfg = AdviseConfig(source="x", **config)
+    for r in rows:
+        if r["kind"] == "adapter":
+            r["training"] = {"available": True, "self_hosted_usd": 0.5, "hosted_usd": {}}
+            r["break_even"] = break_even(r, rows, cfg.queries_per_day, cfg.price_fine_tuned)
+    return recommend({"options": rows, "quality_metric": "field_accuracy", "warnings": []}, cfg)
+
+
+def test_prompting_wins_when_it_is_good_enough_and_the_adapter_does_not_repay_soon():
+    rows = [
+        _row("zero-shot", "zero-shot", 0.20, 0.10),
+        _row("few-shot (k=4)", "few-shot", 0.84, 0.30),
+        _row("retrieval (BM25, k=4)", "retrieval", 0.86, 0.35),
+        _row("adapter a:1", "adapter", 0.86, 0.2999),  # saves $0.0001/1k: repays $0.50 after 5M queries
+    ]
+    decision = _decide(rows, queries_per_day=1000)
+    assert decision["option"] == "few-shot (k=4)"
+    assert "few-shot (k=4) reaches 0.84 field_accuracy at $0.3/1k queries" in decision["why"]
+
+
+def test_the_adapter_wins_for_cost_at_volume():
+    rows = [
+        _row("zero-shot", "zero-shot", 0.20, 0.10),
+        _row("few-shot (k=4)", "few-shot", 0.84, 0.30),
+        _row("adapter a:1", "adapter", 0.86, 0.10),  # saves $0.0002/query: repays $0.50 after 2,500 queries
+    ]
+    decision = _decide(rows, queries_per_day=1000)
+    assert decision["option"] == "adapter a:1"
+    assert "repays its $0.5 training after 2,500 queries (0.082 months at 1,000/day)" in decision["why"]
+    assert _decide(rows, queries_per_day=1)["option"] == "few-shot (k=4)"  # 2,500 days: beyond the payback window
+
+
+def test_the_adapter_wins_for_quality_and_nothing_wins_at_zero():
+    rows = [_row("zero-shot", "zero-shot", 0.0, 0.1), _row("few-shot (k=4)", "few-shot", 0.5, 0.3)]
+    decision = _decide([*rows, _row("adapter a:1", "adapter", 0.86, 0.4)])
+    assert decision["option"] == "adapter a:1" and "No prompt or retrieval option comes close" in decision["why"]
+    assert _decide([_row("zero-shot", "zero-shot", 0.0, 0.1)])["option"] is None
