@@ -371,10 +371,8 @@ def hosted_client(config: AdviseConfig):
         client.with_options(timeout=15).models.list()
     except openai.OpenAIError as e:
         detail = " ".join(str(e).split())[:200]
-        return (
-            None,
-            f"hosted URL {config.hosted_url} unreachable ({type(e).__name__}: {detail}); hosted options skipped",
-        )
+        state = "refused the request" if isinstance(e, openai.APIStatusError) else "unreachable"
+        return None, f"hosted URL {config.hosted_url} {state} ({type(e).__name__}: {detail}); hosted options skipped"
     return client, None
 
 
