@@ -110,6 +110,11 @@ class ServeConfig(BaseModel):
     training stage's ``JobsConfig`` (training/jobs_service.py), checked when the service is composed."""
     retry: RetryConfig = Field(default_factory=RetryConfig)
     """Retries of transient failures (start, registry reads, adapter downloads)."""
+    drain_timeout_s: int = Field(600, ge=1, le=86400)
+    """On SIGTERM, the longest wait for the requests in flight (streams included) to end and get their ledger rows;
+    meanwhile new requests get 503 with ``Retry-After`` and ``/readyz`` answers 503. The process exits as soon as
+    they are done; what still runs at the deadline is cancelled (a ``cancelled`` row). The default is BentoML's traffic
+    timeout (600 s): the orchestrator's grace period must be longer (k8s: ``terminationGracePeriodSeconds`` 660)."""
 
     @field_validator("adapters")
     @classmethod

@@ -8,6 +8,8 @@ Everything that speaks the OpenAI wire protocol is vLLM's (``vllm.entrypoints`` 
 - records every request to an inference route in the cost ledger and the Prometheus series, with the ``usage`` the
   client received; a request refused before the engine (401, 400, 404, 405, 413, 429, 503) is a ``refused`` row with
   its status and reason, a stream that errors is ``failed`` with its error,
+- while the service drains (SIGTERM, ``service.py``), answers every ``/v1`` request 503 ``shutting_down`` with
+  ``Retry-After`` (an inference one gets its ``refused`` row) and counts the requests still running (``active``),
 - answers every error in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``, redacted
   (``ftops/redact.py``: no password or secret key reaches a client or the log).
 """
@@ -18,6 +20,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,6 +33,7 @@ from ftops.redact import RedactFilter, redact
 log = logging.getLogger("ftops.serving")
 log.addFilter(RedactFilter())  # service.py logs here too: its messages and tracebacks are redacted on the way out
 
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,100}")
 OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz"})
 GENERATE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
@@ -98,6 +102,15 @@ def bearer(scope: Scope) -> str | None:
             if value[:7].lower() == "bearer ":
                 return value[7:].strip()
     return None
+
+
+def client_request_id(scope: Scope) -> str:
+    """The request's id: the client's ``X-Request-Id`` when it is a plain token (vLLM names its answer
+    ``chatcmpl-<it>`` too, so a client finds its rows either way), else ``req-<random>``."""
+    for k, v in scope.get("headers", []):
+        if k == b"x-request-id" and _REQUEST_ID.fullmatch(v):
+            return v.decode()
+    return f"req-{uuid.uuid4().hex}"
 
 
 def match_key(presented: str | None, keys: dict[str, str]) -> str | None:
@@ -217,6 +230,8 @@ class Gateway:
         global _GATEWAY
         self.service = service  # ftops.serving.service.FtopsLLM: .ready, .startup_error, .routing, .config, .ledger
         self.inflight = 0
+        self.active = 0
+        """HTTP requests being handled, their ledger rows included: the drain waits for 0."""
         _GATEWAY = self  # the one of this process: ApiKeyMiddleware records its 401s of inference routes through it
         self.mounts: list[Mount] = []
         self._openapi: dict | None = None
@@ -232,7 +247,23 @@ class Gateway:
                     return
         if scope["type"] != "http":
             return
+        self.active += 1
+        try:
+            await self._route(scope, receive, send)
+        finally:
+            self.active -= 1
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
+        if self.service is not None and self.service.draining is not None:  # started after the SIGTERM: refused
+            message = (
+                "The service is shutting down: requests in flight finish, new ones are refused. "
+                "Retry (another replica, or this one once restarted)."
+            )
+            retry = [(b"retry-after", str(self.service.config.limits.retry_after_s).encode())]
+            if path in GENERATE_PATHS:
+                return await self.refuse(scope, send, 503, message, "server_error", "shutting_down", headers=retry)
+            return await send_error(send, 503, message, "server_error", "shutting_down", headers=retry)
         if path in GENERATE_PATHS:
             if method != "POST":
                 return await self.refuse(
@@ -370,23 +401,27 @@ class Gateway:
         status, the reason, zero tokens and the key id (None when no valid key was shown). The client gets the
         row's request id in ``x-request-id``."""
         started = time.perf_counter() if started is None else started
-        request_id = request_id or f"req-{uuid.uuid4().hex}"
+        request_id = request_id or client_request_id(scope)
         headers = [*(headers or []), (b"x-request-id", request_id.encode())]
-        await send_error(send, status, message, type_, code, param, headers)
-        if release is not None:  # the concurrency slot, when one was taken
-            release()
-        if self.service is None:  # not built yet: nothing to record with
-            return
-        outcome = Outcome(status=status, refused=True, error=f"{code}: {message}")
-        key_id = scope.get("state", {}).get("ftops_key_id")
-        await self._record(request_id, key_id, model or "", None, None, outcome, started)
+        self.active += 1  # also when called from ApiKeyMiddleware, outside __call__
+        try:
+            await send_error(send, status, message, type_, code, param, headers)
+            if release is not None:  # the concurrency slot, when one was taken
+                release()
+            if self.service is None:  # not built yet: nothing to record with
+                return
+            outcome = Outcome(status=status, refused=True, error=f"{code}: {message}")
+            key_id = scope.get("state", {}).get("ftops_key_id")
+            await self._record(request_id, key_id, model or "", None, None, outcome, started)
+        finally:
+            self.active -= 1
 
     async def generate(self, scope: Scope, receive: Receive, send: Send) -> None:
         svc = self.service
         limits = svc.config.limits
         started = time.perf_counter()
         key_id = scope.get("state", {}).get("ftops_key_id")
-        request_id = f"req-{uuid.uuid4().hex}"
+        request_id = client_request_id(scope)
         ids = {"request_id": request_id, "started": started}
         # 1. the body: refuse an oversize one before reading it all
         for k, v in scope.get("headers", []):

@@ -15,6 +15,17 @@ Failures are transient (MLflow, network, disk: retried with backoff, ``retry`` i
 permanent (not gated, revoked, digest mismatch, another base: refused for good, logged with the reason); ``/readyz``'s
 body shows each model's state and every refused version. A failed start is retried too; ``/livez`` answers 503 once
 it failed ``retry.start_attempts`` times in a row, or when the engine died, so that the orchestrator restarts the pod.
+
+SIGTERM drains (``drain_timeout_s``). What the stack does by itself: circus (BentoML's arbiter) forwards the signal to
+the worker and to its children, vLLM's engine core among them; uvicorn (in the worker) stops accepting at once, closes
+idle connections and waits for the open ones; vLLM's engine core aborts every request unless ``--shutdown-timeout``
+is set (then it finishes them and refuses new ones). The listening socket belongs to the arbiter, which closes it only
+when the worker has exited: a connection made after uvicorn stopped accepting would wait unanswered, then be reset.
+So the service starts its engine with ``--shutdown-timeout`` and puts a drain before uvicorn's own handler: new
+requests get 503 (``shutting_down``, ``Retry-After``, a ``refused`` row) and ``/readyz`` 503 while the requests in
+flight run to their end; then uvicorn's shutdown runs (its grace bounded by what is left of the timeout: requests
+still running then are cancelled, and recorded so). Connections that arrive after that, until the arbiter has exited
+(a few seconds: the engine's teardown), are reset without an answer.
 """
 
 from __future__ import annotations
@@ -23,6 +34,8 @@ import asyncio
 import logging
 import os
 import re
+import signal
+import threading
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -97,6 +110,7 @@ class FtopsLLM:
         self.refused: dict[str, str] = {}  # NAME:VERSION -> why it is never served by this process
         self._pinned_errors: dict[str, str] = {}  # NAME:VERSION -> the transient failure of its last load
         self.ready = False  # started: ledger, engine, the first look at every alias
+        self.draining: float | None = None  # monotonic time of the SIGTERM that started the drain
         self.startup_error: str | None = None  # the last failed start attempt's error, while it is retried
         self.start_failures = 0
         self._start_step = "starting"
@@ -111,6 +125,7 @@ class FtopsLLM:
 
     @bentoml.on_startup
     async def _begin(self) -> None:
+        self._drain_on_sigterm()
         for mount in _gateway.mounts:
             if mount.start is not None:
                 await asyncio.get_running_loop().run_in_executor(None, mount.start)
@@ -127,6 +142,46 @@ class FtopsLLM:
         if self.ledger is not None:
             self.ledger.close()
 
+    def _drain_on_sigterm(self) -> None:
+        """Put :meth:`_drain` in front of the SIGTERM handler uvicorn installed (it has no hook of its own before it
+        stops accepting); uvicorn's handler runs once the drain is over."""
+        uvicorn_exit = signal.getsignal(signal.SIGTERM)
+        if threading.current_thread() is not threading.main_thread() or not callable(uvicorn_exit):
+            return  # not the worker's main thread under uvicorn: leave the signal alone
+        loop = asyncio.get_running_loop()
+
+        def on_sigterm(sig: int, frame) -> None:
+            loop.call_soon_threadsafe(self._begin_drain, lambda: uvicorn_exit(sig, frame), uvicorn_exit)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _begin_drain(self, shutdown, uvicorn_exit) -> None:
+        if self.draining is not None:  # SIGTERM again (to the process group, then from the arbiter)
+            return
+        self.draining = time.monotonic()
+        log.info(
+            "SIGTERM: draining %d request(s) in flight (at most %d s); new requests get 503 and /readyz 503",
+            _gateway.active,
+            self.config.drain_timeout_s,
+        )
+        self._tasks.append(asyncio.create_task(self._drain(shutdown, uvicorn_exit)))
+
+    async def _drain(self, shutdown, uvicorn_exit) -> None:
+        """Wait for the requests in flight (their ledger rows included), up to ``drain_timeout_s``, then hand over to
+        uvicorn's shutdown with what is left of the timeout as its grace."""
+        deadline = self.draining + self.config.drain_timeout_s
+        while _gateway.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        took = time.monotonic() - self.draining
+        if _gateway.active:
+            log.warning("drain timeout: %d request(s) in flight after %.0f s are cancelled", _gateway.active, took)
+        else:
+            log.info("drained in %.1f s: every request in flight ended and was recorded; shutting down", took)
+        server = getattr(uvicorn_exit, "__self__", None)  # uvicorn.Server: its grace is what is left of ours
+        if server is not None and hasattr(server, "config"):
+            server.config.timeout_graceful_shutdown = max(deadline - time.monotonic(), 1.0)
+        shutdown()
+
     def __is_ready__(self) -> bool:
         return self.readiness()[0]
 
@@ -135,7 +190,10 @@ class FtopsLLM:
 
     def liveness(self) -> tuple[bool, dict]:
         """``/livez``: False when the engine is dead or the start failed ``retry.start_attempts`` times in a row,
-        so that the orchestrator restarts the process."""
+        so that the orchestrator restarts the process. While draining it is alive: the engine core exits once its
+        requests are done."""
+        if self.draining is not None:
+            return True, {"alive": True, "draining": True}
         if self.engine_client is not None and self.engine_client.errored:
             return False, {"alive": False, "reason": "the vLLM engine is dead; the process must be restarted"}
         if self.start_failures >= self.config.retry.start_attempts:
@@ -151,7 +209,9 @@ class FtopsLLM:
         version to serve; the body shows each model's state and every refused version with its reason."""
         alive, live = self.liveness()
         pending = [n for n, m in self.models.items() if m.serving is None and m.state in ("loading", "retrying")]
-        if not alive:
+        if self.draining is not None:
+            status = "draining"
+        elif not alive:
             status = "dead"
         elif self.startup_error:
             status = "start_failed"
@@ -171,6 +231,8 @@ class FtopsLLM:
         }
         if not alive:
             body["reason"] = live["reason"]
+        if self.draining is not None:
+            body["drain"] = {"in_flight": _gateway.active, "since_s": round(time.monotonic() - self.draining, 1)}
         return status == "ready", body
 
     def why_not_served(self, model: str) -> str | None:
@@ -226,7 +288,11 @@ class FtopsLLM:
         if self.engine_app is None:
             self._start_step = "starting the vLLM engine"
             try:
-                self.engine_client, self.engine_app = await start_engine(self.base, self.config.engine, self._stack)
+                # vLLM's engine core gets SIGTERM with the worker (circus signals the children): it must finish what it
+                # runs, not abort it
+                drain = ["--shutdown-timeout", str(self.config.drain_timeout_s)]
+                engine = self.config.engine.model_copy(update={"extra_args": [*self.config.engine.extra_args, *drain]})
+                self.engine_client, self.engine_app = await start_engine(self.base, engine, self._stack)
             except BaseException:
                 await self._stack.aclose()  # what did start of the engine goes; the next attempt starts afresh
                 self._stack, self.engine_client, self.engine_app = AsyncExitStack(), None, None

@@ -1,0 +1,161 @@
+"""Graceful drain (issue 14): a SIGTERM to ``ftops serve`` lets the requests in flight run to their end and get their
+ledger rows, answers new requests 503 (OpenAI's error shape, ``Retry-After``, a ``refused`` row) and ``/readyz``
+503 meanwhile, and the process then exits by itself.
+
+One real service on the tiny base, spoken to through the real ``openai`` client. The stream in flight is read by a
+client whose socket receive buffer is small and who stops reading after its first chunk: the server cannot finish
+sending it (the kernel's buffers hold a small part of its bytes), so the request is in flight, whatever the speed
+of the machine, until the client reads on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from test_ledger_durable import wait_for
+from test_serving import API_KEY, free_port, http, wait_ready
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = "tiny-llama"
+MAX_TOKENS = 1900  # with top_logprobs about 1 MB of events: far more than the socket buffers of a small-window client
+MESSAGES = [{"role": "user", "content": "Tell a long story."}]
+
+
+@pytest.fixture
+def service(tiny_base, models_dir, tmp_path):
+    """A real ``ftops serve`` on the tiny base (SQLite ledger under its home), for the test to SIGTERM; stopped here
+    (SIGKILL of its process group) if the test left it running."""
+    home = tmp_path / "home"
+    home.mkdir()
+    config = home / "serve.yaml"
+    config.write_text(
+        "# ftops serve --config serve.yaml (written by tests/test_drain.py)\n"
+        f"base: {BASE}\nadapters: []\n"
+        "engine: {max_model_len: 2048, dtype: bfloat16, max_num_seqs: 4}\n"
+        "limits: {max_body_bytes: 65536, max_concurrency: 4, retry_after_s: 3}\n"
+    )
+    env = {
+        **os.environ,
+        "FTOPS_HOME": str(home),
+        "FTOPS_MODELS": str(models_dir),
+        "FTOPS_API_KEY": API_KEY,
+        "BENTOML_HOME": str(home / "bentoml"),
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    port = free_port()
+    log = open(home / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftops.cli", "serve", "--config", str(config), "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url, home / "server.log", timeout=1200)  # a guard against hangs on a loaded machine
+        yield {"url": url, "proc": proc, "home": home, "log": home / "server.log"}
+    finally:
+        try:  # the worker runs in a process group of its own: kill it and what it started too
+            family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
+        for process in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        proc.wait()
+        log.close()
+
+
+def slow_reader(url: str):
+    """An ``openai`` client whose connections have a 4 KiB receive buffer (set before connect: no autotuning)."""
+    import httpx
+    from openai import OpenAI
+
+    transport = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
+    return OpenAI(
+        base_url=url + "/v1",
+        api_key=API_KEY,
+        max_retries=0,
+        timeout=600,
+        http_client=httpx.Client(transport=transport, timeout=600),
+    )
+
+
+def readyz(url: str):
+    try:
+        return http("GET", url + "/readyz")
+    except OSError:  # not answering (today's main: the listener is closed at once)
+        return None
+
+
+def test_sigterm_drains_in_flight_requests_and_refuses_new_ones_with_503(service):
+    import openai
+    from openai import OpenAI
+
+    from ftops.serving.ledger import Ledger
+
+    url, proc = service["url"], service["proc"]
+    stream = slow_reader(url).chat.completions.create(
+        model=BASE,
+        messages=MESSAGES,
+        max_tokens=MAX_TOKENS,
+        stream=True,
+        stream_options={"include_usage": True},
+        logprobs=True,
+        top_logprobs=5,
+        extra_body={"ignore_eos": True},
+    )
+    chunks = iter(stream)
+    first = next(chunks)
+    stream_id = first.id
+
+    os.kill(proc.pid, signal.SIGTERM)  # the service's main process, as an orchestrator sends it
+
+    # the drain: /readyz 503 (a load balancer stops sending), new requests 503 with Retry-After in OpenAI's shape
+    status, _, body = wait_for(lambda: (r := readyz(url)) and r[0] == 503 and r, "/readyz answering 503", timeout=60)
+    assert body["ready"] is False and body["status"] == "draining", body
+    assert proc.poll() is None, "the service exited with a stream in flight"
+    late = OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
+    with pytest.raises(openai.InternalServerError) as refused:
+        late.chat.completions.create(model=BASE, messages=MESSAGES, max_tokens=4)
+    assert refused.value.status_code == 503
+    assert refused.value.response.headers["retry-after"] == "3"
+    error = refused.value.response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == "shutting_down", error
+    refused_id = refused.value.response.headers["x-request-id"]
+
+    # the stream in flight runs to its end, with every token
+    received, usage = 0, None
+    for chunk in [first, *chunks]:
+        if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
+            received += len(chunk.choices[0].logprobs.content)
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert usage is not None and usage.completion_tokens == MAX_TOKENS == received, (usage, received)
+
+    # then the process exits by itself (the wait guards against a hang; it is no speed check)
+    proc.wait(timeout=300)
+    log = service["log"].read_text(errors="replace")
+    assert "draining" in log
+
+    with Ledger(url=f"sqlite:///{service['home'] / 'ledger.db'}", create=False) as ledger:
+        rows = ledger.rows()
+    streamed = [r for r in rows if r["request_id"] == stream_id]
+    late_rows = [r for r in rows if r["request_id"] == refused_id]
+    assert len(streamed) == 1 and len(late_rows) == 1, rows
+    assert streamed[0]["status"] == "ok" and streamed[0]["completion_tokens"] == MAX_TOKENS, streamed
+    assert (late_rows[0]["status"], late_rows[0]["http_status"]) == ("refused", 503), late_rows
+    assert late_rows[0]["error"].startswith("shutting_down") and late_rows[0]["completion_tokens"] == 0, late_rows
