@@ -29,13 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     csub = p.add_subparsers(dest="cost_command", metavar="ACTION", required=True)
     rep = csub.add_parser(
         "report",
-        help="per adapter and in total: tokens, self-hosted vs hosted cost, break-even, training cost",
+        help="per adapter and in total: tokens, self-hosted vs hosted cost, break-even, training cost (per job too)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Per adapter and in total: tokens, self-hosted cost (replica price x engine busy time), the hosted-equivalent cost
 for every model of the price table, savings, $ per million tokens both ways, the monthly token volume at which a
-fixed replica (730 h/month) beats per-token pricing, and each adapter's training run cost. The formula is in
-docs/cost.md; the figures are recomputed from the ledger rows and the two YAML tables.
+fixed replica (730 h/month) beats per-token pricing, each adapter's training run cost, and each fine-tuning API
+job's training cost (its wall time x its hardware profile's hourly price, against hosted training prices). The
+formula is in docs/cost.md; the figures are recomputed from the ledger rows, the MLflow runs and the two YAML tables.
 
 examples:
   ftops cost report
@@ -90,7 +91,7 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ftops.serving.costs import load_hardware, load_prices, training_cost, usage_report
+    from ftops.serving.costs import job_costs, load_hardware, load_prices, training_cost, usage_report
     from ftops.serving.ledger import Ledger
 
     since = parse_since(args.since)
@@ -102,6 +103,7 @@ def _report(args: argparse.Namespace) -> int:
         report = usage_report(ledger, since, training=True)
     usd_per_hour = report["replica"]["usd_per_hour"]
     report["training_runs"] = [training_cost(run_id, prices, usd_per_hour) for run_id in args.train_run]
+    report["fine_tuning_jobs"] = job_costs(prices, hardware, report["replica"]["name"], since)
     if args.plot:
         path = plot_report(report, Path(args.plot))
         report["plot"] = {"path": str(path), "mlflow_run_id": log_report_to_mlflow(report, path)}
@@ -165,6 +167,28 @@ def _training_lines(t: dict) -> list[str]:
     ]
 
 
+def _job_lines(jobs: list[dict]) -> list[str]:
+    if not jobs:
+        return []
+    lines = ["", "FINE-TUNING JOBS (training cost per job: wall time on its hardware, against hosted training prices)"]
+    for j in jobs:
+        if "job_id" not in j:
+            lines.append(f"  unknown: {j['reason']}")
+            continue
+        head = f"  {j['job_id']} ({j['registered_model'] or '-'}, run {j['run_id']}, {j['run_status'].lower()})"
+        if not j["available"]:
+            lines.append(f"{head}: unknown: {j['reason']}")
+            continue
+        hosted = ", ".join(f"{k} {_usd(v)}" for k, v in sorted(j["hosted_usd"].items(), key=lambda kv: kv[1]))
+        gate = f" + gate {j['gate_wall_s']:.0f} s" if j["gate_wall_s"] is not None else ""
+        lines.append(
+            f"{head}: {_tok(j['trained_tokens'])} tokens, train {j['train_wall_s']:.0f} s{gate} on {j['hardware']} "
+            f"({_usd(j['usd_per_hour'])}/h, from {j['hardware_from']}) = {_usd(j['self_hosted_usd'])} "
+            f"({_usd(j['self_hosted_usd_per_mtok'])}/M tokens); hosted: {hosted or 'no training prices'}"
+        )
+    return lines
+
+
 def format_report(report: dict) -> str:
     r, t = report["replica"], report["total"]
     lines = [
@@ -176,7 +200,8 @@ def format_report(report: dict) -> str:
     ]
     if not t["requests"]:
         lines.append("the ledger has no requests in this window; serve some traffic with `ftops serve` first")
-        return "\n".join(lines + [x for tr in report.get("training_runs", []) for x in _training_lines(tr)])
+        lines += [x for tr in report.get("training_runs", []) for x in _training_lines(tr)]
+        return "\n".join(lines + _job_lines(report.get("fine_tuning_jobs", [])))
     util = f", utilization {t['utilization']:.0%}" if t["utilization"] is not None else ""
     lines.append(
         f"engine busy {t['busy_s']:.1f} s over a {t['window_s']:.1f} s window{util}; measured throughput "
@@ -194,7 +219,7 @@ def format_report(report: dict) -> str:
             lines += _training_lines(tr)
     for tr in report.get("training_runs", []):
         lines += _training_lines(tr)
-    return "\n".join(lines)
+    return "\n".join(lines + _job_lines(report.get("fine_tuning_jobs", [])))
 
 
 # --------------------------------------------------------------------------------------------- chart

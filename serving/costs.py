@@ -401,3 +401,92 @@ def training_cost_for_version(name: str, version: str, prices: PriceTable, usd_p
             "reason": f"registered model version {name}/{version} records no training run",
         }
     return {"registered_model": name, "version": str(version), **training_cost(run_id, prices, usd_per_hour)}
+
+
+# --------------------------------------------------------------------------------------------- fine-tuning jobs
+#: what the fine-tuning API's executors record on a job's run (training/job_runner.py): the wall time of each step on
+#: the job's machine, every attempt counted, and the hardware profile (a hardware.yaml instance) it ran on
+JOB_WALL_KEYS = ("job_train_wall_s", "job_gate_wall_s")
+JOB_HARDWARE_TAG = "ftops.job.hardware"
+JOB_TAG = "ftops.job_id"
+
+
+def job_runs(since: datetime | None = None) -> list:
+    """The MLflow runs of fine-tuning API jobs (tagged ``ftops.job_id``), oldest first; ``since``: started at/after."""
+    client = mlflow_client()
+    experiment = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", "ftops"))
+    if experiment is None:
+        return []
+    where = f"tags.`{JOB_TAG}` LIKE 'ftjob-%'"
+    if since is not None:
+        where += f" AND attributes.start_time >= {int(since.timestamp() * 1000)}"
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment.experiment_id],
+            where,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def job_cost(run, prices: PriceTable, hardware: HardwareTable, replica: str) -> dict:
+    """One fine-tuning job's training cost from its run: ``wall hours x the hourly price of the hardware profile it
+    ran on`` (``replica``'s when the run names none, and said so), against ``trained tokens x training price`` of
+    every hosted model that has one. Says what is missing when the run lacks tokens or wall time."""
+    tags, metrics = run.data.tags, run.data.metrics
+    token_key = next((k for k in TRAIN_TOKEN_KEYS if k in metrics), None)
+    tokens = float(metrics[token_key]) if token_key else None
+    walls = {k: metrics.get(k) for k in JOB_WALL_KEYS}
+    wall = sum(v for v in walls.values() if v is not None) if walls["job_train_wall_s"] is not None else None
+    profile = tags.get(JOB_HARDWARE_TAG)
+    out: dict = {
+        "job_id": tags[JOB_TAG],
+        "run_id": run.info.run_id,
+        "registered_model": tags.get("ftops.model_name"),
+        "run_status": run.info.status,
+        "trained_tokens": tokens,
+        "tokens_from": token_key,
+        "train_wall_s": walls["job_train_wall_s"],
+        "gate_wall_s": walls["job_gate_wall_s"],
+        "wall_s": wall,
+        "hardware": profile or replica,
+        "hardware_from": f"run tag {JOB_HARDWARE_TAG}" if profile else "the report's replica (the run names none)",
+    }
+    if (profile or replica) not in hardware.instances:
+        return {**out, "available": False, "reason": f"hardware profile {profile!r} is not in the hardware table"}
+    usd_per_hour = hardware.instances[profile or replica].usd_per_hour
+    missing = [what for what, v in (("trained tokens", tokens), ("wall time (job_train_wall_s)", wall)) if v is None]
+    self_hosted = wall / 3600 * usd_per_hour if wall is not None else None
+    out.update(
+        available=not missing,
+        usd_per_hour=usd_per_hour,
+        self_hosted_usd=self_hosted,
+        self_hosted_usd_per_mtok=self_hosted / tokens * MTOK if self_hosted is not None and tokens else None,
+        hosted_usd={
+            k: tokens * p.training_usd_per_mtok / MTOK
+            for k, p in prices.models.items()
+            if p.training_usd_per_mtok is not None
+        }
+        if tokens is not None
+        else {},
+    )
+    if missing:
+        out["reason"] = f"run {run.info.run_id} logged no {' and no '.join(missing)}"
+    return out
+
+
+def job_costs(prices: PriceTable, hardware: HardwareTable, replica: str, since: datetime | None = None) -> list[dict]:
+    """:func:`job_cost` of every fine-tuning API job's run (all, or those started at/after ``since``)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        runs = job_runs(since)
+    except (MlflowException, OSError) as e:  # an unreachable store: the report still shows the ledger
+        return [{"available": False, "reason": f"cannot read the fine-tuning jobs' runs: {str(e).splitlines()[0]}"}]
+    return [job_cost(run, prices, hardware, replica) for run in runs]
