@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,8 +26,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import API_KEY, free_port, http, start_service, wait_ready
 from test_cost_postgres import PG_BIN, _as_postgres
-from test_serving import API_KEY, free_port, http, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "S3cret-pw"
@@ -200,49 +199,25 @@ def test_rows_spool_while_postgres_is_down_and_are_written_once_when_it_is_back(
 # --------------------------------------------------------------------------------------------- the service
 @pytest.fixture(scope="module")
 def service(pg, tiny_base, models_dir, tmp_path_factory):
-    """The real service on the tiny base (no adapter), its ledger on ``pg`` with a password in the URL, at most one
-    request in flight. Yields its URL, home, log path and the first answer it gave while the engine loaded."""
-    home = tmp_path_factory.mktemp("durable-home")
-    config = home / "serve.yaml"
-    config.write_text(
-        "# ftops serve --config serve.yaml (written by tests/test_ledger_durable.py)\n"
-        f"base: {BASE}\nadapters: []\nledger_url: {pg.url}\n"
-        "engine: {max_model_len: 2048, dtype: bfloat16, max_num_seqs: 4}\n"
-        "limits: {max_body_bytes: 65536, max_concurrency: 1, retry_after_s: 2}\n"
+    """The real service on the tiny base (no adapter, no admin key), its ledger on ``pg`` with a password in the URL,
+    at most one request in flight. Yields its URL, home, log path and the first answer it gave while the engine
+    loaded."""
+    service = start_service(
+        tmp_path_factory.mktemp("durable-home"),
+        models_dir,
+        written_by="tests/test_ledger_durable.py",
+        base=BASE,
+        ledger_url=pg.url,
+        engine={"max_model_len": 2048, "dtype": "bfloat16", "max_num_seqs": 4},
+        limits={"max_body_bytes": 65536, "max_concurrency": 1, "retry_after_s": 2},
+        admin_key=None,
     )
-    port = free_port()
-    env = {
-        **os.environ,
-        "FTOPS_HOME": str(home),
-        "FTOPS_MODELS": str(models_dir),
-        "FTOPS_API_KEY": API_KEY,
-        "BENTOML_HOME": str(home / "bentoml"),
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("FTOPS_ADMIN_KEY", None)
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ftops.cli", "serve", "--config", str(config), "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        loading = wait_for(lambda: _first_answer(proc, url), "the first HTTP answer", timeout=600)
-        wait_ready(proc, url, home / "server.log")
-        yield {"url": url, "home": home, "log": home / "server.log", "loading": loading}
+        loading = wait_for(lambda: _first_answer(service.proc, service.url), "the first HTTP answer", timeout=600)
+        wait_ready(service.proc, service.url, service.log)
+        yield {"url": service.url, "home": service.home, "log": service.log, "loading": loading}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        service.stop()
 
 
 def _first_answer(proc: subprocess.Popen, url: str):
