@@ -5,65 +5,21 @@ API mounted beside inference, the real executor training and gating as child pro
 from __future__ import annotations
 
 import io
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from test_jobs_api import POLICY, TRAIN, _jsonl, _rows
-from test_serving import ADMIN_KEY, API_KEY, REPO, free_port, wait_ready
+from conftest import ADMIN_KEY, API_KEY
+from test_jobs_api import _jsonl, _rows
 
 pytestmark = pytest.mark.slow
 BASE = "tiny-llama"
 
 
 @pytest.fixture(scope="module")
-def service(tiny_base, models_dir, tmp_path_factory):
-    home = tmp_path_factory.mktemp("jobs-served")
-    (home / "train.yaml").write_text(TRAIN)
-    (home / "policy.yaml").write_text(POLICY)
-    config = home / "serve.yaml"
-    config.write_text(
-        "# ftops serve --config serve.yaml (written by tests/test_jobs_served.py)\n"
-        f"base: {BASE}\nadapters: []\npoll_interval_s: 2\n"
-        "engine: {max_model_len: 512, max_lora_rank: 8, max_loras: 2, dtype: bfloat16, max_num_seqs: 8}\n"
-        f"jobs:\n  train_config: {home / 'train.yaml'}\n  policy: {home / 'policy.yaml'}\n  poll_s: 0.5\n"
-        "  gate_options: [--engine, transformers, --max-new-tokens, '4', --no-regression]\n"
-    )
-    port = free_port()
-    env = {
-        **os.environ,
-        "FTOPS_HOME": str(home),
-        "FTOPS_MODELS": str(models_dir),
-        "FTOPS_API_KEY": API_KEY,
-        "FTOPS_ADMIN_KEY": ADMIN_KEY,
-        "BENTOML_HOME": str(home / "bentoml"),
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ftops.cli", "serve", "--config", str(config), "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, url, home / "server.log")
-        yield {"url": url, "home": home}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+def service(base_service):
+    """conftest.py's ``base_service`` (shared with tests/test_fuzz.py): jobs trained with
+    tests/test_jobs_api.py's ``TRAIN``, gated with its ``POLICY``."""
+    return base_service
 
 
 def test_fine_tune_then_chat_with_fine_tuned_model_on_the_same_base_url(service):
