@@ -140,35 +140,23 @@ def test_plugin_is_an_installed_vllm_entry_point():
 
 
 @pytest.mark.slow
-def test_real_engine_base_request_beside_two_adapters_answers_as_the_base(tiny_base, tmp_path):
-    """A real vLLM engine (max_loras=2, both slots taken): a base request batched after two adapter requests answers
-    exactly as it does alone, and each adapter answers as it does alone. vLLM's own ops gave the base row adapter b."""
-    from vllm import LLM, SamplingParams
+def test_real_engine_base_request_beside_two_adapters_answers_as_the_base(gate_engine, tiny_base, tmp_path):
+    """A real vLLM engine (conftest.py's ``gate_engine``, the gate's: max_loras=2, both slots taken): a base request
+    batched after two adapter requests answers exactly as it does alone, and each adapter answers as it does alone.
+    vLLM's own ops gave the base row adapter b."""
+    from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
     assert "VLLM_PLUGINS" not in os.environ
-    a = LoRARequest("a", 1, str(make_adapter(tiny_base, tmp_path / "a", 1)))
-    b = LoRARequest("b", 2, str(make_adapter(tiny_base, tmp_path / "b", 2)))
-    llm = LLM(
-        model=tiny_base.path,
-        enable_lora=True,
-        max_lora_rank=8,
-        max_loras=2,
-        max_model_len=256,
-        dtype="float32",
-        gpu_memory_utilization=0.3,
-        seed=0,
-    )
-    try:
-        params = SamplingParams(max_tokens=12, temperature=0)
-        messages = [{"role": "user", "content": "Name three colours."}]
-        alone = [
-            llm.chat(messages, params, lora_request=r, use_tqdm=False)[0].outputs[0].token_ids for r in (a, b, None)
-        ]
-        assert len({tuple(t) for t in alone}) == 3  # the adapters change the answer
-        mixed = [
-            o.outputs[0].token_ids for o in llm.chat([messages] * 3, params, lora_request=[a, b, None], use_tqdm=False)
-        ]
-        assert mixed == alone
-    finally:
-        llm.llm_engine.engine_core.shutdown()
+    # LoRA ids and a prompt of this test's own: the engine is shared (tests/test_golden.py pins its prompt's numbers)
+    a = LoRARequest("cpu-lora-a", 11, str(make_adapter(tiny_base, tmp_path / "a", 1)))
+    b = LoRARequest("cpu-lora-b", 12, str(make_adapter(tiny_base, tmp_path / "b", 2)))
+    llm = gate_engine.llm
+    params = SamplingParams(max_tokens=12, temperature=0)
+    messages = [{"role": "user", "content": "Name three animals."}]
+    alone = [llm.chat(messages, params, lora_request=r, use_tqdm=False)[0].outputs[0].token_ids for r in (a, b, None)]
+    assert len({tuple(t) for t in alone}) == 3  # the adapters change the answer
+    mixed = [
+        o.outputs[0].token_ids for o in llm.chat([messages] * 3, params, lora_request=[a, b, None], use_tqdm=False)
+    ]
+    assert mixed == alone

@@ -135,22 +135,17 @@ GOLDEN_ADAPTER_LOGPROBS = [
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_base, tmp_path_factory):
-    """ONE vLLM CPU engine for this module: ftops's gate engine (``ftops.registry.eval.VllmEngine``: bf16, LoRA on,
-    seed 0) on the tiny base, plus one adapter. vLLM runs the model in worker processes it starts itself; the test
-    inspects them with ``collective_rpc``, whose function vLLM only pickles with VLLM_ALLOW_INSECURE_SERIALIZATION."""
+def engine(gate_engine, tiny_base, tmp_path_factory):
+    """conftest.py's ``gate_engine`` (ftops's gate engine, ``ftops.registry.eval.VllmEngine``: bf16, LoRA on, seed 0,
+    shared with tests/test_cpu_lora.py) on the tiny base, plus one adapter. vLLM runs the model in worker processes
+    it starts itself; the test inspects them with ``collective_rpc``, whose function vLLM only pickles with
+    VLLM_ALLOW_INSECURE_SERIALIZATION."""
     from test_serving import make_adapter
-
-    from ftops.registry.eval import VllmEngine
 
     adapter = make_adapter(tiny_base, tmp_path_factory.mktemp("golden-adapter") / "adapter", seed=1)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # read by this process and the engine's, at start-up
-        engine = VllmEngine(tiny_base.path, max_lora_rank=8, max_model_len=256)
-        try:
-            yield engine, adapter
-        finally:
-            engine.close()
+        mp.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # as when the engine started
+        yield gate_engine, adapter
 
 
 @pytest.mark.slow
