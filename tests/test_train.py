@@ -399,7 +399,7 @@ def test_a_job_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(hom
     from ftops import settings
     from ftops.training.job import checkpoints_dir, train
 
-    steps = 16
+    steps = 8  # killed after checkpoint-4 (checkpoint-2 complete), resumed for the steps after it
     config = tiny_config(data, max_steps=steps, eval_steps=steps, save_steps=2, run_name="sigkill")
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(config.model_dump(mode="json")))
