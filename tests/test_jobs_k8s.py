@@ -428,3 +428,174 @@ def test_run_one_refuses_bytes_that_are_not_the_ones_the_job_was_made_for(store,
     assert "failed" in capsys.readouterr().out
     queued, _ = _queued_job(store, DATA)
     assert main(["jobs", "run-one", queued["id"], "--config", str(config)]) == 1, "only a job its executor started"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pod's command, run here as the pod would run it (no container, no GPU: the tiny base on the CPU)
+
+
+def _pod_env(container: dict, paths: dict[str, Path], secrets: dict[tuple[str, str], str]) -> dict[str, str]:
+    """The container's environment as the kubelet would give it: ``$(VAR)`` expanded from earlier entries, Secrets
+    from ``secrets``, the pod name for its fieldRef, and each mount path mapped onto a folder here (``paths``)."""
+    import re
+
+    env: dict[str, str] = {}
+    for entry in container["env"]:
+        if "valueFrom" in entry:
+            source = entry["valueFrom"]
+            if "secretKeyRef" in source:
+                ref = source["secretKeyRef"]
+                if (ref["name"], ref["key"]) in secrets:
+                    env[entry["name"]] = secrets[(ref["name"], ref["key"])]
+            else:
+                env[entry["name"]] = "ftops-ftjob-pod-0"
+            continue
+        value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), entry["value"])
+        for mount, local in paths.items():
+            if value == mount or value.startswith(mount + "/"):
+                value = str(local) + value[len(mount) :]
+        env[entry["name"]] = value
+    return env
+
+
+def test_the_pods_command_trains_gates_and_records_the_outcome_in_the_shared_store(
+    tiny_base, models_dir, store, api, tmp_path
+):
+    import os
+    import subprocess
+    import sys
+
+    from ftops.expectations.demo_data import generate_tickets
+    from tests.test_jobs_api import POLICY, TRAIN
+
+    rows = "".join(json.dumps(r) + "\n" for r in generate_tickets(200, seed=3)).encode()
+    job, _ = _queued_job(store, rows)
+    auto = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}  # max_steps: 2
+    store.update_job(job["id"], request={**job["request"], "model": "tiny-llama", "hyperparameters": auto})
+    _executor(store, api).step()
+    (sent,) = api.posted()
+    container = _container(sent)
+    # the mounts, here: the ConfigMap's jobs settings (pointed at the tiny job config), the files volume (the API's
+    # folder), the checkpoint volume, the models volume, HOME
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "train.yaml").write_text(TRAIN)
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    jobs_yaml = yaml.safe_load((ROOT / "k8s" / "base" / "jobs-api" / "jobs.yaml").read_text())
+    jobs_yaml.update(
+        train_config=str(tmp_path / "train.yaml"),
+        policy=str(tmp_path / "policy.yaml"),
+        gate_options=["--engine", "transformers", "--max-new-tokens", "4", "--no-regression"],
+        poll_s=0.5,
+        files_dir=str(store.files_dir),  # /files, the volume's mount path
+    )
+    (tmp_path / "etc" / "jobs.yaml").write_text(yaml.safe_dump(jobs_yaml))
+    paths = {
+        "/etc/ftops-jobs": tmp_path / "etc",
+        "/files": store.files_dir,
+        "/checkpoints": tmp_path / "checkpoints",
+        "/models/ftops": models_dir,
+        "/home/ftops": tmp_path / "home-ftops",
+    }
+    env = _pod_env(container, paths, {("ftops-jobs", "jobs-url"): store.url})
+    del env["MLFLOW_TRACKING_URI"]  # no MLflow server here: the pod's embedded store under its FTOPS_HOME
+    args = [a.replace("$(FTOPS_JOB_ID)", env["FTOPS_JOB_ID"]) for a in container["args"]]
+    args = [
+        str(paths["/etc/ftops-jobs"]) + a[len("/etc/ftops-jobs") :] if a.startswith("/etc/ftops-jobs/") else a
+        for a in args
+    ]
+    assert args[:4] == ["ftops", "jobs", "run-one", job["id"]]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftops.cli", *args[1:]],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = store.get_job(job["id"], None)
+    assert row["status"] == "succeeded", row["error"]
+    assert row["fine_tuned_model"] == "tiny-llama-tickets:1" and row["trained_tokens"] > 0
+    assert row["worker"] == "k8s/ftops-ftjob-pod-0"
+    messages = [e["message"] for e in store.events(job["id"], None, 100)[0]]
+    assert "Pod k8s/ftops-ftjob-pod-0 started the job" in messages
+    assert any(m.startswith("Gate verdict: pass") for m in messages)
+    assert store.checkpoints(job["id"], None, 10)[0], "the job's checkpoints, found on the checkpoint volume"
+    assert (tmp_path / "checkpoints" / job["id"] / "checkpoints" / row["run_id"]).is_dir()
+    assert proc.stdout.strip().splitlines()[-1] == f"ftops jobs: {job['id']}: succeeded"
+
+
+def test_a_pod_without_its_files_fails_the_job_saying_where_it_looked(store, tmp_path):
+    from ftops.cli import main
+
+    job, _ = _queued_job(store, DATA)
+    store.update_job(job["id"], status="running", worker=f"k8s/{job_name(job['id'])}")
+    config = tmp_path / "jobs.yaml"
+    config.write_text(yaml.safe_dump({"url": store.url, "files_dir": str(tmp_path / "not-mounted")}))
+    assert main(["jobs", "run-one", job["id"], "--config", str(config)]) == 0
+    error = store.get_job(job["id"], None)["error"]
+    assert (
+        error["code"] == "invalid_file"
+        and str(tmp_path / "not-mounted" / job["request"]["training_file"]) in error["message"]
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The jobs API Deployment's command: the API alone, behind the same keys as ftops serve
+
+
+def test_ftops_jobs_serve_answers_the_api_behind_the_keys_and_keeps_tenants_apart(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from openai import NotFoundError, OpenAI
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(yaml.safe_dump({"bob": "sk-bob-0123456789abcdef01"}))
+    env = {
+        **os.environ,
+        "FTOPS_HOME": str(tmp_path / "home"),
+        "FTOPS_API_KEY": "sk-alice-0123456789abcdef",
+        "FTOPS_ADMIN_KEY": "sk-admin-0123456789abcdef",
+    }
+    argv = [sys.executable, "-m", "ftops.cli", "jobs", "serve", "--port", str(port), "--keys-file", str(keys)]
+    short = subprocess.run(argv, env={**env, "FTOPS_API_KEY": "k3y-too-sh0rt"}, capture_output=True, text=True)
+    assert short.returncode == 2 and "API keys default are shorter than 16" in short.stderr
+    assert "k3y-too-sh0rt" not in short.stderr, "a key is never printed"
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/livez") as r:
+                    assert r.status == 200
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None and time.monotonic() < deadline, "ftops jobs serve did not start"
+                time.sleep(0.5)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{url}/v1/files")
+        assert e.value.code == 401 and json.loads(e.value.read())["error"]["code"] == "invalid_api_key"
+        alice = OpenAI(base_url=f"{url}/v1", api_key=env["FTOPS_API_KEY"], max_retries=0)
+        bob = OpenAI(base_url=f"{url}/v1", api_key="sk-bob-0123456789abcdef01", max_retries=0)
+        admin = OpenAI(base_url=f"{url}/v1", api_key=env["FTOPS_ADMIN_KEY"], max_retries=0)
+        file = alice.files.create(file=("tickets.jsonl", DATA), purpose="fine-tune")
+        assert alice.files.content(file.id).read() == DATA
+        with pytest.raises(NotFoundError):
+            bob.files.retrieve(file.id)
+        assert [f.id for f in admin.files.list()] == [file.id] and [f.id for f in bob.files.list()] == []
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    out = proc.stdout.read().decode()
+    assert proc.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in out, out[-2000:]

@@ -196,7 +196,12 @@ class LocalExecutor:
                 )
         self.store.update_job(job_id, worker=self.worker_id, started_at=job["started_at"] or int(time.time()))
         self.store.add_event(job_id, f"Pod {self.worker_id} started the job")
-        splits = self._materialize(job, self._work_dir(job))
+        try:
+            splits = self._materialize(job, self._work_dir(job))
+        except (OSError, FtopsError) as e:  # e.g. the files volume is not mounted where FTOPS_FILES_DIR says
+            where = getattr(e, "filename", None)
+            why = f"cannot read {where} ({e.strerror})" if where else str(e)
+            return self._fail(job, "invalid_file", f"the job's files: {why}", "training_file")
         self.train_and_gate(self.store.get_job(job_id, None), {k: str(v) for k, v in splits.items()})
 
     def train_and_gate(self, job: dict, splits: dict[str, str]) -> None:

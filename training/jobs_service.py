@@ -223,8 +223,19 @@ def serve_alone(config: JobsConfig, host: str, port: int, keys_file: Path | None
     service = build_service(config)
     if service is None:
         raise UsageError("jobs: enabled is false; nothing to serve")
-    service.start()
-    try:
-        uvicorn.run(ApiKeys(service.app, keys), host=host, port=port, log_level="info")
-    finally:
-        service.stop()
+    keyed = ApiKeys(service.app, keys)
+
+    async def app(scope, receive, send) -> None:  # the executor starts and stops with the server's lifespan
+        if scope["type"] != "lifespan":
+            return await keyed(scope, receive, send)
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                service.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                service.stop()  # a running local child is killed; its job resumes at the next start
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    uvicorn.run(app, host=host, port=port, log_level="info")  # SIGTERM: shut down, then exit by that signal
