@@ -104,7 +104,7 @@ class Service:
             "FTOPS_API_KEY": KEY,
             "BENTOML_HOME": str(home / "bentoml"),
             "HF_HUB_OFFLINE": "1",
-            "VLLM_CPU_KVCACHE_SPACE": "2",
+            "VLLM_CPU_KVCACHE_SPACE": "1",
         }
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -248,7 +248,7 @@ async def client_loop(client, queue: asyncio.Queue, run: Run, rng: random.Random
             job, kind = queue.get_nowait()
         except asyncio.QueueEmpty:
             return
-        max_tokens = 1000 if kind == "cancel" else rng.randint(16, 64)
+        max_tokens = 1000 if kind == "cancel" else rng.randint(8, 24)
         cancel_after = rng.randint(2, 8)
         attempt, backoff = 0, 1.0
         while True:
