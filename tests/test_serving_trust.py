@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_serving import API_KEY, PROMPT, free_port, http, make_adapter, register_version
+from conftest import API_KEY, free_port, http, make_adapter, register_version, service_env, start_service
+from test_serving import PROMPT
 
 from ftops import adapter as fa
 from ftops.errors import FtopsError
@@ -204,16 +205,10 @@ def trust(tiny_base, models_dir, tmp_path_factory):
     """The service (not yet ready): ``MODEL@production`` -> ``good`` whose artifacts are away, a file where the ledger's
     folder must go; ``ungated``, ``revoked``, ``swapped`` and ``later`` (gated) versions registered."""
     home = tmp_path_factory.mktemp("trust-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FTOPS_HOME", str(home))
-        mp.setenv("FTOPS_MODELS", str(models_dir))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    with service_env(home, models_dir):
         from mlflow import MlflowClient
 
         from ftops import settings
-        from ftops.serving.config import load_config
-        from ftops.serving.engine import cpu_env
 
         work = tmp_path_factory.mktemp("trust-adapters")
         versions = {
@@ -241,56 +236,34 @@ def trust(tiny_base, models_dir, tmp_path_factory):
         stored.rename(away)  # the production version's files are gone for a while
         blocker = home / "blocked"
         blocker.write_text("a file where the ledger's folder must be: the start fails until it goes\n")
-        config = home / "serve.yaml"
-        config.write_text(
-            "# written by tests/test_serving_trust.py\n"
-            f"base: tiny-llama\nadapters: [{MODEL}@production]\npoll_interval_s: 1\n"
-            f"ledger_url: sqlite:///{blocker / 'ledger.db'}\n"
-            "retry: {initial_s: 1, max_s: 2, start_attempts: 2}\n"
-            "engine: {max_model_len: 2048, max_lora_rank: 8, max_loras: 2, dtype: bfloat16, max_num_seqs: 8}\n"
-        )
-        port = free_port()
-        env = {
-            **os.environ,
-            **cpu_env(load_config(config).engine),
-            "FTOPS_SERVE_CONFIG": str(config),
-            "FTOPS_API_KEY": API_KEY,
-            "BENTOML_HOME": str(home / "bentoml"),
-            "HF_HUB_OFFLINE": "1",
-            "VLLM_CPU_KVCACHE_SPACE": "1",
-        }
-        log_path = home / "server.log"
-        log = open(log_path, "wb")
+        tracking_uri = settings.tracking_uri()
         # bentoml itself, not `ftops serve`: its pre-flight would (rightly) stop at the missing artifacts before the
         # service, whose retrying is what is tested here, starts
-        bentoml = str(Path(sys.executable).with_name("bentoml"))
-        proc = subprocess.Popen(
-            [bentoml, "serve", "ftops.serving.service:FtopsLLM", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        service = start_service(
+            home,
+            models_dir,
+            written_by="tests/test_serving_trust.py",
+            adapters=[f"{MODEL}@production"],
+            poll_interval_s=1,
+            ledger_url=f"sqlite:///{blocker / 'ledger.db'}",
+            retry={"initial_s": 1, "max_s": 2, "start_attempts": 2},
+            engine={"max_model_len": 2048, "max_lora_rank": 8, "max_loras": 2, "dtype": "bfloat16", "max_num_seqs": 8},
+            admin_key=None,
+            via_bentoml=True,
         )
-        url = f"http://127.0.0.1:{port}"
         try:
             yield {
-                "url": url,
-                "proc": proc,
-                "log": log_path,
+                "url": service.url,
+                "proc": service.proc,
+                "log": service.log,
                 "blocker": blocker,
                 "stored": stored,
                 "away": away,
-                "mlflow": settings.tracking_uri(),
+                "mlflow": tracking_uri,
                 **versions,
             }
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            log.close()
+            service.stop()
 
 
 @pytest.fixture(scope="module")
