@@ -7,10 +7,6 @@ concurrency limit above 16 so that no request is refused with 429 (a refused req
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +14,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_serving import ADMIN_KEY, API_KEY, free_port, http, make_adapter, register_version, wait_ready
+from conftest import (
+    ADMIN_KEY,
+    API_KEY,
+    http,
+    make_adapter,
+    register_version,
+    running_service,
+    service_env,
+    start_service,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -27,39 +32,6 @@ ADAPTER = "load-chat"
 BASE = "tiny-llama"
 N_REQUESTS, N_CLIENTS = 200, 16
 PROMPT = [{"role": "user", "content": "Write a long story about a ticket queue."}]
-
-
-def _start(config: Path, home: Path, extra_env: dict | None = None) -> tuple[subprocess.Popen, str, object]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "FTOPS_API_KEY": API_KEY,
-        "FTOPS_ADMIN_KEY": ADMIN_KEY,
-        "BENTOML_HOME": str(home / "bentoml"),
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        **(extra_env or {}),
-    }
-    log = open(home / "server.log", "wb")  # noqa: SIM115 (open for the server's lifetime, closed by _stop)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ftops.cli", "serve", "--config", str(config), "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return proc, f"http://127.0.0.1:{port}", log
-
-
-def _stop(proc: subprocess.Popen, log) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    log.close()
 
 
 def test_bad_price_table_stops_the_service_at_startup(tiny_base, models_dir, tmp_path, monkeypatch):
@@ -73,31 +45,30 @@ def test_bad_price_table_stops_the_service_at_startup(tiny_base, models_dir, tmp
     prices["models"]["openai/gpt-4o-mini"]["output_usd_per_mtok"] = -0.6
     bad = tmp_path / "prices.yaml"
     bad.write_text(yaml.safe_dump(prices))
-    config = home / "serve.yaml"
-    config.write_text(
-        f"# ftops serve --config serve.yaml (tests/test_cost_load.py)\nbase: {BASE}\n"
-        "engine: {max_model_len: 512, max_lora_rank: 8}\n"
+    service = start_service(
+        home,
+        models_dir,
+        written_by="tests/test_cost_load.py",
+        base=BASE,
+        engine={"max_model_len": 512, "max_lora_rank": 8},
+        env={"FTOPS_PRICES": str(bad)},
     )
-    proc, url, log = _start(config, home, {"FTOPS_PRICES": str(bad)})
     field = "models.openai/gpt-4o-mini.output_usd_per_mtok"
     try:
-        assert proc.wait(timeout=120) == 1
+        assert service.proc.wait(timeout=120) == 1
         output = (home / "server.log").read_text()
         errors = [line for line in output.splitlines() if "error" in line]
         assert len(errors) == 1 and str(bad) in errors[0] and field in errors[0], output[-3000:]
         assert "Traceback" not in output and "vllm" not in output.lower(), output[-3000:]
     finally:
-        _stop(proc, log)
+        service.stop()
 
 
 @pytest.fixture(scope="module")
 def load_service(tiny_base, models_dir, tmp_path_factory):
     """The running service with adapter ``load-chat`` v1 at production; its ledger at ``<home>/ledger.db``."""
     home = tmp_path_factory.mktemp("cost-load-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FTOPS_HOME", str(home))
-        mp.setenv("FTOPS_MODELS", str(models_dir))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with service_env(home, models_dir) as mp:
         mp.delenv("FTOPS_PRICES", raising=False)
         from mlflow import MlflowClient
 
@@ -106,19 +77,17 @@ def load_service(tiny_base, models_dir, tmp_path_factory):
         )
         MlflowClient().set_registered_model_alias(ADAPTER, "production", v1)
         ledger_url = f"sqlite:///{home / 'ledger.db'}"
-        config = home / "serve.yaml"
-        config.write_text(
-            "# ftops serve --config serve.yaml (written by tests/test_cost_load.py)\n"
-            f"base: {BASE}\nadapters: [{ADAPTER}@production]\nledger_url: {ledger_url}\n"
-            "engine: {max_model_len: 1024, max_lora_rank: 8, max_loras: 2, dtype: bfloat16, max_num_seqs: 16}\n"
-            "limits: {max_concurrency: 64}\n"
-        )
-        proc, url, log = _start(config, home)
-        try:
-            wait_ready(proc, url, home / "server.log")
-            yield {"url": url, "ledger_url": ledger_url, "version": v1, "home": home}
-        finally:
-            _stop(proc, log)
+        with running_service(
+            home,
+            models_dir,
+            written_by="tests/test_cost_load.py",
+            base=BASE,
+            adapters=[f"{ADAPTER}@production"],
+            ledger_url=ledger_url,
+            engine={"max_model_len": 1024, "max_lora_rank": 8, "max_loras": 2, "dtype": "bfloat16", "max_num_seqs": 16},
+            limits={"max_concurrency": 64},
+        ) as service:
+            yield {"url": service.url, "ledger_url": ledger_url, "version": v1, "home": home}
 
 
 def test_load_every_request_in_the_ledger_with_the_usage_the_client_got(load_service):
