@@ -4,6 +4,7 @@ arithmetic recomputed from the price tables, the ledger and the training run; an
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -142,11 +143,12 @@ def test_every_option_with_ftops_serve_as_the_hosted_endpoint(served, tiny_base,
             *("--engine", "transformers", "--k", "2", "--max-new-tokens", "6", "--batch-size", "2"),
             *("--regression-limit", "2", "--queries-per-day", "500", "--out", str(tmp_path / "out"), "--json"),
         ]
+        started = datetime.now(UTC)  # the service is shared: its ledger also holds other modules' requests
         code, out, err = advise(argv, capsys)
         assert code == 0, err
         report = json.loads(out)
         with Ledger(create=False) as ledger:
-            served_rows = [r for r in ledger.rows() if r["adapter"] == MODEL and r["status"] == "ok"]
+            served_rows = [r for r in ledger.rows(started) if r["adapter"] == MODEL and r["status"] == "ok"]
         advise_run = mlflow.MlflowClient().get_run(report["mlflow_run_id"])
 
     options = {o["kind"] + (":" + o["name"] if o["kind"] == "adapter" else ""): o for o in report["options"]}
