@@ -76,8 +76,8 @@ k8s-check: $(STAMP) $(CHECKOV_VENV)/.installed  ## render k8s/ (kubectl kustomiz
 # the GPU image's Python set (extras gpu + postgres) resolved for Linux x86_64 from the package index alone (--isolated:
 # no local wheel folders, whose CPU torch would stand in for the CUDA one); nothing is installed or built
 GPU_PLATFORMS := $(foreach v,$(shell seq 39 -1 17),--platform manylinux_2_$(v)_x86_64) --platform manylinux2014_x86_64
-gpu-resolve: $(STAMP)  ## prove that '.[gpu,postgres]' resolves for Linux x86_64, Python 3.11 (needs the index)
+gpu-resolve: $(STAMP)  ## prove that '.[gpu,postgres,kubernetes]' (the GPU image's set) resolves for Linux x86_64, Python 3.11 (needs the index)
 	$(BIN)/pip --isolated install --dry-run --ignore-installed --quiet --report $(VENV)/gpu-resolve.json \
 	  $(GPU_PLATFORMS) --platform linux_x86_64 --only-binary=:all: --python-version 3.11 --implementation cp \
-	  --target $(VENV)/gpu-resolve-target '.[gpu,postgres]'
+	  --target $(VENV)/gpu-resolve-target '.[gpu,postgres,kubernetes]'
 	$(BIN)/python k8s/check_gpu_resolve.py $(VENV)/gpu-resolve.json
