@@ -47,6 +47,10 @@ def test_demo_runs_the_whole_flow_on_the_tiny_base(tiny_base, ftops_home, tmp_pa
         "0",  # the random tiny model never ends an answer, so it has no replay data to give
         "--questions",
         "2",
+        "--advise-examples",  # the advice closes the flow: bounded to a few answers per option, like the questions
+        "2",
+        "--advise-regression",
+        "2",
         "--policy",
         str(policy),
         "--set",
@@ -63,6 +67,7 @@ def test_demo_runs_the_whole_flow_on_the_tiny_base(tiny_base, ftops_home, tmp_pa
     assert result.returncode == 0, (out[-4000:], result.stderr[-4000:])
     for step in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
         assert step in out
+    assert "advice: " in out and (Path(ftops_home) / "demo" / "advise" / "report.md").is_file()
 
     settings.configure_mlflow()
     client = mlflow.MlflowClient()
