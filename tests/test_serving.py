@@ -35,7 +35,11 @@ def served(tiny_chat_service, models_dir):
     """The running service (conftest.py's ``tiny_chat_service``, shared): yields ``{url, v1, v2, home, log}``,
     adapter ``tiny-chat`` v1 at production, v2 registered, base tiny-llama. While a module uses it, this process's
     MLflow client points at the service's registry (``FTOPS_HOME``)."""
+    from ftops import settings
+
     with service_env(tiny_chat_service["home"], models_dir):
+        # MLflow keeps the last store a module configured in this process; the env alone does not move it back
+        settings.configure_mlflow()
         yield tiny_chat_service
 
 
