@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Histogram
 
+from ftops.api_keys import bearer, match_key
 from ftops.redact import RedactFilter, redact
 
 log = logging.getLogger("ftops.serving")
@@ -95,15 +96,6 @@ async def send_json(send: Send, payload: object, status: int = 200) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def bearer(scope: Scope) -> str | None:
-    for k, v in scope.get("headers", []):
-        if k == b"authorization":
-            value = v.decode("latin-1")
-            if value[:7].lower() == "bearer ":
-                return value[7:].strip()
-    return None
-
-
 def client_request_id(scope: Scope) -> str:
     """The request's id: the client's ``X-Request-Id`` when it is a plain token (vLLM names its answer
     ``chatcmpl-<it>`` too, so a client finds its rows either way), else ``req-<random>``."""
@@ -111,17 +103,6 @@ def client_request_id(scope: Scope) -> str:
         if k == b"x-request-id" and _REQUEST_ID.fullmatch(v):
             return v.decode()
     return f"req-{uuid.uuid4().hex}"
-
-
-def match_key(presented: str | None, keys: dict[str, str]) -> str | None:
-    """The id of the key ``presented`` equals, compared in constant time against every key; None if none."""
-    if not presented:
-        return None
-    found = None
-    for key_id, key in keys.items():
-        if hmac.compare_digest(presented.encode(), key.encode()):
-            found = key_id
-    return found
 
 
 class ApiKeyMiddleware:

@@ -153,25 +153,20 @@ class ApiKeys:
     """ASGI middleware: ``Authorization: Bearer KEY`` on every route but ``/livez`` and ``/readyz``, compared in
     constant time against each key; the matching key's id is what the jobs API files a job under. The same keys and
     ids as ``ftops serve`` (``FTOPS_API_KEY`` is ``default``, ``FTOPS_ADMIN_KEY`` is ``admin``, a keys file adds
-    more), so a client sees the same files and jobs behind either. (``ftops serve`` has its own copy in the serving
-    stage, which the training stage may not import.)"""
+    more), so a client sees the same files and jobs behind either; both check keys with :mod:`ftops.api_keys`."""
 
     def __init__(self, app, keys: dict[str, str]) -> None:
         self.app, self.keys = app, keys
 
     async def __call__(self, scope, receive, send) -> None:
-        import hmac
+        from ftops.api_keys import bearer, match_key
 
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if scope["path"] in ("/livez", "/readyz"):  # up once the executor has started (before uvicorn listens)
             return await _send_json(send, 200, {"status": "ok"})
-        auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        presented = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-        found = None
-        for key_id, key in self.keys.items():
-            if presented and hmac.compare_digest(presented.encode(), key.encode()):
-                found = key_id
+        presented = bearer(scope)
+        found = match_key(presented, self.keys)
         if found is None:
             message = "Incorrect API key provided." if presented else "You didn't provide an API key."
             body = {
