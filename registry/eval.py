@@ -85,8 +85,8 @@ class EvalConfig(StrictConfig):
     """How to evaluate one run. ``ftops eval`` and ``ftops gate`` build their options from these fields."""
 
     engine: Literal["vllm", "transformers"] = "vllm"
-    """vllm: batched through vLLM's offline engine (bf16), the one that serves; transformers: generate (fp32),
-    the fallback."""
+    """vllm: batched through vLLM's offline engine (in serving's dtype), the one that serves; transformers: generate
+    (fp32), the fallback."""
     max_new_tokens: int = Field(128, ge=1)
     """Greedy decoding stops at EOS or after this many tokens per answer."""
     max_examples: int | None = Field(None, ge=1)
@@ -135,10 +135,17 @@ class Engine(Protocol):
 class VllmEngine:
     """vLLM's offline engine on a base model with LoRA enabled; one per process (start-up is ~30 s on CPU)."""
 
-    def __init__(self, base_path: str, max_lora_rank: int = 64, max_model_len: int = 2048, kv_cache_gib: int = 1):
+    def __init__(
+        self,
+        base_path: str,
+        max_lora_rank: int = 64,
+        max_model_len: int = 2048,
+        kv_cache_gib: int = 1,
+        dtype: str | None = None,
+    ):
         import os
 
-        from ftops.vllm_settings import DTYPE, vllm_cpu_env
+        from ftops.vllm_settings import engine_dtype, vllm_cpu_env
 
         os.environ.update(vllm_cpu_env(kv_cache_gib))  # read by vLLM's CPU worker only
         from vllm import LLM
@@ -150,7 +157,7 @@ class VllmEngine:
             max_lora_rank=max_lora_rank,
             max_loras=2,
             max_model_len=max_model_len,
-            dtype=DTYPE,
+            dtype=dtype or engine_dtype(),  # serving's default too: the gate judges what is served
             seed=0,
         )
         self._lora_ids: dict[str, int] = {}

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ftops.config import StrictConfig, read_yaml, validate
 from ftops.errors import FtopsError, UsageError
-from ftops.vllm_settings import DTYPE, KV_CACHE_GIB, MAX_MODEL_LEN
+from ftops.vllm_settings import KV_CACHE_GIB, MAX_MODEL_LEN, engine_dtype
 
 CONFIG_ENV = "FTOPS_SERVE_CONFIG"
 API_KEY_ENV = "FTOPS_API_KEY"
@@ -37,8 +37,10 @@ class EngineConfig(BaseModel):
     """Adapters active in one batch (an alias move briefly has the old and new version side by side)."""
     max_cpu_loras: int = Field(8, ge=1)
     """Adapters kept loaded (current versions, pinned versions, the one before a move)."""
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = DTYPE
-    """Weights and activations dtype."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(default_factory=engine_dtype)
+    """Weights and activations dtype. Default: ``bfloat16`` on a GPU or a CPU with native bf16 (AVX512_BF16, AMX,
+    Arm BF16), ``float32`` on other CPUs, which emulate bf16 slowly (``ftops.vllm_settings.engine_dtype``; the gate
+    evaluates in the same). ``auto`` is vLLM's: the checkpoint's own dtype."""
     kv_cache_gib: int = Field(KV_CACHE_GIB, ge=1)
     """CPU KV cache size in GiB (``VLLM_CPU_KVCACHE_SPACE``); on a GPU host ``gpu_memory_utilization`` applies."""
     cpu_reserved_cores: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"

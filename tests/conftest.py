@@ -605,7 +605,8 @@ def gate_engine(request, tiny_base):
 
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # read by this process and the engine's, at start-up
-            engine = VllmEngine(tiny_base.path, max_lora_rank=8, max_model_len=256)
+            # pinned to bf16 whatever the machine: test_golden's token ids and test_cpu_lora's stacks are bf16's
+            engine = VllmEngine(tiny_base.path, max_lora_rank=8, max_model_len=256, dtype="bfloat16")
         try:
             yield engine
         finally:

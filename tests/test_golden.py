@@ -48,6 +48,7 @@ def golden_config(data: dict[str, Path]):
             "base": "tiny-llama",
             "data": {k: str(v) for k, v in data.items()},
             "method": "lora",
+            "precision": "bf16",  # pinned: the golden losses are bf16's on every machine (auto follows the CPU)
             "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
             "max_steps": STEPS,
             "batch_size": 2,

@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 
 from ftops import adapter as A
 from ftops.errors import FtopsError
+from ftops.precision import resolve
 from ftops.training.config import TrainConfig
 
 STEPS = 4
@@ -153,7 +154,8 @@ def test_run_holds_params_metrics_inputs_artifacts_and_lineage(trained, tiny_bas
 
     t = run.data.tags
     assert t[A.TAG_RUN_ID] == run_id and t[A.TAG_BASE_NAME] == "tiny-llama" and t[A.TAG_BASE_SHA256] == tiny_base.sha256
-    assert t[A.TAG_QUANTIZATION] == "nf4-double-quant-bf16" and t[A.TAG_LORA_R] == "8"
+    # the compute dtype follows the machine (ftops/precision.py): bf16 where native, fp32 on CPUs that emulate it
+    assert t[A.TAG_QUANTIZATION] == f"nf4-double-quant-{resolve()}" and t[A.TAG_LORA_R] == "8"
     assert t[A.TAG_LORA_TARGETS] == "q_proj,v_proj"
     assert int(t[A.TAG_TRAINABLE_PARAMS]) > 0 and 0 < float(t[A.TAG_TRAINABLE_SHARE]) < 0.1
 
@@ -187,7 +189,7 @@ def test_adapter_follows_the_contract_and_loads_with_peft_and_vllm(trained, tiny
     folder, manifest = A.download_adapter(f"runs:/{run_id}/{A.ARTIFACT_PATH}", tmp_path / "dl")
     assert manifest["base"] == {"name": "tiny-llama", "sha256": tiny_base.sha256}
     assert manifest["lora"]["r"] == 8 and manifest["lora"]["target_modules"] == ["q_proj", "v_proj"]
-    assert manifest["quantization"] == "nf4-double-quant-bf16"
+    assert manifest["quantization"] == f"nf4-double-quant-{resolve()}"
     names = set(manifest["files"])
     assert {
         "adapter_model.safetensors",

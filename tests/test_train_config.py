@@ -138,3 +138,30 @@ def test_cli_usage_error_exits_2_and_bad_file_exits_1(tmp_path, capsys):
     assert main(["train", str(_write(tmp_path, MINIMAL + "bogus: 1\n"))]) == 1
     err = capsys.readouterr().err.strip()
     assert "unknown key 'bogus'" in err and "\n" not in err
+
+
+AVX2_EPYC = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n"
+SAPPHIRE = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"), [(AVX2_EPYC, False), (SAPPHIRE, True), (GRAVITON3, True), ("", False), ("garbage", False)]
+)
+def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo, native):
+    from ftops.precision import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16(cpuinfo) is native
+
+
+def test_precision_sets_the_compute_dtype_and_the_lineage_tag(tmp_path):
+    from ftops.precision import resolve
+
+    data = {k: tmp_path / f"{k}.jsonl" for k in ("train", "validation", "test")}
+    config = TrainConfig(base="b", data=data)
+    assert config.precision == "auto" and resolve() in ("bf16", "fp32")
+    assert config.quantization == f"nf4-double-quant-{resolve()}"
+    assert TrainConfig(base="b", data=data, precision="fp32").quantization == "nf4-double-quant-fp32"
+    assert TrainConfig(base="b", data=data, method="lora", precision="bf16").quantization == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(base="b", data=data, precision="fp8")

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from ftops.config import StrictConfig, merge, parse_overrides, read_yaml, validate
 from ftops.errors import UsageError
 from ftops.names import check_name
+from ftops.precision import Precision, resolve
 
 HINT = "keys and defaults are documented in training/config.py"
 #: the ``ftops.*`` run tags a job config may set (all others are lineage that training sets)
@@ -61,8 +62,12 @@ class TrainConfig(StrictConfig):
     data: DataConfig
     """The three splits (``ftops data split`` writes them)."""
     method: Literal["qlora", "lora", "full"] = "qlora"
-    """``qlora``: NF4 4-bit base with double quantization and bf16 compute, LoRA on top; ``lora``: bf16 base + LoRA;
+    """``qlora``: NF4 4-bit base with double quantization, LoRA on top; ``lora``: the base in the compute dtype + LoRA;
     ``full``: every weight trained (no adapter; logs the full model)."""
+    precision: Precision = "auto"
+    """Compute dtype: ``auto`` is bf16 on a GPU or a CPU with native bf16 (AVX512_BF16, AMX, Arm BF16) and fp32 on
+    other CPUs, which would emulate bf16 at a fraction of fp32's speed (BENCHMARKS.md); ``bf16`` or ``fp32`` forces
+    one. The resolved value is the run's ``ftops.quantization`` tag."""
     lora: LoraConfig = Field(default_factory=LoraConfig)
     """LoRA settings (ignored for ``method: full``)."""
     epochs: float = Field(1.0, gt=0)
@@ -150,8 +155,10 @@ class TrainConfig(StrictConfig):
 
     @property
     def quantization(self) -> str:
-        """The lineage tag value: ``nf4-double-quant-bf16`` for QLoRA, ``bf16`` otherwise."""
-        return "nf4-double-quant-bf16" if self.method == "qlora" else "bf16"
+        """The lineage tag value: ``nf4-double-quant-<dtype>`` for QLoRA, the compute dtype otherwise (``bf16`` or
+        ``fp32``, :func:`ftops.precision.resolve`)."""
+        dtype = resolve(self.precision)
+        return f"nf4-double-quant-{dtype}" if self.method == "qlora" else dtype
 
     def to_params(self) -> dict[str, str]:
         """The resolved config flattened to MLflow params (``lora.r`` ...); ``resume`` is left out so that a resumed

@@ -26,6 +26,7 @@ from ftops import settings
 from ftops.base import BaseModel, load_base
 from ftops.errors import FtopsError
 from ftops.manifest import sha256_file, write_manifest
+from ftops.precision import resolve, torch_dtype
 from ftops.training.config import TrainConfig
 from ftops.training.lm_head import labelled_positions_only
 
@@ -111,22 +112,23 @@ def check_target_modules(config: TrainConfig, base: BaseModel) -> None:
 
 
 def load_model(config: TrainConfig, base: BaseModel):
-    """The base model as the method needs it: NF4 4-bit (double quant, bf16 compute) for QLoRA, bf16 for LoRA,
-    fp32 weights (bf16 autocast) for full fine-tuning."""
+    """The base model as the method needs it: NF4 4-bit (double quant) computing in the config's dtype for QLoRA,
+    the base in that dtype for LoRA, fp32 weights (bf16 autocast where native) for full fine-tuning."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    dtype = torch_dtype(config.precision)
     kwargs: dict[str, Any] = {}
     if config.method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=dtype,
         )
-        kwargs["dtype"] = torch.bfloat16
+        kwargs["dtype"] = dtype
     else:
-        kwargs["dtype"] = torch.bfloat16 if config.method == "lora" else torch.float32
+        kwargs["dtype"] = dtype if config.method == "lora" else torch.float32
     if torch.cuda.is_available():  # one copy per process, on its own GPU (4-bit weights cannot be moved later)
         kwargs["device_map"] = {"": _process().local_process_index}
     try:
@@ -259,7 +261,7 @@ def sft_config(config: TrainConfig, output_dir: Path, run_name: str):
         packing=config.packing,
         assistant_only_loss=config.assistant_only_loss,
         gradient_checkpointing=config.gradient_checkpointing,
-        bf16=config.method != "full" or torch.cuda.is_available(),
+        bf16=resolve(config.precision) == "bf16",
         use_cpu=not torch.cuda.is_available(),
         eval_strategy="steps",
         eval_steps=config.eval_steps,
