@@ -29,19 +29,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     csub = p.add_subparsers(dest="cost_command", metavar="ACTION", required=True)
     rep = csub.add_parser(
         "report",
-        help="per adapter and in total: tokens, self-hosted vs hosted cost, break-even, training cost (per job too)",
+        help="per replica, per adapter and in total: tokens, self-hosted vs hosted cost, break-even, training cost",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
-Per adapter and in total: tokens, self-hosted cost (replica price x engine busy time), the hosted-equivalent cost
-for every model of the price table, savings, $ per million tokens both ways, the monthly token volume at which a
-fixed replica (730 h/month) beats per-token pricing, each adapter's training run cost, and each fine-tuning API
-job's training cost (its wall time x its hardware profile's hourly price, against hosted training prices). The
-formula is in docs/cost.md; the figures are recomputed from the ledger rows, the MLflow runs and the two YAML tables.
+Per replica, per adapter and in total: tokens, self-hosted cost (each replica's own engine busy time x the hourly
+price of the hardware profile its rows name; the total is the sum over replicas), the hosted-equivalent cost for
+every model of the price table, savings, $ per million tokens both ways, the monthly token volume at which a fixed
+replica (730 h/month) beats per-token pricing, each adapter's training run cost, and each fine-tuning API job's
+training cost (its wall time x its hardware profile's hourly price, against hosted training prices). The formula is
+in docs/cost.md; the figures are recomputed from the ledger rows, the MLflow runs and the two YAML tables.
 
 examples:
   ftops cost report
   ftops cost report --since 24h --json
-  ftops cost report --replica aws-g6.xlarge --plot cost.png""",
+  ftops cost report --hardware-profile aws-g6.xlarge --plot cost.png""",
     )
     rep.add_argument(
         "--since",
@@ -55,11 +56,16 @@ examples:
     rep.add_argument(
         "--hardware",
         metavar="YAML",
-        help="replica price table (default serving/hardware.yaml, $FTOPS_HARDWARE)",
+        help="hardware price table, hourly price per instance (default serving/hardware.yaml, $FTOPS_HARDWARE)",
     )
     rep.add_argument(
-        "--replica",
-        help="hardware.yaml instance the replica runs on (default: the table's default, $FTOPS_REPLICA)",
+        "--hardware-profile",
+        "--replica",  # its name before replicas were recorded apart from their hardware
+        dest="hardware_profile",
+        metavar="NAME",
+        help="price every replica at this hardware.yaml instance instead of the one its rows name (the same "
+        "traffic on other hardware); also prices training runs and jobs that name none (default: the table's "
+        "default, $FTOPS_HARDWARE_PROFILE). --replica is its old name",
     )
     rep.add_argument(
         "--train-run",
@@ -97,13 +103,14 @@ def _report(args: argparse.Namespace) -> int:
     since = parse_since(args.since)
     prices = load_prices(args.prices)
     hardware = load_hardware(args.hardware)
-    if args.replica:
-        hardware.instance(args.replica)  # unknown name: one line naming the choices
-    with Ledger(args.ledger, prices=prices, hardware=hardware, replica=args.replica, create=False) as ledger:
-        report = usage_report(ledger, since, training=True)
-    usd_per_hour = report["replica"]["usd_per_hour"]
+    profile = args.hardware_profile
+    if profile:
+        hardware.instance(profile)  # unknown name: one line naming the choices
+    with Ledger(args.ledger, prices=prices, hardware=hardware, hardware_profile=profile, create=False) as ledger:
+        report = usage_report(ledger, since, hardware_profile=profile, training=True)
+    usd_per_hour = report["hardware"]["usd_per_hour"]
     report["training_runs"] = [training_cost(run_id, prices, usd_per_hour) for run_id in args.train_run]
-    report["fine_tuning_jobs"] = job_costs(prices, hardware, report["replica"]["name"], since)
+    report["fine_tuning_jobs"] = job_costs(prices, hardware, report["hardware"]["name"], since)
     if args.plot:
         path = plot_report(report, Path(args.plot))
         report["plot"] = {"path": str(path), "mlflow_run_id": log_report_to_mlflow(report, path)}
@@ -131,7 +138,7 @@ def _tok(x: float | None) -> str:
     return f"{x:.0f}"
 
 
-def _block(title: str, s: dict, replica: str) -> list[str]:
+def _block(title: str, s: dict, where: str) -> list[str]:
     st = s["by_status"]
     lines = [
         title,
@@ -139,7 +146,7 @@ def _block(title: str, s: dict, replica: str) -> list[str]:
             f"  requests {s['requests']} (ok {st['ok']}, cancelled {st['cancelled']}, failed {st['failed']}); "
             f"tokens {s['tokens']:,} (prompt {s['prompt_tokens']:,}, completion {s['completion_tokens']:,})"
         ),
-        f"  self-hosted on {replica}: {_usd(s['self_hosted_usd'])}  = {_usd(s['self_hosted_usd_per_mtok'])}/M tokens",
+        f"  self-hosted on {where}: {_usd(s['self_hosted_usd'])}  = {_usd(s['self_hosted_usd_per_mtok'])}/M tokens",
     ]
     if not s["tokens"]:
         return lines
@@ -189,14 +196,62 @@ def _job_lines(jobs: list[dict]) -> list[str]:
     return lines
 
 
+#: replicas listed one by one in the text report (the others are summed on one line; --json lists every one)
+REPLICA_LINES = 12
+
+
+def _replica_lines(replicas: list[dict]) -> list[str]:
+    from ftops.serving.ledger import UNRECORDED_REPLICA
+
+    lines = [
+        "REPLICAS (each charged its own engine busy time x its hardware's hourly price; the total is their sum)",
+        f"  {'replica':<32} {'hardware':<20} {'$/h':>8} {'requests':>9} {'tokens':>9} {'busy s':>9} {'util':>5} "
+        f"{'self-hosted':>12} {'$/M tok':>9}",
+    ]
+    shown = sorted(replicas, key=lambda e: (-e["self_hosted_usd"], e["replica"]))
+    for e in shown[:REPLICA_LINES]:
+        util = f"{e['utilization']:.0%}" if e["utilization"] is not None else "-"
+        note = "" if e["priced_from"] == "its rows" else f"  (priced as {e['priced_as']}: {e['priced_from']})"
+        lines.append(
+            f"  {e['replica']:<32} {e['hardware']:<20} {e['usd_per_hour']:>8.4g} {e['requests']:>9} "
+            f"{_tok(e['tokens']):>9} {e['busy_s']:>9.1f} {util:>5} {_usd(e['self_hosted_usd']):>12} "
+            f"{_usd(e['self_hosted_usd_per_mtok']):>9}{note}"
+        )
+    if rest := shown[REPLICA_LINES:]:
+        lines.append(
+            f"  {f'{len(rest)} more replicas (--json lists each)':<62} {sum(e['requests'] for e in rest):>9} "
+            f"{_tok(sum(e['tokens'] for e in rest)):>9} {sum(e['busy_s'] for e in rest):>9.1f} {'':>5} "
+            f"{_usd(sum(e['self_hosted_usd'] for e in rest)):>12}"
+        )
+    if any(e["replica"] == UNRECORDED_REPLICA for e in replicas):
+        lines.append(
+            f"  {UNRECORDED_REPLICA}: rows an older ftops wrote, before the ledger recorded replicas: their busy time "
+            "is counted as one machine's"
+        )
+    return lines
+
+
+def _where(replicas: list[dict]) -> str:
+    """``2 replicas (aws-g6.xlarge)``: what the self-hosted figures were charged on."""
+    profiles = sorted({e["priced_as"] for e in replicas})
+    n = len(replicas)
+    return f"{n} replica{'s' if n != 1 else ''} ({', '.join(profiles)})"
+
+
 def format_report(report: dict) -> str:
-    r, t = report["replica"], report["total"]
+    h, t = report["hardware"], report["total"]
+    role = (
+        "every replica's busy time, training runs and jobs that name no hardware"
+        if h["override"]
+        else "training runs and jobs that name no hardware"
+    )
     lines = [
         (
             f"cost report{' since ' + report['since'] if report['since'] else ''} "
             f"(prices as of {report['prices_as_of']}, hardware as of {report['hardware_as_of']})"
         ),
-        f"replica {r['name']}: {_usd(r['usd_per_hour'])}/h = {_usd(r['monthly_usd'])}/month ({r['description']})",
+        f"hardware {h['name']}: {_usd(h['usd_per_hour'])}/h = {_usd(h['monthly_usd'])}/month ({h['description']}); "
+        f"prices {role}",
     ]
     if not t["requests"]:
         lines.append("the ledger has no requests in this window; serve some traffic with `ftops serve` first")
@@ -204,17 +259,19 @@ def format_report(report: dict) -> str:
         return "\n".join(lines + _job_lines(report.get("fine_tuning_jobs", [])))
     util = f", utilization {t['utilization']:.0%}" if t["utilization"] is not None else ""
     lines.append(
-        f"engine busy {t['busy_s']:.1f} s over a {t['window_s']:.1f} s window{util}; measured throughput "
-        f"{t['throughput_tokens_per_s'] or 0:.1f} tokens/s -> one replica serves up to "
-        f"{_tok(t['replica_capacity_monthly_tokens'])} tokens/month; this traffic is "
-        f"{_tok(t['projected_monthly_tokens'])} tokens/month"
+        f"{_where(report['replicas'])}: engine busy {t['busy_s']:.1f} s (summed over replicas) in a "
+        f"{t['window_s']:.1f} s window{util}; measured throughput {t['throughput_tokens_per_s'] or 0:.1f} tokens/s "
+        f"per busy replica -> one replica serves up to {_tok(t['replica_capacity_monthly_tokens'])} tokens/month; "
+        f"this traffic is {_tok(t['projected_monthly_tokens'])} tokens/month"
     )
     lines.append("")
-    lines += _block("TOTAL", t, r["name"])
+    lines += _replica_lines(report["replicas"])
+    lines.append("")
+    lines += _block("TOTAL", t, _where(report["replicas"]))
     for a in report["adapters"]:
         versions = f" (versions {', '.join(a['registry_versions'])})" if a["registry_versions"] else ""
         lines.append("")
-        lines += _block(f"ADAPTER {a['adapter'] or '(base model)'} on {a['model']}{versions}", a, r["name"])
+        lines += _block(f"ADAPTER {a['adapter'] or '(base model)'} on {a['model']}{versions}", a, "its replicas")
         for tr in a.get("training", []):
             lines += _training_lines(tr)
     for tr in report.get("training_runs", []):
@@ -232,12 +289,13 @@ def plot_report(report: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t, r = report["total"], report["replica"]
+    t, h = report["total"], report["hardware"]
+    name = ", ".join(sorted({e["priced_as"] for e in report["replicas"]})) or h["name"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [1, 1.2]})
     per_mtok = {k: v for k, v in t["hosted_usd_per_mtok"].items() if v is not None}
     bars = sorted(per_mtok.items(), key=lambda kv: kv[1])
     if t["self_hosted_usd_per_mtok"] is not None:
-        bars.append((f"self-hosted, busy time ({r['name']})", t["self_hosted_usd_per_mtok"]))
+        bars.append((f"self-hosted, busy time ({name})", t["self_hosted_usd_per_mtok"]))
         bars.sort(key=lambda kv: kv[1])
     if bars:
         names, values = zip(*bars, strict=True)
@@ -253,7 +311,7 @@ def plot_report(report: dict, path: Path) -> Path:
     ax1.set_title("Cost per million tokens, this traffic's prompt/completion mix", fontsize=10)
     ax1.tick_params(axis="y", labelsize=8)
 
-    monthly = r["monthly_usd"]
+    monthly = t["usd_per_hour"] * h["hours_per_month"]  # one replica at the replicas' busy-time-weighted $/h
     capacity = t.get("replica_capacity_monthly_tokens")
     bes = [b["monthly_tokens"] for b in t["break_even"].values() if b["monthly_tokens"]]
     lo = 1e5
@@ -266,7 +324,7 @@ def plot_report(report: dict, path: Path) -> Path:
         [n * monthly for n in replicas],
         color="tab:green",
         lw=2.5,
-        label=f"self-hosted: {r['name']} x replicas needed (${monthly:,.0f}/month each)",
+        label=f"self-hosted: {name} x replicas needed (${monthly:,.0f}/month each)",
     )
     keys = [k for k in PLOT_MODELS if k in per_mtok] or [k for k, _ in bars if k in per_mtok][:5]
     for key, color in zip(keys, ("tab:red", "tab:blue", "tab:orange", "tab:purple", "tab:brown"), strict=False):
@@ -311,7 +369,8 @@ def log_report_to_mlflow(report: dict, png: Path) -> str:
         mlflow.set_tag("ftops.kind", "cost-report")
         mlflow.log_params(
             {
-                "replica": report["replica"]["name"],
+                "hardware": report["hardware"]["name"],
+                "replicas": report["total"]["replicas"],
                 "since": report["since"] or "all",
                 "prices_as_of": report["prices_as_of"],
             }

@@ -1,12 +1,16 @@
 """The cost model: price tables, busy time, and the usage report recomputed from the ledger.
 
-The formula is stated in ``docs/cost.md``; in short, for the rows of a window:
+The formula is stated in ``docs/cost.md``; in short, for the rows of a window, replica by replica (the ledger's
+``replica`` column: one server process each, see :func:`ftops.serving.ledger.replica_id`):
 
-- engine busy time ``B`` = length of the union of the requests' intervals ``[ended - latency_s, ended]``;
-- measured throughput ``R = T / B`` with ``T`` = prompt + completion tokens of all rows;
-- self-hosted cost = ``usd_per_hour x B / 3600``; a request or an adapter gets ``tokens x usd_per_hour / 3600 / R``;
+- a replica's engine busy time ``B_r`` = length of the union of its requests' intervals ``[ended - latency_s, ended]``
+  (never one union over several replicas: each has its own engine and its own bill);
+- its measured throughput ``R_r = T_r / B_r`` with ``T_r`` = prompt + completion tokens of its rows;
+- its self-hosted cost = ``H_r x B_r / 3600``, ``H_r`` the hourly price of its hardware profile (the ``hardware``
+  column); a request or an adapter gets ``tokens x H_r / 3600 / R_r`` of the replica that served it;
+- the total is the sum over replicas; ``R = T / sum(B_r)`` is the throughput of one busy replica;
 - hosted-equivalent cost for model ``m`` = ``prompt x input_m + completion x output_m`` (per-million prices / 1e6);
-- break-even monthly volume for ``m`` = ``usd_per_hour x 730 / (hosted_usd_m / T)``.
+- break-even monthly volume for ``m`` = ``H x 730 / (hosted_usd_m / T)``, ``H`` the busy-time-weighted hourly price.
 """
 
 from __future__ import annotations
@@ -111,7 +115,7 @@ class HardwareTable(BaseModel):
     currency: Literal["USD"]
     """Every price is in US dollars."""
     default: str
-    """The instance a replica runs on unless ``--replica``/``FTOPS_REPLICA`` says otherwise."""
+    """The instance a replica runs on unless ``$FTOPS_HARDWARE_PROFILE`` (or ``--hardware-profile``) names another."""
     instances: dict[str, Instance] = Field(min_length=1)
     """Keyed by a short name, e.g. ``aws-g5.xlarge``."""
 
@@ -123,7 +127,9 @@ class HardwareTable(BaseModel):
 
     def instance(self, name: str) -> Instance:
         if name not in self.instances:
-            raise FtopsError(f"unknown replica {name!r}: hardware.yaml lists {', '.join(sorted(self.instances))}")
+            raise FtopsError(
+                f"unknown hardware profile {name!r}: hardware.yaml lists {', '.join(sorted(self.instances))}"
+            )
         return self.instances[name]
 
 
@@ -140,15 +146,38 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
     )
 
 
+HARDWARE_PROFILE_ENV = "FTOPS_HARDWARE_PROFILE"
+REPLICA_ENV = "FTOPS_REPLICA"
+
+
 def load_hardware(path: str | Path | None = None) -> HardwareTable:
-    """Load and validate the replica price table: ``path``, ``$FTOPS_HARDWARE`` or ``serving/hardware.yaml``."""
+    """Load and validate the replica price table: ``path``, ``$FTOPS_HARDWARE`` or ``serving/hardware.yaml``. Its
+    ``default`` becomes ``$FTOPS_HARDWARE_PROFILE`` when that is set (the instance this machine runs on)."""
     table = _load_yaml_table(
         Path(path or os.environ.get("FTOPS_HARDWARE") or HARDWARE_PATH), HardwareTable, "hardware price table"
     )
-    if os.environ.get("FTOPS_REPLICA"):
-        table.instance(os.environ["FTOPS_REPLICA"])
-        table.default = os.environ["FTOPS_REPLICA"]
+    check_replica_env(table)
+    if profile := os.environ.get(HARDWARE_PROFILE_ENV):
+        if profile not in table.instances:
+            raise FtopsError(
+                f"{HARDWARE_PROFILE_ENV}={profile!r}: unknown hardware profile; hardware.yaml lists "
+                f"{', '.join(sorted(table.instances))}"
+            )
+        table.default = profile
     return table
+
+
+def check_replica_env(table: HardwareTable) -> None:
+    """Refuse ``$FTOPS_REPLICA`` set to a hardware profile's name while ``$FTOPS_HARDWARE_PROFILE`` is unset: an older
+    ftops read the hardware from ``FTOPS_REPLICA``, which now names the replica, so such a setting would price the
+    replica at the table's default without a word."""
+    value = os.environ.get(REPLICA_ENV)
+    if value and value in table.instances and not os.environ.get(HARDWARE_PROFILE_ENV):
+        raise FtopsError(
+            f"{REPLICA_ENV}={value!r} names a hardware profile, but {REPLICA_ENV} now names the replica (this "
+            f"server: its host or pod) and {HARDWARE_PROFILE_ENV} the hardware: set {HARDWARE_PROFILE_ENV}={value} "
+            f"and unset {REPLICA_ENV} (or set it to this server's name)"
+        )
 
 
 # --------------------------------------------------------------------------------------------- busy time
@@ -201,18 +230,26 @@ class BusyClock:
 
 
 # --------------------------------------------------------------------------------------------- the report
+ReplicaKey = tuple[str, str]  # (replica, hardware profile of its rows)
+
+
 def summarize(
     rows: list[dict],
     prices: PriceTable,
-    usd_per_token: float | None,
+    rates: dict[ReplicaKey, float],
     usd_per_hour: float,
     throughput: float | None,
 ) -> dict:
-    """Tokens and costs of ``rows``, with self-hosted cost at ``usd_per_token`` (the window's measured rate)."""
+    """Tokens and costs of ``rows``: each row's tokens at the USD per token of the replica that served it (``rates``,
+    the window's measured rate of each replica; a replica missing from it had no busy time or no tokens: 0).
+    ``usd_per_hour`` and ``throughput`` are one replica's, for the break-even volumes."""
     prompt = sum(r["prompt_tokens"] for r in rows)
     completion = sum(r["completion_tokens"] for r in rows)
     tokens = prompt + completion
-    self_hosted = tokens * usd_per_token if usd_per_token is not None else 0.0
+    priced = any((r["replica"], r["hardware"]) in rates for r in rows)
+    self_hosted = sum(
+        (r["prompt_tokens"] + r["completion_tokens"]) * rates.get((r["replica"], r["hardware"]), 0.0) for r in rows
+    )
     hosted = prices.hosted_cost(prompt, completion)
     by_status = {s: sum(1 for r in rows if r["status"] == s) for s in ("ok", "cancelled", "failed", "refused")}
     capacity = throughput * 3600 * HOURS_PER_MONTH if throughput else None
@@ -232,11 +269,60 @@ def summarize(
         "completion_tokens": completion,
         "tokens": tokens,
         "self_hosted_usd": self_hosted,
-        "self_hosted_usd_per_mtok": usd_per_token * MTOK if usd_per_token is not None else None,
+        "self_hosted_usd_per_mtok": self_hosted / tokens * MTOK if priced and tokens else None,
         "hosted_usd": hosted,
         "hosted_usd_per_mtok": {k: (v / tokens * MTOK if tokens else None) for k, v in hosted.items()},
         "savings_usd": {k: v - self_hosted for k, v in hosted.items()},
         "break_even": break_even,
+    }
+
+
+def replica_cost(
+    replica: str,
+    profile: str,
+    rows: list[dict],
+    hardware: HardwareTable,
+    fallback: str,
+    override: bool = False,
+    since: datetime | None = None,
+) -> dict:
+    """One replica's own figures from its own rows: its busy time (the union of its requests' intervals), its tokens,
+    and its self-hosted cost ``usd_per_hour x busy / 3600`` at the hardware profile its rows name (``profile``).
+    ``override``: priced at ``fallback`` instead; a profile the table does not list is priced at ``fallback`` too, and
+    said so (``priced_from``). What the report charges a replica is exactly this, whatever the other replicas did."""
+    if override:
+        priced_as, priced_from = fallback, "the report's hardware profile (override)"
+    elif profile in hardware.instances:
+        priced_as, priced_from = profile, "its rows"
+    else:
+        priced_as, priced_from = fallback, f"the report's hardware profile: the table does not list {profile!r}"
+    usd_per_hour = hardware.instances[priced_as].usd_per_hour
+    starts = [r["ts"].timestamp() - r["latency_s"] for r in rows]
+    ends = [r["ts"].timestamp() for r in rows]
+    busy = busy_seconds(list(zip(starts, ends, strict=True)))
+    prompt = sum(r["prompt_tokens"] for r in rows)
+    tokens = prompt + sum(r["completion_tokens"] for r in rows)
+    throughput = tokens / busy if busy > 0 and tokens else None
+    self_hosted = usd_per_hour * busy / 3600 if throughput else 0.0
+    window = max(ends) - (since.timestamp() if since else min(starts)) if rows else 0.0
+    return {
+        "replica": replica,
+        "hardware": profile,
+        "priced_as": priced_as,
+        "priced_from": priced_from,
+        "usd_per_hour": usd_per_hour,
+        "requests": len(rows),
+        "prompt_tokens": prompt,
+        "completion_tokens": tokens - prompt,
+        "tokens": tokens,
+        "first_start": datetime.fromtimestamp(min(starts), UTC).isoformat() if rows else None,
+        "last_end": datetime.fromtimestamp(max(ends), UTC).isoformat() if rows else None,
+        "busy_s": busy,
+        "window_s": window,
+        "utilization": busy / window if window > 0 else None,
+        "throughput_tokens_per_s": throughput,
+        "self_hosted_usd": self_hosted,
+        "self_hosted_usd_per_mtok": self_hosted / tokens * MTOK if throughput else None,
     }
 
 
@@ -246,35 +332,58 @@ def usage_report(
     *,
     prices: PriceTable | None = None,
     hardware: HardwareTable | None = None,
-    replica: str | None = None,
+    hardware_profile: str | None = None,
     training: bool = False,
 ) -> dict:
-    """The cost report over the ledger's rows (all, or those that ended at/after ``since``), per adapter and in total.
+    """The cost report over the ledger's rows (all, or those that ended at/after ``since``): per replica, per adapter
+    and in total.
 
     Every figure follows from the rows and the two tables by the formula of ``docs/cost.md``; the stamped per-row
-    costs are not read. ``prices``/``hardware``/``replica`` default to the ledger's. ``training=True`` adds each
-    adapter's training run cost read from MLflow (see :func:`training_cost`)."""
+    costs are not read. Each replica is charged its own busy time at the hourly price of the hardware profile its rows
+    name (:func:`replica_cost`); the total is their sum. ``hardware_profile``: price every replica at this
+    ``hardware.yaml`` instance instead (what the same traffic would cost on other hardware). The report's hardware
+    (``hardware_profile``, else the ledger's) prices what names no hardware: training runs, and replicas whose profile
+    the table no longer lists. ``prices``/``hardware`` default to the ledger's. ``training=True`` adds each adapter's
+    training run cost read from MLflow (see :func:`training_cost`)."""
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     prices = prices or ledger.prices
     hardware = hardware or ledger.hardware
-    replica = replica or (ledger.replica if hardware is ledger.hardware else hardware.default)
-    instance = hardware.instance(replica)
+    fallback = hardware_profile or (ledger.hardware_profile if hardware is ledger.hardware else hardware.default)
+    instance = hardware.instance(fallback)
     rows = ledger.rows(since)
-    busy = busy_seconds([(r["ts"].timestamp() - r["latency_s"], r["ts"].timestamp()) for r in rows])
-    tokens = sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows)
+    by_replica: dict[ReplicaKey, list[dict]] = {}
+    for r in rows:
+        by_replica.setdefault((r["replica"], r["hardware"]), []).append(r)
+    replicas = [
+        replica_cost(name, profile, group, hardware, fallback, override=hardware_profile is not None, since=since)
+        for (name, profile), group in sorted(by_replica.items())
+    ]
+    rates = {
+        (e["replica"], e["hardware"]): e["self_hosted_usd"] / e["tokens"]
+        for e in replicas
+        if e["throughput_tokens_per_s"]
+    }
+    busy = sum(e["busy_s"] for e in replicas)
+    self_hosted = sum(e["self_hosted_usd"] for e in replicas)
+    priced_busy = sum(e["busy_s"] for e in replicas if e["throughput_tokens_per_s"])
+    usd_per_hour = self_hosted * 3600 / priced_busy if priced_busy > 0 else instance.usd_per_hour
+    tokens = sum(e["tokens"] for e in replicas)
     throughput = tokens / busy if busy > 0 and tokens else None
-    usd_per_token = instance.usd_per_hour / 3600 / throughput if throughput else None
-    total = summarize(rows, prices, usd_per_token, instance.usd_per_hour, throughput)
-    total["self_hosted_usd"] = instance.usd_per_hour * busy / 3600 if usd_per_token is not None else 0.0
-    total["savings_usd"] = {k: v - total["self_hosted_usd"] for k, v in total["hosted_usd"].items()}
+    total = summarize(rows, prices, rates, usd_per_hour, throughput)
+    total["self_hosted_usd"] = self_hosted  # the replicas' own figures, summed
+    total["self_hosted_usd_per_mtok"] = self_hosted / tokens * MTOK if rates and tokens else None
+    total["savings_usd"] = {k: v - self_hosted for k, v in total["hosted_usd"].items()}
     starts = [r["ts"].timestamp() - r["latency_s"] for r in rows]
     window = (rows[-1]["ts"].timestamp() - (since.timestamp() if since else min(starts))) if rows else 0.0
+    replica_windows = sum(e["window_s"] for e in replicas)
     total.update(
+        replicas=len(replicas),
+        usd_per_hour=usd_per_hour,
         busy_s=busy,
         window_s=window,
         throughput_tokens_per_s=throughput,
-        utilization=busy / window if window > 0 else None,
+        utilization=busy / replica_windows if replica_windows > 0 else None,
         projected_monthly_tokens=tokens / window * 3600 * HOURS_PER_MONTH if window > 0 else None,
         replica_capacity_monthly_tokens=throughput * 3600 * HOURS_PER_MONTH if throughput else None,
     )
@@ -290,7 +399,7 @@ def usage_report(
                 {r["registry_version"] for r in group if r["registry_version"]},
                 key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v),
             ),
-            **summarize(group, prices, usd_per_token, instance.usd_per_hour, throughput),
+            **summarize(group, prices, rates, usd_per_hour, throughput),
         }
         if training:
             entry["training"] = (
@@ -305,8 +414,9 @@ def usage_report(
     return {
         "since": since.isoformat() if since else None,
         "generated_at": datetime.now(UTC).isoformat(),
-        "replica": {
-            "name": replica,
+        "hardware": {
+            "name": fallback,
+            "override": hardware_profile is not None,
             "usd_per_hour": instance.usd_per_hour,
             "description": instance.description,
             "monthly_usd": instance.usd_per_hour * HOURS_PER_MONTH,
@@ -315,6 +425,7 @@ def usage_report(
         "prices_as_of": prices.as_of.isoformat(),
         "hardware_as_of": hardware.as_of.isoformat(),
         "total": total,
+        "replicas": replicas,
         "adapters": adapters,
     }
 
@@ -435,10 +546,11 @@ def job_runs(since: datetime | None = None) -> list:
             return runs
 
 
-def job_cost(run, prices: PriceTable, hardware: HardwareTable, replica: str) -> dict:
+def job_cost(run, prices: PriceTable, hardware: HardwareTable, profile_if_none: str) -> dict:
     """One fine-tuning job's training cost from its run: ``wall hours x the hourly price of the hardware profile it
-    ran on`` (``replica``'s when the run names none, and said so), against ``trained tokens x training price`` of
-    every hosted model that has one. Says what is missing when the run lacks tokens or wall time."""
+    ran on`` (``profile_if_none``, the report's, when the run names none, and said so), against ``trained tokens x
+    training price`` of every hosted model that has one. Says what is missing when the run lacks tokens or wall
+    time."""
     tags, metrics = run.data.tags, run.data.metrics
     token_key = next((k for k in TRAIN_TOKEN_KEYS if k in metrics), None)
     tokens = float(metrics[token_key]) if token_key else None
@@ -455,12 +567,12 @@ def job_cost(run, prices: PriceTable, hardware: HardwareTable, replica: str) -> 
         "train_wall_s": walls["job_train_wall_s"],
         "gate_wall_s": walls["job_gate_wall_s"],
         "wall_s": wall,
-        "hardware": profile or replica,
-        "hardware_from": f"run tag {JOB_HARDWARE_TAG}" if profile else "the report's replica (the run names none)",
+        "hardware": profile or profile_if_none,
+        "hardware_from": f"run tag {JOB_HARDWARE_TAG}" if profile else "the report's hardware (the run names none)",
     }
-    if (profile or replica) not in hardware.instances:
+    if (profile or profile_if_none) not in hardware.instances:
         return {**out, "available": False, "reason": f"hardware profile {profile!r} is not in the hardware table"}
-    usd_per_hour = hardware.instances[profile or replica].usd_per_hour
+    usd_per_hour = hardware.instances[profile or profile_if_none].usd_per_hour
     missing = [what for what, v in (("trained tokens", tokens), ("wall time (job_train_wall_s)", wall)) if v is None]
     self_hosted = wall / 3600 * usd_per_hour if wall is not None else None
     out.update(
@@ -481,7 +593,9 @@ def job_cost(run, prices: PriceTable, hardware: HardwareTable, replica: str) -> 
     return out
 
 
-def job_costs(prices: PriceTable, hardware: HardwareTable, replica: str, since: datetime | None = None) -> list[dict]:
+def job_costs(
+    prices: PriceTable, hardware: HardwareTable, profile_if_none: str, since: datetime | None = None
+) -> list[dict]:
     """:func:`job_cost` of every fine-tuning API job's run (all, or those started at/after ``since``)."""
     from mlflow.exceptions import MlflowException
 
@@ -489,4 +603,4 @@ def job_costs(prices: PriceTable, hardware: HardwareTable, replica: str, since: 
         runs = job_runs(since)
     except (MlflowException, OSError) as e:  # an unreachable store: the report still shows the ledger
         return [{"available": False, "reason": f"cannot read the fine-tuning jobs' runs: {str(e).splitlines()[0]}"}]
-    return [job_cost(run, prices, hardware, replica) for run in runs]
+    return [job_cost(run, prices, hardware, profile_if_none) for run in runs]

@@ -11,10 +11,17 @@ as soon as the database answers again: by a background retry, by the next ``reco
 opened on the same URL. ``ftops_ledger_spooled_rows_total`` and ``ftops_ledger_failed_rows_total`` (rows neither the
 database nor the spool could take) count them on ``/metrics``.
 
-Each row is stamped with the time it was recorded, the replica it ran on (``serving/hardware.yaml``), its
-self-hosted cost estimate and its hosted-equivalent cost for every model of ``serving/prices.yaml``; the same call
-increments the Prometheus counters that the service's ``/metrics`` exposes. The cost model is stated in
-``docs/cost.md``; ``ftops cost report`` recomputes every figure from the rows and the two tables.
+Each row is stamped with the time it was recorded, the replica that served it (``replica``: which server process,
+see :func:`replica_id`), the hardware profile that replica runs on (``hardware``: a ``serving/hardware.yaml``
+instance), its self-hosted cost estimate and its hosted-equivalent cost for every model of ``serving/prices.yaml``;
+the same call increments the Prometheus counters that the service's ``/metrics`` exposes. Several replicas may write
+one ledger (PostgreSQL); each replica's busy time is its own. The cost model is stated in ``docs/cost.md``;
+``ftops cost report`` recomputes every figure from the rows and the two tables, per replica.
+
+Ledgers made by an older ftops, whose ``replica`` column held the hardware profile, are upgraded when opened: the
+``hardware`` column is added and takes the old value, and ``replica`` becomes :data:`UNRECORDED_REPLICA` (which
+server wrote such a row is not known). Rows that an older ftops still writes during a rolling upgrade are read the
+same way.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -36,13 +44,19 @@ from prometheus_client import Counter
 from ftops import settings
 from ftops.errors import FtopsError
 from ftops.redact import redact
-from ftops.serving.costs import BusyClock, HardwareTable, PriceTable, load_hardware, load_prices
+from ftops.serving.costs import BusyClock, HardwareTable, PriceTable, check_replica_env, load_hardware, load_prices
 
 log = logging.getLogger("ftops.serving")
 
 Status = Literal["ok", "cancelled", "failed", "refused"]
 STATUSES: tuple[str, ...] = ("ok", "cancelled", "failed", "refused")
 ERROR_CHARS = 500  # the stored reason is cut to this length
+REPLICA_CHARS = 100  # the longest replica id the column holds
+REPLICA_ENV = "FTOPS_REPLICA"
+POD_NAME_ENV = "POD_NAME"  # Kubernetes' downward API (k8s/base/serving.yaml sets it)
+#: ``replica`` of the rows written before ledgers recorded replicas (which server wrote them is not known)
+UNRECORDED_REPLICA = "(unrecorded)"
+MIGRATION_LOCK_KEY = 0x66746F7073  # PostgreSQL advisory lock ("ftops") that serializes the upgrade of the table
 
 metadata = sa.MetaData()
 requests_table = sa.Table(
@@ -60,13 +74,16 @@ requests_table = sa.Table(
     sa.Column("latency_s", sa.Float, nullable=False),
     sa.Column("ttft_s", sa.Float, nullable=True),
     sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("replica", sa.String(100), nullable=False),
+    sa.Column("replica", sa.String(REPLICA_CHARS), nullable=False),  # the server process: see replica_id()
     sa.Column("self_hosted_usd", sa.Float, nullable=False),
     sa.Column("hosted_usd", sa.JSON, nullable=False),  # {price table key: usd}
     sa.Column("http_status", sa.Integer, nullable=True),  # what the client got (added 2026-12; NULL on older rows)
     sa.Column("error", sa.String(ERROR_CHARS), nullable=True),  # why it failed or was refused (redacted)
+    # the hardware.yaml instance the replica runs on (added 2026-12; before, ``replica`` held it). Nullable so that an
+    # older ftops can still insert during a rolling upgrade; such rows are read as unrecorded (see _out)
+    sa.Column("hardware", sa.String(100), nullable=True),
 )
-ADDED_COLUMNS = ("http_status", "error")  # added to a ledger table created before them, when it is opened
+ADDED_COLUMNS = ("http_status", "error", "hardware")  # added to a ledger table created before them, when it is opened
 
 # Prometheus counters in the default registry (created once per process; the service's /metrics exposes them).
 TOKENS = Counter(
@@ -99,6 +116,27 @@ REPLAYED_ROWS = Counter(
     "ftops_ledger_replayed_rows",
     "Spooled ledger rows written to the database once it answered again (rows already there are skipped)",
 )
+
+
+def replica_id(explicit: str | None = None) -> str:
+    """Which server process writes the rows: ``explicit``, else ``$FTOPS_REPLICA``, else ``$POD_NAME`` (the pod's
+    name, one server per pod), else ``HOST:PID`` (two servers on one machine sharing a ledger stay apart; a restart
+    is a new replica, whose busy time never overlaps the old one's). At most 100 characters."""
+    env = os.environ.get(REPLICA_ENV, "").strip()
+    for value, source in ((explicit, "replica"), (env or None, REPLICA_ENV)):
+        if value is None:
+            continue
+        value = value.strip()
+        if not value or len(value) > REPLICA_CHARS or value == UNRECORDED_REPLICA:
+            raise FtopsError(
+                f"{source} {value!r}: a replica id is 1 to {REPLICA_CHARS} characters and not {UNRECORDED_REPLICA!r}; "
+                f"name this server (its host or pod), e.g. {REPLICA_ENV}=$(hostname), or leave {REPLICA_ENV} unset"
+            )
+        return value
+    if pod := os.environ.get(POD_NAME_ENV, "").strip():
+        return pod[:REPLICA_CHARS]
+    pid = f":{os.getpid()}"
+    return socket.gethostname()[: REPLICA_CHARS - len(pid)] + pid
 
 
 def default_url() -> str:
@@ -170,7 +208,7 @@ def spool_row(url: str | None, **fields) -> dict:
     :meth:`Ledger.record`; the costs are stamped as zero (such requests never reached the engine)."""
     fields = {"at": None, "http_status": None, "error": None, **fields}
     _check(**fields)
-    row = _row(**fields, replica=load_hardware().default, self_hosted_usd=0.0, hosted_usd={})
+    row = _row(**fields, replica=replica_id(), hardware=load_hardware().default, self_hosted_usd=0.0, hosted_usd={})
     _spool(Spool(spool_path(url)), row, url or default_url(), "no ledger is open")
     _count(row)
     return _out(row)
@@ -188,11 +226,12 @@ class Ledger:
     """Durable, thread-safe request ledger.
 
     ``url``: SQLAlchemy URL; ``None`` means ``sqlite:///$FTOPS_HOME/ledger.db``. ``prices``/``hardware``: the tables
-    (default: the YAML files next to this module, see :func:`ftops.serving.costs.load_prices`). ``replica``: the
-    ``hardware.yaml`` instance this server runs on (default: the table's ``default``). ``create=False``: refuse a
-    SQLite file that does not exist yet (for readers such as the report) instead of creating it, and leave the spool
-    to the writer. ``retry_s``: the longest wait between two attempts to write the spool back while the database is
-    down (the first waits 1 s, then each doubles).
+    (default: the YAML files next to this module, see :func:`ftops.serving.costs.load_prices`). ``hardware_profile``:
+    the ``hardware.yaml`` instance this server runs on (default: the table's ``default``, which
+    ``$FTOPS_HARDWARE_PROFILE`` sets). ``replica``: this server's id on the rows it writes (default:
+    :func:`replica_id`). ``create=False``: refuse a SQLite file that does not exist yet (for readers such as the
+    report) instead of creating it, and leave the spool to the writer. ``retry_s``: the longest wait between two
+    attempts to write the spool back while the database is down (the first waits 1 s, then each doubles).
     """
 
     def __init__(
@@ -201,6 +240,7 @@ class Ledger:
         *,
         prices: PriceTable | None = None,
         hardware: HardwareTable | None = None,
+        hardware_profile: str | None = None,
         replica: str | None = None,
         create: bool = True,
         retry_s: float = 30.0,
@@ -208,8 +248,10 @@ class Ledger:
         self.url = url or default_url()
         self.prices = prices or load_prices()
         self.hardware = hardware or load_hardware()
-        self.replica = replica or self.hardware.default
-        self.instance = self.hardware.instance(self.replica)
+        check_replica_env(self.hardware)
+        self.hardware_profile = hardware_profile or self.hardware.default
+        self.instance = self.hardware.instance(self.hardware_profile)
+        self.replica = replica_id(replica)
         self.spool = Spool(spool_path(self.url))
         self.retry_s = retry_s
         shown = redact(self.url)
@@ -229,7 +271,7 @@ class Ledger:
             )
             if self._engine.dialect.name == "sqlite":
                 sa.event.listen(self._engine, "connect", _sqlite_pragmas)
-            _create_or_upgrade(self._engine)
+            _create_or_upgrade(self._engine, move_rows=create)
         except ModuleNotFoundError as e:
             raise FtopsError(
                 f"ledger {shown!r}: the database driver {e.name!r} is not installed "
@@ -296,7 +338,13 @@ class Ledger:
             busy_s, seen_tokens = self._clock.add(ended - timedelta(seconds=latency_s), ended, tokens)
             # tokens x (usd per hour / 3600 / measured throughput), throughput = tokens / busy time seen so far
             self_hosted = tokens * self.instance.usd_per_hour / 3600 * (busy_s / seen_tokens) if seen_tokens else 0.0
-            row = _row(**{**fields, "at": ended}, replica=self.replica, self_hosted_usd=self_hosted, hosted_usd=hosted)
+            row = _row(
+                **{**fields, "at": ended},
+                replica=self.replica,
+                hardware=self.hardware_profile,
+                self_hosted_usd=self_hosted,
+                hosted_usd=hosted,
+            )
             if self._down:  # the retry thread writes the spool back; meanwhile a request does not wait on the database
                 _spool(self.spool, row, self.url, "the database is down")
             else:
@@ -324,7 +372,8 @@ class Ledger:
             return written
 
     def rows(self, since: datetime | None = None) -> list[dict]:
-        """All rows (oldest first), or those that ended at or after ``since``. Times are timezone-aware UTC."""
+        """All rows (oldest first), or those that ended at or after ``since``. Times are timezone-aware UTC; rows an
+        older ftops wrote have ``replica`` :data:`UNRECORDED_REPLICA` and its hardware profile in ``hardware``."""
         query = sa.select(requests_table).order_by(requests_table.c.ts, requests_table.c.id)
         if since is not None:
             query = query.where(requests_table.c.ts >= _utc(since).replace(tzinfo=None))
@@ -376,7 +425,10 @@ class Ledger:
             for r in rows:
                 if r["request_id"] not in present:
                     present.add(r["request_id"])
-                    new.append({k: v for k, v in r.items() if k != "id"} | {"ts": _utc(r["ts"]).replace(tzinfo=None)})
+                    # a row an older ftops spooled lacks the added columns: NULL, as that ftops would have written it
+                    added = dict.fromkeys(ADDED_COLUMNS)
+                    row = {k: v for k, v in r.items() if k != "id" and k in requests_table.c}
+                    new.append(added | row | {"ts": _utc(r["ts"]).replace(tzinfo=None)})
             if new:
                 conn.execute(requests_table.insert(), new)
         return len(new)
@@ -409,21 +461,49 @@ class Ledger:
                 return
 
 
-def _create_or_upgrade(engine: sa.Engine) -> None:
-    """Create the table, or add the columns and index a table made by an older ftops lacks."""
-    metadata.create_all(engine)
-    inspector = sa.inspect(engine)
+def _create_or_upgrade(engine: sa.Engine, move_rows: bool = True) -> None:
+    """Create the table, or bring one made by an older ftops up to date, in one transaction that concurrent openers
+    take in turn (a PostgreSQL advisory lock; a file lock beside a SQLite file). ``move_rows=False`` (a reader, which
+    may hold read-only credentials): leave old rows as they are; :meth:`Ledger.rows` reads them the same way."""
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:  # released when the transaction ends (PostgreSQL DDL is transactional)
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            _upgrade(conn, move_rows)
+        return
+    db = engine.url.database if engine.dialect.name == "sqlite" else None
+    folder = Path(db).resolve().parent if db and db != ":memory:" else None
+    lock = FileLock(f"{db}.upgrade.lock") if folder is not None and os.access(folder, os.W_OK) else None
+    if lock is None:  # another database, or a read-only folder (which this opener could not upgrade anyway)
+        with engine.begin() as conn:
+            _upgrade(conn, move_rows)
+        return
+    with lock, engine.begin() as conn:
+        _upgrade(conn, move_rows)
+
+
+def _upgrade(conn: sa.Connection, move_rows: bool) -> None:
+    """Create the table; add the columns and indexes a table made by an older ftops lacks; with ``move_rows``, move
+    the hardware profile that such a table's rows kept in ``replica`` to ``hardware``. Idempotent: a second run
+    changes nothing."""
+    metadata.create_all(conn)
+    inspector = sa.inspect(conn)
     have = {c["name"] for c in inspector.get_columns(requests_table.name)}
     indexes = {i["name"] for i in inspector.get_indexes(requests_table.name)}
-    with engine.begin() as conn:
-        for name in ADDED_COLUMNS:
-            if name not in have:
-                column = requests_table.c[name]
-                kind = column.type.compile(dialect=engine.dialect)
-                conn.execute(sa.text(f"ALTER TABLE {requests_table.name} ADD COLUMN {name} {kind}"))
-        for index in requests_table.indexes:
-            if index.name not in indexes:
-                index.create(conn, checkfirst=True)
+    for name in ADDED_COLUMNS:
+        if name not in have:
+            kind = requests_table.c[name].type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {requests_table.name} ADD COLUMN {name} {kind}"))
+    for index in requests_table.indexes:
+        if index.name not in indexes:
+            index.create(conn, checkfirst=True)
+    t = requests_table.c
+    if move_rows and conn.execute(sa.select(t.id).where(t.hardware.is_(None)).limit(1)).first() is not None:
+        # every right-hand side reads the row as it was (hardware is assigned first for MySQL, which does not)
+        conn.execute(
+            requests_table.update()
+            .where(t.hardware.is_(None))
+            .ordered_values((t.hardware, t.replica), (t.replica, UNRECORDED_REPLICA))
+        )
 
 
 def _check(*, status, prompt_tokens, completion_tokens, latency_s, ttft_s, http_status, **_) -> None:
@@ -454,6 +534,7 @@ def _row(
     http_status,
     error,
     replica,
+    hardware,
     self_hosted_usd,
     hosted_usd,
 ) -> dict:
@@ -471,6 +552,7 @@ def _row(
         "ttft_s": None if ttft_s is None else float(ttft_s),
         "status": status,
         "replica": replica,
+        "hardware": hardware,
         "self_hosted_usd": self_hosted_usd,
         "hosted_usd": hosted_usd,
         "http_status": http_status,
@@ -535,4 +617,6 @@ def _utc(t: datetime) -> datetime:
 def _out(row: dict) -> dict:
     out = dict(row)
     out["ts"] = _utc(out["ts"])
+    if out.get("hardware") is None:  # written by an older ftops after the upgrade: its replica column held the hardware
+        out["hardware"], out["replica"] = out["replica"], UNRECORDED_REPLICA
     return out

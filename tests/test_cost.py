@@ -7,7 +7,9 @@ Prometheus registry. The load test against the live service is tests/test_cost_l
 from __future__ import annotations
 
 import json
+import os
 import random
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,12 +25,19 @@ from ftops.cli import main
 from ftops.errors import FtopsError
 from ftops.serving import costs
 from ftops.serving.costs import BusyClock, busy_seconds, load_hardware, load_prices, usage_report
-from ftops.serving.ledger import Ledger
+from ftops.serving.ledger import Ledger, replica_id
 
 REPO = Path(__file__).resolve().parents[1]
 PRICES = yaml.safe_load((REPO / "serving" / "prices.yaml").read_text())
 HARDWARE = yaml.safe_load((REPO / "serving" / "hardware.yaml").read_text())
 T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _no_replica_env(monkeypatch):
+    """The replica's id and hardware come from the environment: these tests set them themselves."""
+    for name in ("FTOPS_REPLICA", "POD_NAME", "FTOPS_HARDWARE_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def _record(ledger: Ledger, i: int | str, **kw) -> dict:
@@ -154,9 +163,10 @@ def test_record_stamps_costs_and_increments_prometheus_counters(ftops_home):
     assert row["hosted_usd"]["openai/gpt-4o"] == pytest.approx(expected)
     assert set(row["hosted_usd"]) == set(PRICES["models"])
     # the first request of a process: throughput = its own tokens / its own latency, so cost = latency x hourly price
-    replica = HARDWARE["instances"][HARDWARE["default"]]
-    assert row["replica"] == HARDWARE["default"]
-    assert row["self_hosted_usd"] == pytest.approx(2.0 * replica["usd_per_hour"] / 3600)
+    instance = HARDWARE["instances"][HARDWARE["default"]]
+    assert row["hardware"] == HARDWARE["default"]
+    assert row["replica"] == replica_id() == f"{socket.gethostname()}:{os.getpid()}"  # this process, on this host
+    assert row["self_hosted_usd"] == pytest.approx(2.0 * instance["usd_per_hour"] / 3600)
     assert sample("ftops_tokens_total", kind="prompt", **labels) - before[0] == 1000
     assert sample("ftops_tokens_total", kind="completion", **labels) - before[1] == 300
     assert sample("ftops_hosted_equivalent_cost_usd_total", hosted_model="openai/gpt-4o", **labels) - before[
@@ -249,16 +259,29 @@ def test_report_figures_follow_from_rows_and_tables(ftops_home):
     assert support["hosted_usd"]["openai/ft:gpt-4o-mini"] == pytest.approx(
         (160 * mini["input_usd_per_mtok"] + 50 * mini["output_usd_per_mtok"]) / 1e6
     )
-    assert report["replica"]["monthly_usd"] == pytest.approx(hourly * 730)
+    assert report["hardware"]["monthly_usd"] == pytest.approx(hourly * 730)
+    # one replica: its own figures are the total's
+    (replica,) = report["replicas"]
+    assert (replica["replica"], replica["hardware"], replica["priced_from"]) == (
+        replica_id(),
+        HARDWARE["default"],
+        "its rows",
+    )
+    assert (replica["requests"], replica["tokens"], replica["busy_s"]) == (3, tokens, pytest.approx(busy))
+    assert replica["self_hosted_usd"] == pytest.approx(total["self_hosted_usd"])
+    assert total["replicas"] == 1 and total["usd_per_hour"] == pytest.approx(hourly)
 
 
-def test_report_with_another_replica_and_since(ftops_home):
+def test_report_on_another_hardware_profile_and_since(ftops_home):
     with Ledger() as ledger:
         _record(ledger, "old", latency_s=2.0, at=T0)
         _record(ledger, "new", latency_s=3.0, prompt_tokens=40, completion_tokens=20, at=T0 + timedelta(hours=1))
-        report = usage_report(ledger, T0 + timedelta(minutes=30), replica="aws-g6.xlarge")
+        report = usage_report(ledger, T0 + timedelta(minutes=30), hardware_profile="aws-g6.xlarge")
     hourly = HARDWARE["instances"]["aws-g6.xlarge"]["usd_per_hour"]
-    assert report["replica"]["name"] == "aws-g6.xlarge"
+    assert report["hardware"]["name"] == "aws-g6.xlarge" and report["hardware"]["override"]
+    (replica,) = report["replicas"]
+    assert replica["hardware"] == HARDWARE["default"] and replica["priced_as"] == "aws-g6.xlarge"
+    assert replica["window_s"] == pytest.approx(1800)
     assert report["total"]["requests"] == 1
     assert report["total"]["self_hosted_usd"] == pytest.approx(hourly * 3.0 / 3600)
     assert report["total"]["window_s"] == pytest.approx(1800)  # from --since to the last request's end
@@ -343,7 +366,7 @@ def test_bad_price_table_is_refused_naming_file_and_field(tmp_path, mutate, fiel
     assert "\n" not in str(e.value)
 
 
-def test_unreadable_tables_and_bad_hardware(tmp_path, monkeypatch):
+def test_unreadable_tables_and_bad_hardware(tmp_path, monkeypatch, ftops_home):
     with pytest.raises(FtopsError, match="missing.yaml: no such hosted price table file"):
         load_prices(tmp_path / "missing.yaml")
     (tmp_path / "broken.yaml").write_text("models: [unclosed\n")
@@ -358,9 +381,23 @@ def test_unreadable_tables_and_bad_hardware(tmp_path, monkeypatch):
     (tmp_path / "hw2.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(FtopsError, match="instances.aws-g5.xlarge.usd_per_hour"):
         load_hardware(tmp_path / "hw2.yaml")
-    monkeypatch.setenv("FTOPS_REPLICA", "nope")
-    with pytest.raises(FtopsError, match="unknown replica 'nope'"):
+    monkeypatch.setenv("FTOPS_HARDWARE_PROFILE", "nope")
+    with pytest.raises(
+        FtopsError, match="FTOPS_HARDWARE_PROFILE='nope': unknown hardware profile; hardware.yaml lists"
+    ):
         load_hardware()
+    monkeypatch.setenv("FTOPS_HARDWARE_PROFILE", "aws-g6.xlarge")
+    assert load_hardware().default == "aws-g6.xlarge"
+    # FTOPS_REPLICA once chose the hardware; now it names the replica, and the old use is refused, saying what to set
+    monkeypatch.delenv("FTOPS_HARDWARE_PROFILE")
+    monkeypatch.setenv("FTOPS_REPLICA", "aws-g5.xlarge")
+    with pytest.raises(FtopsError, match="set FTOPS_HARDWARE_PROFILE=aws-g5.xlarge and unset FTOPS_REPLICA"):
+        load_hardware()
+    with pytest.raises(FtopsError, match="names a hardware profile"):
+        Ledger(hardware=costs.HardwareTable.model_validate(HARDWARE))  # a table given, not loaded: checked too
+    assert not (ftops_home / "ledger.db").exists()  # refused before anything was written
+    monkeypatch.setenv("FTOPS_HARDWARE_PROFILE", "aws-g5.xlarge")  # both set: a replica may be named like that
+    assert load_hardware().default == "aws-g5.xlarge" and replica_id() == "aws-g5.xlarge"
 
 
 def test_shipped_tables_are_valid_and_dated():
@@ -406,6 +443,9 @@ def test_cost_report_json_shape(ftops_home, capsys):
     assert total["requests"] == 6 and total["prompt_tokens"] == sum(20 + i for i in range(6))
     assert set(total["hosted_usd"]) == set(PRICES["models"])
     assert [(a["adapter"], a["requests"]) for a in report["adapters"]] == [(None, 3), ("support", 3)]
+    assert [(e["replica"], e["hardware"], e["requests"]) for e in report["replicas"]] == [
+        (replica_id(), HARDWARE["default"], 6)
+    ]
     assert main(["cost", "report", "--json", "--since", "7.5m"]) == 0
     assert json.loads(capsys.readouterr().out)["total"]["requests"] == 3
 
@@ -417,9 +457,12 @@ def test_cost_report_text_and_plot_logged_to_mlflow(ftops_home, tmp_path, capsys
 
     _seed()
     png = tmp_path / "out" / "cost.png"
-    assert main(["cost", "report", "--plot", str(png), "--replica", "aws-g5.xlarge"]) == 0
+    assert main(["cost", "report", "--plot", str(png), "--hardware-profile", "aws-g5.xlarge"]) == 0
     out = capsys.readouterr().out
-    assert "TOTAL" in out and "ADAPTER support" in out and "aws-g5.xlarge" in out and "break-even" in out
+    assert "TOTAL" in out and "ADAPTER support" in out and "break-even" in out
+    assert "hardware aws-g5.xlarge: $1.006/h" in out and "every replica's busy time" in out
+    (line,) = [x for x in out.splitlines() if x.startswith(f"  {replica_id()} ")]  # the REPLICAS table
+    assert HARDWARE["default"] in line and "(priced as aws-g5.xlarge: the report's hardware profile" in line
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     settings.configure_mlflow()
     runs = mlflow.search_runs(experiment_ids=[settings.experiment_id()], output_format="list")
@@ -443,7 +486,8 @@ def test_cost_report_on_missing_or_empty_ledger_says_what_to_do(ftops_home, caps
     "argv, code, message",
     [
         (["--since", "yesterday"], 2, "--since 'yesterday'"),
-        (["--replica", "nope"], 1, "unknown replica 'nope'"),
+        (["--hardware-profile", "nope"], 1, "unknown hardware profile 'nope': hardware.yaml lists"),
+        (["--replica", "nope"], 1, "unknown hardware profile 'nope'"),  # its old name
         (["--prices", "/nonexistent/prices.yaml"], 1, "/nonexistent/prices.yaml: no such hosted price table file"),
     ],
 )

@@ -156,7 +156,7 @@ def test_cost_report_on_unreachable_postgres_never_shows_the_password(ftops_home
 # --------------------------------------------------------------------------------------------- the spool
 def test_rows_spool_while_postgres_is_down_and_are_written_once_when_it_is_back(pg, ftops_home):
     from ftops.errors import FtopsError
-    from ftops.serving.ledger import Ledger
+    from ftops.serving.ledger import UNRECORDED_REPLICA, Ledger
 
     spooled, failed = counter("ftops_ledger_spooled_rows_total"), counter("ftops_ledger_failed_rows_total")
     ledger = Ledger(pg.url)
@@ -193,6 +193,9 @@ def test_rows_spool_while_postgres_is_down_and_are_written_once_when_it_is_back(
     ledger.close()
     assert sorted(r["request_id"] for r in rows) == ["spool-a", "spool-b", "spool-c", "spool-d"]
     assert {r["request_id"]: r["status"] for r in rows}["spool-c"] == "cancelled"
+    # the spooled rows keep the replica that served them and its hardware (issue 13)
+    assert {(r["replica"], r["hardware"]) for r in rows} == {(ledger.replica, ledger.hardware_profile)}
+    assert ledger.replica not in {"", UNRECORDED_REPLICA} and ledger.hardware_profile == ledger.hardware.default
     assert spool_path(pg.url).read_text() == ""
 
 
