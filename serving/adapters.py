@@ -21,7 +21,7 @@ from ftops.adapter import (
     revocation,
 )
 from ftops.base import BaseModel
-from ftops.errors import FtopsError
+from ftops.errors import FtopsError, UsageError
 from ftops.manifest import folder_digest
 from ftops.names import check_name
 
@@ -74,6 +74,40 @@ def alias_version(name: str, alias: str) -> str | None:
         raise TransientError(f"{name}@{alias}: cannot read the registry ({_short(e)})") from e
     except Exception as e:  # connection errors, a locked or missing SQLite file, ...
         raise TransientError(f"{name}@{alias}: cannot read the registry ({_short(e)})") from e
+
+
+def discover(alias: str, base: BaseModel, seen: dict[tuple[str, str], bool] | None = None) -> list[str]:
+    """Names of the registered models whose ``@alias`` version was trained on ``base`` (its ``ftops.base.sha256``
+    version tag), sorted. ``seen`` caches ``(name, version) -> on this base`` between calls (a version's tags do not
+    change base). Whether each may be served is :func:`refusal`'s to say, when it is followed. Raises
+    :class:`TransientError` when the registry cannot be read."""
+    seen = {} if seen is None else seen
+    found: list[str] = []
+    token = None
+    try:
+        client = settings.mlflow_client()
+        while True:
+            page = client.search_registered_models(max_results=200, page_token=token)
+            for model in page:
+                version = (model.aliases or {}).get(alias)
+                if version is None:
+                    continue
+                key = (model.name, str(version))
+                if key not in seen:
+                    try:
+                        on_base = version_tags(model.name, str(version)).get(TAG_BASE_SHA256) == base.sha256
+                    except (RefusedError, UsageError):  # a name ftops would not serve, or the version went meanwhile
+                        on_base = False
+                    seen[key] = on_base
+                if seen[key]:
+                    found.append(model.name)
+            token = page.token
+            if not token:
+                return sorted(found)
+    except TransientError:
+        raise
+    except Exception as e:  # MlflowException, connection errors, a locked or missing SQLite file, ...
+        raise TransientError(f"models at @{alias}: cannot search the registry ({_short(e)})") from e
 
 
 def version_tags(name: str, version: str) -> dict[str, str]:

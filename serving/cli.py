@@ -17,12 +17,16 @@ def register(sub: argparse._SubParsersAction, service: str = SERVICE) -> None:
         help="serve the base model and the registry's adapters over an OpenAI-compatible API",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
-Start the BentoML + vLLM service: the base model and the adapters the config names as NAME@ALIAS (default: none),
-resolved through the MLflow registry, sha256-checked and loaded as LoRA. `model: NAME` follows the alias (moves
-within seconds, no restart), `model: NAME:VERSION` pins a version. Every /v1 route needs an API key
-(FTOPS_API_KEY or the config's api_keys_file); one is generated and printed when none is set.
+Start the BentoML + vLLM service: the base model and its LoRA adapters from the MLflow registry, each checked
+(gate verdict pass, not revoked, this base) and sha256-verified before it loads. Without a config: every registered
+model whose @production version was trained on the base, including models promoted after the start. A config's
+`adapters: [NAME@ALIAS, ...]` serves exactly those instead (`discover: production` adds the others back).
+`model: NAME` follows the alias (moves within seconds, no restart), `model: NAME:VERSION` pins a version.
+Every /v1 route needs an API key (FTOPS_API_KEY or the config's api_keys_file); one is generated and printed
+when none is set.
 
 examples:
+  ftops serve                                  # the base + everything at @production on it
   ftops serve --config configs/serve.yaml
   FTOPS_API_KEY=sk-local-123456789 ftops serve --port 8000""",
     )
@@ -37,7 +41,7 @@ def preflight(config) -> list[str]:
     from ftops import settings
     from ftops.base import load_base
     from ftops.errors import FtopsError
-    from ftops.serving.adapters import alias_version, fetch_adapter
+    from ftops.serving.adapters import alias_version, discover, fetch_adapter
     from ftops.serving.costs import load_hardware, load_prices
 
     # A broken price table stops the service here, before any engine starts (the ledger prices every request).
@@ -46,7 +50,7 @@ def preflight(config) -> list[str]:
     base = load_base(config.base)
     lines = [
         f"base {base.name} ({base.sha256[:12]}) at {base.path}",
-        f"cost ledger: {len(prices.models)} hosted prices, replica {hardware.default}",
+        f"cost ledger: {len(prices.models)} hosted prices, hardware profile {hardware.default}",
     ]
     for name, alias in config.adapter_specs():
         version = alias_version(name, alias)
@@ -60,6 +64,12 @@ def preflight(config) -> list[str]:
             continue
         adapter = fetch_adapter(name, version, base)
         lines.append(f"adapter {name}@{alias}: version {version}, LoRA r={adapter.lora_rank}, verified")
+    if (alias := config.discover_alias()) is not None:
+        found = [n for n in discover(alias, base) if n not in dict(config.adapter_specs())]
+        lines.append(
+            f"registered models at @{alias} on {base.name}: {', '.join(found) or 'none yet'} "
+            "(each is checked as it loads; models promoted later are served without a restart)"
+        )
     return lines
 
 

@@ -22,6 +22,7 @@ CONFIG_ENV = "FTOPS_SERVE_CONFIG"
 API_KEY_ENV = "FTOPS_API_KEY"
 ADMIN_KEY_ENV = "FTOPS_ADMIN_KEY"
 _ADAPTER = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)@([A-Za-z0-9][A-Za-z0-9_-]*)$")
+_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
 
 
 class EngineConfig(BaseModel):
@@ -95,6 +96,12 @@ class ServeConfig(BaseModel):
     adapters: list[str] = Field(default_factory=list)
     """Registered models to serve, as ``NAME@ALIAS`` (e.g. ``ticket-extractor@production``); ``model: NAME`` follows
     the alias, ``model: NAME:VERSION`` pins a version."""
+    discover: str | None = "auto"
+    """Also serve every registered model whose ``@ALIAS`` version was trained on ``base`` (the version's base sha256
+    tag), looked up at start and on every poll, so that models registered or promoted later are served without a
+    restart. ``auto``: ``production`` when ``adapters`` is empty (``ftops serve`` with no config serves what was
+    promoted), off when it lists models (the list is what is served); ``null``: off; an alias name (e.g.
+    ``production``): on, beside ``adapters``."""
     poll_interval_s: float = Field(2.0, gt=0, le=60)
     """How often the registry is polled for alias moves."""
     require_adapters: bool = False
@@ -128,6 +135,19 @@ class ServeConfig(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError("each registered model may appear once")
         return value
+
+    @field_validator("discover")
+    @classmethod
+    def _discover_alias(cls, value: str | None) -> str | None:
+        if value is not None and not _ALIAS.match(value):
+            raise ValueError(f"{value!r} is not an alias name (letters, digits, _ and -), 'auto' or null")
+        return value
+
+    def discover_alias(self) -> str | None:
+        """The alias whose models are discovered (``discover`` with ``auto`` resolved); None: no discovery."""
+        if self.discover == "auto":
+            return None if self.adapters else "production"
+        return self.discover
 
     def adapter_specs(self) -> list[tuple[str, str]]:
         """``[(name, alias), ...]``."""

@@ -5,7 +5,9 @@ OpenAI-compatible app, following the registry aliases.
     FTOPS_SERVE_CONFIG=configs/serve.yaml                   # which base and adapters (serving/config.py)
 
 Startup returns at once (``/livez`` answers); the engine and the adapters load in the background and ``/readyz``
-answers 200 only once every followed model is served or refused. A watcher polls the registry every
+answers 200 only once every followed model is served or refused. The followed models are the config's ``adapters``
+plus, with ``discover`` (by default when ``adapters`` is empty), every registered model whose ``@production``
+version was trained on the base, looked up again on every poll. A watcher polls the registry every
 ``poll_interval_s``: when an alias moves it checks the new version (gate verdict ``pass``, not revoked, the base),
 downloads it and verifies its files against the digest the gate tagged, loads it into the engine, and only then
 switches ``model: NAME`` to it; the old version stays loaded, so requests in flight (and clients pinning
@@ -105,8 +107,11 @@ class FtopsLLM:
             _keys["admin"] = os.environ[ADMIN_KEY_ENV]
         if not _keys:
             log.warning("no API key configured (FTOPS_API_KEY or api_keys_file): every /v1 request will get 401")
-        self.routing = Routing(base=self.base.name, aliases=dict(self.config.adapter_specs()))
-        self.models = {name: ModelState(alias=alias) for name, alias in self.config.adapter_specs()}
+        self.routing = Routing(base=self.base.name)
+        self.models: dict[str, ModelState] = {}  # every followed model: the config's, then the discovered ones
+        for name, alias in self.config.adapter_specs():
+            self._adopt(name, alias)
+        self._discovered: dict[tuple[str, str], bool] = {}  # (name, version) -> trained on this base
         self.refused: dict[str, str] = {}  # NAME:VERSION -> why it is never served by this process
         self._pinned_errors: dict[str, str] = {}  # NAME:VERSION -> the transient failure of its last load
         self.ready = False  # started: ledger, engine, the first look at every alias
@@ -299,20 +304,50 @@ class FtopsLLM:
                 raise
             self.engine_state = self.engine_app.state
         self._start_step = "loading the adapters"
-        for name, alias in self.config.adapter_specs():
-            await self._follow(name, alias, force=True)
-            model = self.models[name]
-            if self.config.require_adapters and model.serving is None:
-                raise FtopsError(f"{name}@{alias} is not served (require_adapters): {model.reason or model.last_error}")
+        await self._discover()
+        for name, model in list(self.models.items()):
+            await self._follow(name, model.alias, force=True)
+        if self.config.require_adapters:
+            for name, alias in self.config.adapter_specs():
+                model = self.models[name]
+                if model.serving is None:
+                    why = model.reason or model.last_error
+                    raise FtopsError(f"{name}@{alias} is not served (require_adapters): {why}")
+
+    def _adopt(self, name: str, alias: str) -> None:
+        """Follow ``name@alias`` from now on (``/readyz`` and ``/v1/models`` show it)."""
+        self.models[name] = ModelState(alias=alias)
+        self.routing.aliases[name] = alias
+
+    async def _discover(self) -> None:
+        """Follow every registered model newly found at the ``discover`` alias on this base (config ``discover``)."""
+        from ftops.serving.adapters import discover
+
+        alias = self.config.discover_alias()
+        if alias is None:
+            return
+        found = await asyncio.get_running_loop().run_in_executor(None, discover, alias, self.base, self._discovered)
+        for name in found:
+            if name not in self.models:
+                log.info("discovered %s@%s (trained on %s)", name, alias, self.base.name)
+                self._adopt(name, alias)
 
     async def _watch(self) -> None:
+        from ftops.serving.adapters import TransientError
+
         while True:
             await asyncio.sleep(self.config.poll_interval_s)
-            for name, alias in self.config.adapter_specs():
+            try:
+                await self._discover()
+            except TransientError as e:
+                log.warning("registry watch: %s (next poll retries)", e)
+            except Exception:
+                log.exception("registry watch: discovering models")
+            for name, model in list(self.models.items()):
                 try:
-                    await self._follow(name, alias)
+                    await self._follow(name, model.alias)
                 except Exception:  # a bug, not the registry: keep serving what we have, and say so
-                    log.exception("registry watch %s@%s", name, alias)
+                    log.exception("registry watch %s@%s", name, model.alias)
             try:
                 await self._recheck_loaded()
             except Exception:

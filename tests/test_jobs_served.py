@@ -44,3 +44,35 @@ def test_fine_tune_then_chat_with_fine_tuned_model_on_the_same_base_url(service)
     # the admin key sees every job
     other = OpenAI(base_url=service["url"] + "/v1", api_key=ADMIN_KEY, max_retries=0)
     assert job.id in [j.id for j in other.fine_tuning.jobs.list().data]
+
+
+def test_a_model_promoted_after_the_start_is_served_without_a_restart(service, tiny_base, models_dir, tmp_path):
+    """``base_service``'s config lists no adapters, so it discovers (``discover: auto``): a model registered and
+    promoted to @production after the service started is listed with the base as parent and answers, within a few
+    polls and without a restart; a model at @staging only is not served."""
+    from conftest import make_adapter, register_version, service_env
+    from openai import OpenAI
+
+    from ftops import settings
+
+    with service_env(service["home"], models_dir):
+        client = settings.mlflow_client()  # the service's own registry
+        folder = make_adapter(tiny_base, tmp_path / "a", seed=7)
+        staged = register_version("staged-only", folder, tiny_base)
+        client.set_registered_model_alias("staged-only", "staging", staged)
+        version = register_version("promoted-later", folder, tiny_base)
+        client.set_registered_model_alias("promoted-later", "production", version)
+    settings.configure_mlflow()  # this process's MLflow back on the store its environment names
+
+    api = OpenAI(base_url=service["url"] + "/v1", api_key=API_KEY, max_retries=0)
+    deadline = time.monotonic() + 120
+    while "promoted-later" not in (cards := {m.id: m for m in api.models.list().data}):
+        assert time.monotonic() < deadline, f"promoted-later not served after 120 s: {sorted(cards)}"
+        time.sleep(1)
+    card = cards["promoted-later"]
+    assert card.model_extra["parent"] == BASE and card.model_extra["registry_alias"] == "production"
+    assert card.model_extra["registry_version"] == version and "staged-only" not in cards
+    reply = api.chat.completions.create(
+        model="promoted-later", messages=[{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0
+    )
+    assert reply.model == f"promoted-later:{version}" and reply.usage.completion_tokens > 0

@@ -116,6 +116,50 @@ def test_adapter_for_another_base_is_refused(tiny_base, smollm2, ftops_home, tmp
     assert r.returncode == 1 and "trained on base sha256" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_discovery_follows_production_models_of_this_base_only(tiny_base, ftops_home, tmp_path):
+    """``ftops serve`` with no config follows every registered model whose @production version adapts its base; a
+    model at @staging only, one with no alias and one trained on other weights are not followed."""
+    from conftest import make_adapter, register_version
+
+    from ftops import settings
+    from ftops.adapter import TAG_BASE_SHA256
+    from ftops.serving.adapters import discover
+    from ftops.serving.cli import preflight
+
+    folder = make_adapter(tiny_base, tmp_path / "a", seed=5)
+    client = settings.mlflow_client()
+    for name, alias, tags in [
+        ("on-base", "production", None),
+        ("staging-only", "staging", None),
+        ("no-alias", None, None),
+        ("other-base", "production", {TAG_BASE_SHA256: "0" * 64}),
+    ]:
+        version = register_version(name, folder, tiny_base, tags)
+        if alias:
+            client.set_registered_model_alias(name, alias, version)
+    assert discover("production", tiny_base) == ["on-base"]
+    assert discover("staging", tiny_base) == ["staging-only"]
+    assert discover("canary", tiny_base) == []
+    # the alias moves to a version on other weights: no longer followed (the cache is per version, not per name)
+    seen: dict = {}
+    assert discover("production", tiny_base, seen) == ["on-base"]
+    moved = register_version("on-base", folder, tiny_base, {TAG_BASE_SHA256: "1" * 64})
+    client.set_registered_model_alias("on-base", "production", moved)
+    assert discover("production", tiny_base, seen) == []
+
+    assert load_config().discover_alias() == "production"  # no config: serve what was promoted
+    assert load_config(overrides={"adapters": ["x@staging"]}).discover_alias() is None  # a list narrows
+    assert load_config(overrides={"adapters": ["x@staging"], "discover": "production"}).discover_alias() == "production"
+    assert load_config(overrides={"discover": None}).discover_alias() is None
+    with pytest.raises(UsageError, match="discover"):
+        load_config(write(tmp_path, "discover: 'prod; DROP TABLE'\n"))
+    lines = preflight(
+        load_config(overrides={"base": tiny_base.name, "adapters": ["staging-only@staging"], "discover": "staging"})
+    )
+    assert any("adapter staging-only@staging: version 1" in line for line in lines)
+    assert not any("registered models at @staging" in line and "staging-only" in line for line in lines)
+
+
 def test_tampered_adapter_is_refused(tiny_base, ftops_home, tmp_path):
     import mlflow
     from test_serving import make_adapter, register_version

@@ -50,7 +50,8 @@ class JobsConfig(StrictConfig):
     """The Kubernetes executor's settings; required with ``executor: kubernetes``."""
     hardware: str | None = None
     """Hardware profile the jobs train on, an instance of serving/hardware.yaml (e.g. ``aws-g6.xlarge``): tagged on
-    each job's run, ``ftops cost report`` prices the job's wall time at its hourly price. None: the report's replica."""
+    each job's run, ``ftops cost report`` prices the job's wall time at its hourly price. None: the report's
+    hardware profile."""
     train_config: Path = DEFAULT_TRAIN_CONFIG
     """Training YAML every job starts from; the request's model, files and hyperparameters are laid over it."""
     policy: Path = DEFAULT_POLICY
