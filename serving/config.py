@@ -110,6 +110,12 @@ class ServeConfig(BaseModel):
     """YAML mapping ``key id -> key``; ``$FTOPS_API_KEY`` adds the key id ``default``."""
     ledger_url: str | None = None
     """Cost ledger database URL; None: SQLite under ``$FTOPS_HOME``."""
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    """Also answer ``GET /metrics`` (ftops's request, token and ledger series, vLLM's engine series) on this port,
+    without an API key, for Prometheus; nothing else is served there. None: only the API port's ``/metrics``, which
+    needs a key like every route but health."""
+    metrics_host: str = "127.0.0.1"
+    """Interface of ``metrics_port`` (``0.0.0.0`` in a pod, for the scraper)."""
     engine: EngineConfig = Field(default_factory=EngineConfig)
     """vLLM engine settings."""
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

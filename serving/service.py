@@ -126,11 +126,14 @@ class FtopsLLM:
         self._stack = AsyncExitStack()
         self._tasks: list[asyncio.Task] = []
         self._load_lock = asyncio.Lock()
+        self._metrics_server = None
         _gateway.service = self
 
     @bentoml.on_startup
     async def _begin(self) -> None:
         self._drain_on_sigterm()
+        if self.config.metrics_port is not None:
+            self._metrics_server = serve_metrics(self.config.metrics_host, self.config.metrics_port)
         for mount in _gateway.mounts:
             if mount.start is not None:
                 await asyncio.get_running_loop().run_in_executor(None, mount.start)
@@ -146,6 +149,8 @@ class FtopsLLM:
         await self._stack.aclose()
         if self.ledger is not None:
             self.ledger.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
 
     def _drain_on_sigterm(self) -> None:
         """Put :meth:`_drain` in front of the SIGTERM handler uvicorn installed (it has no hook of its own before it
@@ -480,6 +485,44 @@ class FtopsLLM:
             return None
         self._pinned_errors.pop(model, None)
         return model, name, version
+
+
+def serve_metrics(host: str, port: int):
+    """Answer ``GET /metrics`` on ``host:port`` in a thread, without an API key: what BentoML's ``/metrics`` gives on
+    the API port (its multiprocess registry: ftops's counters and histograms, vLLM's engine series). Every other path
+    is 404, every other method 405. Returns the server (``shutdown()`` stops it)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    client = BentoMLContainer.metrics_client.get()
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            if self.path.split("?", 1)[0] != "/metrics":
+                return self._answer(404, b"only /metrics is served on this port\n", "text/plain")
+            self._answer(200, client.generate_latest(), client.CONTENT_TYPE_LATEST)
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._answer(405, b"GET /metrics only\n", "text/plain")
+
+        do_PUT = do_DELETE = do_PATCH = do_POST  # noqa: N815
+
+        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args) -> None:  # a scrape every 15 s is not news
+            pass
+
+    server = ThreadingHTTPServer((host, port), Metrics)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="ftops-metrics", daemon=True).start()
+    log.info("metrics: GET http://%s:%d/metrics (no API key)", host, port)
+    return server
 
 
 def mount(app: Mount) -> None:

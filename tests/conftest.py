@@ -530,7 +530,8 @@ TINY_CHAT = "tiny-chat"
 def tiny_chat_service(request, tiny_base, models_dir, tmp_path_factory):
     """ONE service for the modules that use it (tests/test_serving.py's ``served`` and the modules that import it):
     adapter ``tiny-chat`` v1 at production and v2 registered, on base tiny-llama, at most 6 requests in flight,
-    ledger in its home. Yields ``{url, v1, v2, home, log}``. A test that moves the alias moves it back."""
+    ledger in its home, ``/metrics`` also on a port of its own without a key. Yields ``{url, metrics_url, v1, v2,
+    home, log}``. A test that moves the alias moves it back."""
 
     @contextlib.contextmanager
     def start():
@@ -542,16 +543,25 @@ def tiny_chat_service(request, tiny_base, models_dir, tmp_path_factory):
             v1 = register_version(TINY_CHAT, make_adapter(tiny_base, work / "v1", seed=1), tiny_base)
             v2 = register_version(TINY_CHAT, make_adapter(tiny_base, work / "v2", seed=2), tiny_base)
             MlflowClient().set_registered_model_alias(TINY_CHAT, "production", v1)
+        metrics_port = free_port()
         with running_service(
             home,
             models_dir,
             written_by="tests/conftest.py: tiny_chat_service",
             adapters=[f"{TINY_CHAT}@production"],
+            metrics_port=metrics_port,
             poll_interval_s=1,
             engine={"max_model_len": 2048, "max_lora_rank": 8, "max_loras": 2, "dtype": "bfloat16", "max_num_seqs": 16},
             limits={"max_body_bytes": 65536, "max_concurrency": 6, "retry_after_s": 2},
         ) as service:
-            yield {"url": service.url, "v1": v1, "v2": v2, "home": home, "log": service.log}
+            yield {
+                "url": service.url,
+                "metrics_url": f"http://127.0.0.1:{metrics_port}",
+                "v1": v1,
+                "v2": v2,
+                "home": home,
+                "log": service.log,
+            }
 
     with shared(request, start) as value:
         yield value

@@ -323,9 +323,6 @@ def test_every_secret_is_a_secret_ref_defined_in_the_example(rendered):
     example = {d["metadata"]["name"]: d["stringData"] for d in _documents(K8S / "secret.example.yaml")}
     production = _render(K8S / "overlays" / "production")
     refs = {ref for d in [*production, *(d for job in PER_RUN for d in _documents(job))] for ref in _secret_refs(d)}
-    monitor = _kind(production, "ServiceMonitor", "ftops-serve")
-    credentials = monitor["spec"]["endpoints"][0]["authorization"]["credentials"]
-    refs.add((credentials["name"], credentials["key"]))
     for name, key in sorted(refs):
         assert key in example.get(name, {}), f"{name}/{key} is read but not in k8s/secret.example.yaml"
     assert ("ftops-serve", "ledger-url") in refs and ("ftops-mlflow-client", "MLFLOW_TRACKING_PASSWORD") in refs
@@ -425,7 +422,16 @@ def test_autoscaling_and_scraping_live_in_the_production_overlay():
     monitor = _kind(docs, "ServiceMonitor", "ftops-serve")
     service = _kind(docs, "Service", "ftops-serve")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]} and "authorization" not in endpoint
+    # the port it scrapes is the serving config's metrics_port (no key there), on the container and the Service
+    config = yaml.safe_load(_kind(docs, "ConfigMap", "ftops-serve")["data"]["serve.yaml"])
+    (container,) = [c for c in _pod(_kind(docs, "Deployment", "ftops-serve"))["containers"] if c["name"] == "serve"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports[endpoint["port"]] == config["metrics_port"] and config["metrics_host"] == "0.0.0.0"
+    from ftops.serving.config import ServeConfig
+
+    ServeConfig.model_validate(config)  # the config the pod reads is valid as the service reads it
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -166,6 +166,20 @@ def test_metrics_expose_per_adapter_series(served, client):
         assert series in text, series
 
 
+def test_metrics_port_answers_prometheus_without_a_key_and_nothing_else(served, client):
+    """``metrics_port``: the scrape needs no key there; the API port's /metrics still does; nothing else is served on
+    the metrics port."""
+    chat(client, MODEL)
+    status, headers, body = http("GET", served["metrics_url"] + "/metrics")
+    text = body["raw"].decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert f'adapter="{MODEL}"' in text and "ftops_requests_total" in text
+    assert "vllm:" in text  # the engine's own series (queue, KV cache) beside ftops's
+    assert http("GET", served["metrics_url"] + "/v1/models")[0] == 404
+    assert http("POST", served["metrics_url"] + "/metrics", b"{}")[0] == 405
+    assert http("GET", served["url"] + "/metrics")[0] == 401
+
+
 def test_hot_swap_under_load_then_rollback(served, client):
     """A client sends requests without pause while the alias moves v1 -> v2 and back: 0 failed requests, the new
     version served within 10 s of each move."""
