@@ -3,7 +3,9 @@
 Everything that speaks the OpenAI wire protocol is vLLM's (``vllm.entrypoints`` FastAPI app); this module only
 - checks the API key in constant time (every route but ``/livez``, ``/healthz``, ``/readyz``),
 - refuses oversize bodies (413), malformed JSON (400) and more requests in flight than allowed (429 + Retry-After),
-- maps ``model: NAME`` to the version its alias points at now (``NAME:VERSION``, which is also what pins),
+- maps ``model: NAME`` to the version its alias points at now (``NAME:VERSION``, which is also what pins); a model
+  that may be served but cannot be loaded just now (the registry or the artifact store failed) answers 503
+  ``model_unavailable`` with ``Retry-After``, one that is unknown or refused 404 saying why,
 - lists base and adapters with their registry versions (``GET /v1/models``),
 - records every request to an inference route in the cost ledger and the Prometheus series, with the ``usage`` the
   client received; a request refused before the engine (401, 400, 404, 405, 413, 429, 503) is a ``refused`` row with
@@ -518,6 +520,20 @@ class Gateway:
         resolved = self.resolve(model)
         if resolved is None and ":" in model:
             resolved = await svc.load_pinned(model)  # a registry version of a served model, loaded on first use
+        if resolved is None and (why := svc.transient_failure(model)) is not None:
+            wait = svc.config.limits.retry_after_s
+            return await self.refuse(  # it exists and may be served, the registry or the store failed just now
+                scope,
+                send,
+                503,
+                f"The model `{model}` cannot be loaded just now: {why}. Retry after {wait} s.",
+                "server_error",
+                "model_unavailable",
+                "model",
+                headers=[(b"retry-after", str(wait).encode())],
+                model=model,
+                **ids,
+            )
         if resolved is None:
             return await self.refuse(
                 scope,

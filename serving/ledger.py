@@ -6,7 +6,7 @@ committed before ``record`` returns: SQLite in WAL mode by default (``$FTOPS_HOM
 (``postgresql://...``) otherwise.
 
 Nothing is lost when the database cannot be written: the row goes to an append-only spool under ``$FTOPS_HOME``
-(one JSON line per row, fsync'd, see :class:`Spool`), and the spooled rows are written, once each (by request id),
+(one JSON line per row, fsync'd, see :class:`Spool`), and the spooled rows are written, once each (by row id),
 as soon as the database answers again: by a background retry, by the next ``record`` and by the next ``Ledger``
 opened on the same URL. ``ftops_ledger_spooled_rows_total`` and ``ftops_ledger_failed_rows_total`` (rows neither the
 database nor the spool could take) count them on ``/metrics``.
@@ -32,6 +32,7 @@ import logging
 import os
 import socket
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -82,8 +83,12 @@ requests_table = sa.Table(
     # the hardware.yaml instance the replica runs on (added 2026-12; before, ``replica`` held it). Nullable so that an
     # older ftops can still insert during a rolling upgrade; such rows are read as unrecorded (see _out)
     sa.Column("hardware", sa.String(100), nullable=True),
+    # one random id per row (added 2026-12): what the spool write-back deduplicates on. A client may send one
+    # X-Request-Id with several requests (retries, a fixed header), and each is a row of its own
+    sa.Column("row_id", sa.String(32), nullable=True, index=True),
 )
-ADDED_COLUMNS = ("http_status", "error", "hardware")  # added to a ledger table created before them, when it is opened
+#: added to a ledger table created before them, when it is opened
+ADDED_COLUMNS = ("http_status", "error", "hardware", "row_id")
 
 # Prometheus counters in the default registry (created once per process; the service's /metrics exposes them).
 TOKENS = Counter(
@@ -410,21 +415,22 @@ class Ledger:
             log.error("ledger spool %s: cannot be read back (%s); its rows stay in it", self.spool.path, e)
 
     def _insert_missing(self, rows: list[dict]) -> int:
-        """Insert, in one transaction, the rows whose request id the table does not hold yet: a replay interrupted
-        after its commit (or spooled twice) writes nothing twice."""
+        """Insert, in one transaction, the rows the table does not hold yet, by ``row_id`` (rows an older ftops
+        spooled have none: by request id): a replay interrupted after its commit (or spooled twice) writes nothing
+        twice, and two requests that share a client's X-Request-Id stay two rows."""
         with self._engine.begin() as conn:
-            ids = {r["request_id"] for r in rows}
-            present: set[str] = set()
-            chunk = sorted(ids)
-            for i in range(0, len(chunk), 500):
-                query = sa.select(requests_table.c.request_id).where(
-                    requests_table.c.request_id.in_(chunk[i : i + 500])
-                )
-                present.update(conn.execute(query).scalars())
+            present: set[tuple[str, str]] = set()
+            by_row = sorted({r["row_id"] for r in rows if r.get("row_id")})
+            by_request = sorted({r["request_id"] for r in rows if not r.get("row_id")})
+            for column, wanted in (("row_id", by_row), ("request_id", by_request)):
+                for i in range(0, len(wanted), 500):
+                    query = sa.select(requests_table.c[column]).where(requests_table.c[column].in_(wanted[i : i + 500]))
+                    present.update((column, v) for v in conn.execute(query).scalars())
             new = []
             for r in rows:
-                if r["request_id"] not in present:
-                    present.add(r["request_id"])
+                key = ("row_id", r["row_id"]) if r.get("row_id") else ("request_id", r["request_id"])
+                if key not in present:
+                    present.add(key)
                     # a row an older ftops spooled lacks the added columns: NULL, as that ftops would have written it
                     added = dict.fromkeys(ADDED_COLUMNS)
                     row = {k: v for k, v in r.items() if k != "id" and k in requests_table.c}
@@ -557,6 +563,7 @@ def _row(
         "hosted_usd": hosted_usd,
         "http_status": http_status,
         "error": None if error is None else redact(error)[:ERROR_CHARS],
+        "row_id": uuid.uuid4().hex,
     }
 
 

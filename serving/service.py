@@ -245,6 +245,14 @@ class FtopsLLM:
             body["drain"] = {"in_flight": _gateway.active, "since_s": round(time.monotonic() - self.draining, 1)}
         return status == "ready", body
 
+    def transient_failure(self, model: str) -> str | None:
+        """Why ``NAME`` or ``NAME:VERSION``, which may be served, cannot be just now (the registry or the artifact
+        store failed; retried): the gateway answers 503 with Retry-After, not 404. None otherwise."""
+        state = self.models.get(model)
+        if state is not None and state.serving is None and state.state == "retrying":
+            return state.last_error
+        return self._pinned_errors.get(model)
+
     def why_not_served(self, model: str) -> str | None:
         """Why ``NAME`` or ``NAME:VERSION`` is not served (refused, or could not be loaded just now); None if
         unknown."""
@@ -476,7 +484,7 @@ class FtopsLLM:
             await self._ensure_loaded(name, version, None)
         except TransientError as e:
             log.warning("pinned %s: %s (the next request retries)", model, e)
-            self._pinned_errors[model] = f"{e}; retry later"
+            self._pinned_errors[model] = str(e)
             return None
         except UnknownVersion:
             return None  # unknown, like any other name

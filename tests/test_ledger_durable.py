@@ -165,15 +165,19 @@ def test_rows_spool_while_postgres_is_down_and_are_written_once_when_it_is_back(
     pg.stop()
     try:
         down = [ledger.record(**row_args(f"spool-{c}", status=s)) for c, s in (("b", "ok"), ("c", "cancelled"))]
-        assert [r["id"] for r in down] == [None, None]  # spooled, not lost
+        # a client that sends one X-Request-Id twice (its own retry) made two requests: two rows, not one
+        down += [ledger.record(**row_args("spool-twice")) for _ in range(2)]
+        assert [r["id"] for r in down] == [None] * 4  # spooled, not lost
         from ftops.serving.ledger import Spool, spool_path
 
         spool = spool_path(pg.url)
         lines = [json.loads(line) for line in spool.read_text().splitlines()]
-        assert [r["request_id"] for r in lines] == ["spool-b", "spool-c"]
-        assert counter("ftops_ledger_spooled_rows_total") == spooled + 2
-        # a replay interrupted after its commit leaves a row that is already in the database: written only once
+        assert [r["request_id"] for r in lines] == ["spool-b", "spool-c", "spool-twice", "spool-twice"]
+        assert counter("ftops_ledger_spooled_rows_total") == spooled + 4
+        # a replay interrupted after its commit leaves a row that is already in the database: written only once,
+        # by its row id, and by its request id when an older ftops spooled it without one
         Spool(spool).append(first)
+        Spool(spool).append({k: v for k, v in first.items() if k != "row_id"})
         # neither the database nor the spool can take a row: it is counted lost, and the caller is told
         hold = spool.with_suffix(".held")
         spool.rename(hold)
@@ -186,12 +190,19 @@ def test_rows_spool_while_postgres_is_down_and_are_written_once_when_it_is_back(
     finally:
         pg.start()
     with Ledger(pg.url, create=False) as reader:  # the retry thread writes the spool back on its own
-        wait_for(lambda: len(reader.rows()) == 3, "the spooled rows written back")
+        wait_for(lambda: len(reader.rows()) == 5, "the spooled rows written back")
         assert ledger.record(**row_args("spool-d"))["id"] is not None
         assert ledger.flush() == 0
         rows = reader.rows()
     ledger.close()
-    assert sorted(r["request_id"] for r in rows) == ["spool-a", "spool-b", "spool-c", "spool-d"]
+    assert sorted(r["request_id"] for r in rows) == [
+        "spool-a",
+        "spool-b",
+        "spool-c",
+        "spool-d",
+        "spool-twice",
+        "spool-twice",
+    ]
     assert {r["request_id"]: r["status"] for r in rows}["spool-c"] == "cancelled"
     # the spooled rows keep the replica that served them and its hardware (issue 13)
     assert {(r["replica"], r["hardware"]) for r in rows} == {(ledger.replica, ledger.hardware_profile)}

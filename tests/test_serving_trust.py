@@ -314,6 +314,13 @@ def test_a_transient_download_failure_is_retried_logged_and_shown_in_readyz(trus
     status, body = health(trust, "/readyz")
     assert status == 503 and body["status"] == "loading"
     assert f"{MODEL}:{trust['good']}" not in body["refused"]  # a passing failure is no refusal
+    import openai
+
+    with pytest.raises(openai.APIStatusError) as e:  # it may be served once loaded: 503 with Retry-After, not 404
+        chat(client, MODEL)
+    assert e.value.status_code == 503 and e.value.body["code"] == "model_unavailable", e.value.body
+    assert "the artifact store returned no files" in e.value.body["message"]
+    assert e.value.response.headers["retry-after"].isdigit()
     assert log.read_text().count(f"{MODEL}:{trust['good']}: {MODEL} version {trust['good']}: the artifact store") >= 2
     trust["away"].rename(trust["stored"])  # the files are back: the next retry loads them
     wait_for("/readyz 200", lambda: health(trust, "/readyz")[0] == 200, proc, log)
