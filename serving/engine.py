@@ -67,6 +67,14 @@ async def start_engine(base: BaseModel, engine: EngineConfig, stack: AsyncExitSt
     return client, app
 
 
+async def unload_lora(app, name: str) -> None:
+    """Remove LoRA ``name`` from the engine's served names: no request can name it any more (those running finish;
+    vLLM evicts its weights from the LoRA cache in time). An unknown name is no error."""
+    from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+    await app.state.openai_serving_models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
+
+
 async def load_lora(app, name: str, path: str) -> None:
     """Load the adapter folder ``path`` as LoRA ``name`` (``NAME:VERSION``) into the running engine."""
     from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest

@@ -425,7 +425,11 @@ class FtopsLLM:
         if served not in self.refused:
             log.error("refusing %s: %s", served, reason)
         self.refused[served] = reason
-        self.routing.loaded.pop(served, None)
+        if self.routing.loaded.pop(served, None) is not None and self.engine_app is not None:
+            from ftops.serving.engine import unload_lora
+
+            # out of the engine too: nothing (not even a request past the gateway) reaches it by name any more
+            self._tasks.append(asyncio.get_running_loop().create_task(unload_lora(self.engine_app, served)))
         model = self.models.get(name)
         if model is None:
             return
