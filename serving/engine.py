@@ -67,12 +67,13 @@ async def start_engine(base: BaseModel, engine: EngineConfig, stack: AsyncExitSt
     return client, app
 
 
-async def unload_lora(app, name: str) -> None:
+async def unload_lora(app, name: str) -> bool:
     """Remove LoRA ``name`` from the engine's served names: no request can name it any more (those running finish;
-    vLLM evicts its weights from the LoRA cache in time). An unknown name is no error."""
+    vLLM evicts its weights from the LoRA cache in time). False when the engine did not know it."""
     from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
 
-    await app.state.openai_serving_models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
+    result = await app.state.openai_serving_models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
+    return isinstance(result, str)
 
 
 async def load_lora(app, name: str, path: str) -> None:

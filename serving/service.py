@@ -426,10 +426,8 @@ class FtopsLLM:
             log.error("refusing %s: %s", served, reason)
         self.refused[served] = reason
         if self.routing.loaded.pop(served, None) is not None and self.engine_app is not None:
-            from ftops.serving.engine import unload_lora
-
             # out of the engine too: nothing (not even a request past the gateway) reaches it by name any more
-            self._tasks.append(asyncio.get_running_loop().create_task(unload_lora(self.engine_app, served)))
+            self._tasks.append(asyncio.get_running_loop().create_task(self._unload(served)))
         model = self.models.get(name)
         if model is None:
             return
@@ -438,6 +436,16 @@ class FtopsLLM:
             model.serving = None
         if model.target == version:
             model.state, model.reason = "refused", reason
+
+    async def _unload(self, served: str) -> None:
+        from ftops.serving.engine import unload_lora
+
+        try:
+            removed = await unload_lora(self.engine_app, served)
+        except Exception:
+            log.exception("unloading %s from the engine", served)
+            return
+        log.info("unloaded %s from the engine" if removed else "%s was not loaded in the engine", served)
 
     async def _recheck_loaded(self) -> None:
         """A loaded version revoked (or deleted) in the registry since it was loaded is no longer served."""
