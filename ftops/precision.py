@@ -2,9 +2,9 @@
 
 bf16 halves memory traffic on a GPU or a CPU with native bf16 instructions (x86 AVX512_BF16 or AMX, Arm's BF16
 extension). A CPU without them emulates every bf16 matmul: on an AVX2-only AMD EPYC the matmuls of SmolLM2-135M ran
-40-100x slower in bf16 than in fp32 (``bench/bench_dtype.py``, BENCHMARKS.md), which turned the demo's minute-long
-training into hours. Training and the transformers engine ask :func:`compute_dtype`; ``precision: bf16|fp32`` in a
-training config forces one.
+40-100x slower in bf16 than in fp32 (``bench/bench_dtype.py``, BENCHMARKS.md), which turned the demo's 22-minute
+training into about 3 hours. Training asks :func:`resolve` and :func:`torch_dtype` (``precision: bf16|fp32`` in a
+training config forces one); the vLLM engine of the gate and the service asks ``ftops.vllm_settings.engine_dtype``.
 """
 
 from __future__ import annotations
