@@ -19,6 +19,7 @@ Everything that speaks the OpenAI wire protocol is vLLM's (``vllm.entrypoints`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -578,22 +579,41 @@ class Gateway:
         outcome = Outcome()
         buffer = bytearray()
         is_sse = False
+        recorded = False
+        length: int | None = None  # the answer's Content-Length, when the engine sends one
+
+        async def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                release()
+                await self._record(request_id, key_id, model, adapter, version, outcome, started)
+
+        async def send_last(message: dict) -> None:
+            # the row is committed before the bytes that complete the answer leave (the last of its Content-Length,
+            # a stream's [DONE], or the last message): a client that has its whole answer has its row, even when
+            # this process is killed the next instant (a replica lost mid-load)
+            await record()
+            await send(message)
 
         async def inner_send(message: dict) -> None:
-            nonlocal is_sse
+            nonlocal is_sse, length
             if message["type"] == "http.response.start":
                 outcome.status = message["status"]
-                ctype = dict(message.get("headers", [])).get(b"content-type", b"")
-                is_sse = ctype.startswith(b"text/event-stream")
+                headers = dict(message.get("headers", []))
+                is_sse = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+                with contextlib.suppress(ValueError):
+                    length = int(headers.get(b"content-length", b""))
                 return await send(message)
             if message["type"] != "http.response.body":
                 return await send(message)
             chunk = message.get("body", b"")
             if not is_sse:
                 buffer.extend(chunk)
-                if not message.get("more_body"):
+                if not recorded and (not message.get("more_body") or (length is not None and len(buffer) >= length)):
                     _usage_from_json(bytes(buffer), outcome)
                     outcome.done = True
+                    return await send_last(message)
                 return await send(message)
             buffer.extend(chunk)
             out = bytearray()
@@ -604,6 +624,8 @@ class Gateway:
             if not message.get("more_body"):
                 out.extend(buffer)
                 buffer.clear()
+            if outcome.done or not message.get("more_body"):  # [DONE] is in these bytes: a client stops reading there
+                return await send_last({**message, "body": bytes(out)})
             await send({**message, "body": bytes(out)})
 
         try:
@@ -615,8 +637,7 @@ class Gateway:
             outcome.error = f"{type(e).__name__}: {e}"
             raise
         finally:
-            release()
-            await self._record(request_id, key_id, model, adapter, version, outcome, started)
+            await record()  # unless the last message did: a cancelled stream, a broken engine
 
     async def _record(
         self,
