@@ -305,9 +305,9 @@ class LocalExecutor:
                     return self._fail(
                         job,
                         "invalid_n_examples",
-                        f"training_file splits 80/10/10 into {got}; each needs at least {MIN_SPLIT} examples. The split "
-                        "goes by each example's content hash, so a small file splits unevenly: upload more examples "
-                        "(200 or more usually suffice) or give a validation_file",
+                        f"training_file splits 80/10/10 into {got}; each needs at least {MIN_SPLIT} examples. The "
+                        "split goes by each example's content hash, so a small file splits unevenly: upload more "
+                        "examples (200 or more usually suffice) or give a validation_file",
                         "training_file",
                     )
                 held = sizes["test"]
