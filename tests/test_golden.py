@@ -111,28 +111,52 @@ NEW_TOKENS = 8
 GOLDEN_BASE_IDS = [198] * NEW_TOKENS
 """Greedy token ids of the tiny base for ``PROMPT`` (no adapter), on ftops's gate engine: the random base answers
 newlines to every prompt, so its logprobs below carry the pin."""
-GOLDEN_BASE_LOGPROBS = [
-    -9.586113929748535,
-    -9.578298568725586,
-    -9.570455551147461,
-    -9.570428848266602,
-    -9.578230857849121,
-    -9.58600902557373,
-    -9.59381103515625,
-    -9.601614952087402,
-]
+GOLDEN_BASE_LOGPROBS = {  # by CPU: bf16 matmuls in hardware (AVX512_BF16/AMX, Arm BF16) round otherwise than emulated
+    "emulated-bf16": [  # AVX2-only x86 (AMD EPYC, 2026-12-02)
+        -9.586113929748535,
+        -9.578298568725586,
+        -9.570455551147461,
+        -9.570428848266602,
+        -9.578230857849121,
+        -9.58600902557373,
+        -9.59381103515625,
+        -9.601614952087402,
+    ],
+    "native-bf16": [  # x86 with AVX512_BF16 (AMD EPYC, 2026-12-04): same token ids, logprobs 1 bf16 step apart
+        -9.586124420166016,
+        -9.578285217285156,
+        -9.578245162963867,
+        -9.578252792358398,
+        -9.57820987701416,
+        -9.586054801940918,
+        -9.5938138961792,
+        -9.601619720458984,
+    ],
+}
 GOLDEN_ADAPTER_IDS = [40375, 20478, 24746, 26115, 12902, 3569, 33259, 38312]
 """The same with the ``make_adapter(tiny_base, ..., seed=1)`` LoRA (tests/test_serving.py)."""
-GOLDEN_ADAPTER_LOGPROBS = [
-    -9.8907470703125,
-    -9.890923500061035,
-    -9.843772888183594,
-    -9.781902313232422,
-    -9.904757499694824,
-    -9.932272911071777,
-    -9.83608627319336,
-    -9.530543327331543,
-]
+GOLDEN_ADAPTER_LOGPROBS = {
+    "emulated-bf16": [
+        -9.8907470703125,
+        -9.890923500061035,
+        -9.843772888183594,
+        -9.781902313232422,
+        -9.904757499694824,
+        -9.932272911071777,
+        -9.83608627319336,
+        -9.530543327331543,
+    ],
+    "native-bf16": [
+        -9.886881828308105,
+        -9.894835472106934,
+        -9.847673416137695,
+        -9.774056434631348,
+        -9.904764175415039,
+        -9.932262420654297,
+        -9.83220386505127,
+        -9.530497550964355,
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +185,7 @@ def test_vllm_greedy_token_ids_match_the_golden_values(engine):
     from vllm.lora.request import LoRARequest
 
     from ftops import cpu_lora
+    from ftops.precision import native_bf16
 
     assert "VLLM_PLUGINS" not in os.environ  # the plugin is not turned off
     gate, adapter = engine
@@ -196,13 +221,15 @@ def test_vllm_greedy_token_ids_match_the_golden_values(engine):
     assert base_ids == GOLDEN_BASE_IDS, f"base token ids {base_ids} are not the golden ones"
     assert adapter_ids == GOLDEN_ADAPTER_IDS, f"adapter token ids {adapter_ids} are not the golden ones"
     # the base answers one token over and over: its logprobs are what a numeric change of the base path moves
-    for got, want, what in ((base_lp, GOLDEN_BASE_LOGPROBS, "base"), (adapter_lp, GOLDEN_ADAPTER_LOGPROBS, "adapter")):
+    cpu = "native-bf16" if native_bf16() else "emulated-bf16"  # the ids are the same on both
+    pins = ((base_lp, GOLDEN_BASE_LOGPROBS[cpu], "base"), (adapter_lp, GOLDEN_ADAPTER_LOGPROBS[cpu], "adapter"))
+    for got, want, what in pins:
         torch.testing.assert_close(
             torch.tensor(got, dtype=torch.float64),
             torch.tensor(want, dtype=torch.float64),
             rtol=1e-4,
             atol=1e-5,
-            msg=lambda m, got=got, what=what: f"{what} logprobs {got!r} are not the golden ones: {m}",
+            msg=lambda m, got=got, what=what: f"{what} logprobs {got!r} are not the golden ones ({cpu}): {m}",
         )
     assert mixed == [adapter_ids, base_ids]  # one batch: the base row stays base (ftops's fix), the adapter row too
 
