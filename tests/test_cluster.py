@@ -279,8 +279,8 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, what: str) -> None:
 
 # --- the cluster ---
 class Cluster:
-    def __init__(self, root: Path, secret: dict, proxy: ServiceProxy, pg_port: int, s3_url: str):
-        self.root, self.secret, self.proxy, self.pg_port, self.s3_url = root, secret, proxy, pg_port, s3_url
+    def __init__(self, root: Path, secret: dict, proxy: ServiceProxy, s3_url: str):
+        self.root, self.secret, self.proxy, self.s3_url = root, secret, proxy, s3_url
         self.mlflow: subprocess.Popen | None = None
         user = secret["ftops-mlflow-client"]
         self.auth = (user["MLFLOW_TRACKING_USERNAME"], user["MLFLOW_TRACKING_PASSWORD"])  # what the pods log in as
@@ -363,7 +363,7 @@ def cluster(pg_url, tmp_path_factory):  # noqa: F811
         env = pod.process_env(PATH=f"{PG_BIN}:{os.environ['PATH']}", PGHOST="127.0.0.1", PGPORT=str(pg_port))
         subprocess.run(["bash", "-c", script], env=env, check=True, capture_output=True, timeout=60)
 
-        c = Cluster(root, secret, proxy, pg_port, s3_url)
+        c = Cluster(root, secret, proxy, s3_url)
         # the migrate Job: its init container (the store check, which creates the bucket), then `mlflow db upgrade`
         job = manifest("base/mlflow-migrate-job.yaml", "Job", "mlflow-migrate")
         check_stores = {"/opt/ftops/check_stores.py": K8S / "mlflow" / "check_stores.py"}  # the image's COPY
@@ -438,7 +438,7 @@ def gate_and_promote(cluster: Cluster, models: dict, run_id: str, log: str) -> N
 
 
 @pytest.fixture(scope="module")
-def promoted(cluster, models, tiny_base, learned_rows):
+def promoted(cluster, models):
     """The train Job's own command on the tiny base (sizes laid over configs/gpu.yaml), then the gate and promote
     Jobs' commands, all over HTTP to the MLflow Service; returns (run id, model version)."""
     assert cluster.mlflow is not None, "test_mlflow_from_its_manifest... starts the server"
@@ -489,7 +489,7 @@ def _mlflow(cluster: Cluster, monkeypatch):
 
 
 def test_the_train_jobs_command_trains_and_the_gate_and_promote_jobs_register_it_over_http(
-    cluster, promoted, tiny_base, monkeypatch
+    cluster, promoted, monkeypatch
 ):
     import boto3
 
