@@ -572,7 +572,8 @@ def base_service(request, tiny_base, models_dir, tmp_path_factory):
     """ONE service on base tiny-llama with no adapter for the modules that use it (tests/test_fuzz.py,
     tests/test_jobs_served.py): the fine-tuning API mounted beside inference, its jobs trained with
     tests/test_jobs_api.py's ``TRAIN`` and gated with its ``POLICY`` (the real executor: ``ftops train`` and ``ftops
-    gate`` as child processes); ``max_model_len`` 512 bounds what the engine generates. Yields ``{url, home, log}``."""
+    gate`` as child processes); ``max_model_len`` 512 bounds what the engine generates. Yields ``{url, home, log, pid}``
+    (``pid``: the ``ftops serve`` process, the root of the service's process tree)."""
 
     @contextlib.contextmanager
     def start():
@@ -595,7 +596,7 @@ def base_service(request, tiny_base, models_dir, tmp_path_factory):
                 "gate_options": ["--engine", "transformers", "--max-new-tokens", "4", "--no-regression"],
             },
         ) as service:
-            yield {"url": service.url, "home": home, "log": service.log}
+            yield {"url": service.url, "home": home, "log": service.log, "pid": service.proc.pid}
 
     with shared(request, start) as value:
         yield value

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import time
 
+import psutil
 import pytest
 from conftest import ADMIN_KEY, API_KEY
 from test_jobs_api import _jsonl, _rows
@@ -29,10 +30,22 @@ def test_fine_tune_then_chat_with_fine_tuned_model_on_the_same_base_url(service)
     file = client.files.create(file=("tickets.jsonl", io.BytesIO(_jsonl(_rows(200)))), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(training_file=file.id, model=BASE, suffix="served")
     deadline = time.monotonic() + 900
+    train_env = None  # the environment of the job's `ftops train` child, read while it runs
     while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
         assert time.monotonic() < deadline, f"job still {job.status}"
-        time.sleep(2)
+        train_env = train_env or _train_child_env(service["pid"])
+        time.sleep(0.2 if train_env is None else 2)
     assert job.status == "succeeded", job.error
+    # the child trains as `ftops train` runs from a shell: not in what vLLM's CPU platform set in the service's
+    # process when its engine started (LD_PRELOAD of PyTorch's libgomp, LOCAL_WORLD_SIZE, ...), nor with BentoML's
+    # plumbing (its Prometheus multiprocess folder would count the child's metrics as the service's)
+    assert train_env is not None, "never saw the job's `ftops train` process"
+    launched = psutil.Process(service["pid"]).environ()  # what `ftops serve` handed to bentoml when it started
+    engine_keys = ("LD_PRELOAD", "LOCAL_WORLD_SIZE", "NUMEXPR_MAX_THREADS", "TORCHINDUCTOR_COMPILE_THREADS")
+    changed = {k: train_env.get(k) for k in engine_keys if train_env.get(k) != launched.get(k)}
+    changed |= {k: v for k, v in train_env.items() if k.startswith("BENTOML_") or k == "PROMETHEUS_MULTIPROC_DIR"}
+    assert not changed, changed
+    assert train_env["FTOPS_HOME"] == str(service["home"])
     assert job.fine_tuned_model == f"{BASE}-served:1"
     reply = client.chat.completions.create(
         model=job.fine_tuned_model, messages=[{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0
@@ -44,6 +57,17 @@ def test_fine_tune_then_chat_with_fine_tuned_model_on_the_same_base_url(service)
     # the admin key sees every job
     other = OpenAI(base_url=service["url"] + "/v1", api_key=ADMIN_KEY, max_retries=0)
     assert job.id in [j.id for j in other.fine_tuning.jobs.list().data]
+
+
+def _train_child_env(root: int) -> dict[str, str] | None:
+    """The environment of the ``ftops train`` process under the service's process tree, if one runs now."""
+    for process in psutil.Process(root).children(recursive=True):
+        try:
+            if {"ftops.cli", "train"} <= set(process.cmdline()):
+                return process.environ()
+        except psutil.Error:  # it ended between the listing and the look
+            continue
+    return None
 
 
 def test_a_model_promoted_after_the_start_is_served_without_a_restart(service, tiny_base, models_dir, tmp_path):

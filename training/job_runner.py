@@ -48,6 +48,10 @@ log = logging.getLogger("ftops.jobs")
 
 #: the data contract's minimum examples per split (``ftops.expectations.validate``: too_few_examples)
 MIN_SPLIT = 10
+#: what the serving host's environment holds for its own processes and a job's children must not inherit: BentoML's
+#: worker plumbing (its home, runner map, and the Prometheus multiprocess folder, where a child's metrics would be
+#: counted as the service's)
+_HOST_ONLY_ENV = ("BENTOML_", "PROMETHEUS_MULTIPROC_DIR")
 #: what a training step logs in MLflow -> the name OpenAI's metrics events and checkpoints use
 _METRICS = {"loss": "train_loss", "mean_token_accuracy": "train_mean_token_accuracy"}
 _VALID_METRICS = {"eval_loss": "valid_loss", "eval_mean_token_accuracy": "valid_mean_token_accuracy"}
@@ -112,6 +116,11 @@ class LocalExecutor:
         self.store = store
         self.config = config
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        # The children's environment is taken now, when the service module builds the executor, before the
+        # inference engine starts: vLLM's CPU platform then sets LD_PRELOAD (tcmalloc, PyTorch's libgomp),
+        # LOCAL_WORLD_SIZE, NUMEXPR_MAX_THREADS and TORCHINDUCTOR_* in this process for its own workers. A job's
+        # ``ftops train`` must run as it runs from a shell, not in the engine's tuning.
+        self._child_env = {k: v for k, v in os.environ.items() if not k.startswith(_HOST_ONLY_ENV)}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._child: subprocess.Popen | None = None
@@ -388,7 +397,7 @@ class LocalExecutor:
 
     def _child_run(self, job: dict, cmd: list[str]) -> tuple[int, str, str]:
         """Run ``cmd`` in its own process group; while it runs, follow the job's MLflow run and honour cancel."""
-        env = {**os.environ, **self.config.env, "FTOPS_HOME": str(settings.home())}
+        env = {**self._child_env, **self.config.env, "FTOPS_HOME": str(settings.home())}
         out_path = self._work_dir(job) / f"{cmd[3]}.log"  # train.log / gate.log, and .err beside each
         with open(out_path, "w") as out, open(out_path.with_suffix(".err"), "w") as err:
             self._child = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
