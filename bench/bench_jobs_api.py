@@ -92,6 +92,35 @@ def _service_cpu(service: psutil.Process) -> tuple[bool, float]:
     return training, total
 
 
+def start_serve(home: Path, config: Path) -> tuple[subprocess.Popen, str]:
+    """``ftops serve --config CONFIG`` on a free port, its output in ``home/serve.log``; (process, URL) once ready."""
+    port = _free_port()
+    with open(home / "serve.log", "wb") as log:  # the child holds its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ftops.cli", "serve", "--config", str(config), "--port", str(port)],
+            env=_env(home),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=REPO,
+        )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(1200):
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(1)
+    stop_serve(proc)
+    raise SystemExit(f"ftops serve not ready: {(home / 'serve.log').read_text()[-3000:]}")
+
+
+def stop_serve(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(120)
+
+
 def run_api(home: Path, data: Path, template: Path, base: str) -> tuple[str, float, float | None]:
     """Submit through ``ftops serve``'s fine-tuning API; (run id, wall seconds from create to succeeded/failed,
     cores the rest of the service used while the job trained)."""
@@ -113,27 +142,8 @@ def run_api(home: Path, data: Path, template: Path, base: str) -> tuple[str, flo
             }
         )
     )
-    port = _free_port()
-    log = open(home / "serve.log", "wb")  # noqa: SIM115 (open while the service runs)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ftops.cli", "serve", "--config", str(config), "--port", str(port)],
-        env=_env(home),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=REPO,
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_serve(home, config)
     try:
-        for _ in range(1200):
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        else:
-            raise SystemExit(f"ftops serve not ready: {(home / 'serve.log').read_text()[-3000:]}")
         client = OpenAI(base_url=url + "/v1", api_key=KEY)
         started = time.monotonic()
         file = client.files.create(file=open(data, "rb"), purpose="fine-tune")
@@ -151,9 +161,7 @@ def run_api(home: Path, data: Path, template: Path, base: str) -> tuple[str, flo
         if job.status != "succeeded" and not (job.error and job.error.code == "gate_failed"):
             raise SystemExit(f"the API job ended {job.status}: {job.error}")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(120)
-        log.close()
+        stop_serve(proc)
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
@@ -163,21 +171,44 @@ def run_api(home: Path, data: Path, template: Path, base: str) -> tuple[str, flo
     return runs[0].info.run_id, wall, overhead
 
 
-def run_cli(home: Path, data: Path, template: Path, base: str) -> tuple[str, float, None]:
-    """``ftops train`` on the same template, base and splits, with the job runner's overrides."""
+def train_argv(home: Path, data: Path, template: Path, base: str) -> list[str]:
+    """``ftops train`` on the template with the job runner's overrides, on the splits of ``data`` (made once)."""
     splits = home / "cli-data"
-    subprocess.run(
-        [sys.executable, "-m", "ftops.cli", "data", "split", str(data), "--out", str(splits)],
-        check=True,
-        capture_output=True,
-        env=_env(home),
-    )
+    if not (splits / "test.jsonl").is_file():
+        subprocess.run(
+            [sys.executable, "-m", "ftops.cli", "data", "split", str(data), "--out", str(splits)],
+            check=True,
+            capture_output=True,
+            env=_env(home),
+        )
     argv = [sys.executable, "-m", "ftops.cli", "train", str(template), f"base={base}"]
     argv += [f"data.{s}={splits / f'{s}.jsonl'}" for s in ("train", "validation", "test")]
-    argv += ["data.replay=null", "progress=false", "run_name=bench-cli"]
+    return argv + ["data.replay=null", "progress=false", "run_name=bench-cli"]
+
+
+def run_cli(home: Path, data: Path, template: Path, base: str) -> tuple[str, float, None]:
+    """``ftops train`` on the same template, base and splits, with the job runner's overrides."""
+    argv = train_argv(home, data, template, base)
     started = time.monotonic()
     out = subprocess.run(argv, check=True, capture_output=True, text=True, env=_env(home), cwd=REPO)
     return out.stdout.strip().splitlines()[-1], time.monotonic() - started, None
+
+
+def prepare(root: Path, examples: int, steps: int) -> tuple[Path, Path, Path]:
+    """Under ``root``: the runs' ``FTOPS_HOME``, ``examples`` demo tickets and the API template cut to ``steps``."""
+    home = root / "home"
+    home.mkdir()
+    data = root / "tickets.jsonl"
+    subprocess.run(
+        [sys.executable, "-m", "ftops.cli", "data", "generate", "-n", str(examples), str(data)],
+        check=True,
+        capture_output=True,
+    )
+    template = root / "api_job.yaml"
+    config = yaml.safe_load((REPO / "training" / "templates" / "api_job.yaml").read_text())
+    config |= {"max_steps": steps, "eval_steps": steps, "save_steps": steps}
+    template.write_text(yaml.safe_dump(config, sort_keys=False))
+    return home, data, template
 
 
 def main() -> int:
@@ -197,18 +228,7 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="ftops-bench-jobs-"))
     try:
-        home = root / "home"
-        home.mkdir()
-        data = root / "tickets.jsonl"
-        subprocess.run(
-            [sys.executable, "-m", "ftops.cli", "data", "generate", "-n", str(args.examples), str(data)],
-            check=True,
-            capture_output=True,
-        )
-        template = root / "api_job.yaml"
-        config = yaml.safe_load((REPO / "training" / "templates" / "api_job.yaml").read_text())
-        config |= {"max_steps": args.steps, "eval_steps": args.steps, "save_steps": args.steps}
-        template.write_text(yaml.safe_dump(config, sort_keys=False))
+        home, data, template = prepare(root, args.examples, args.steps)
 
         runs = []
         began = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")

@@ -138,6 +138,7 @@ def test_run_holds_params_metrics_inputs_artifacts_and_lineage(trained, tiny_bas
     p = run.data.params
     assert p["method"] == "qlora" and p["lora.r"] == "8" and p["max_steps"] == str(STEPS)
     assert p["base_path"] == tiny_base.path and p["lora.target_modules"] == "q_proj,v_proj"
+    assert p["keep_host_memory"] == "True"  # the default: glibc keeps freed blocks between steps
     for key in (
         "loss",
         "learning_rate",
@@ -463,3 +464,38 @@ def test_resume_skips_a_checkpoint_cut_short(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "checkpoint-8 is incomplete" in err and "checkpoint-6 is incomplete" in err
     assert last_complete_checkpoint(tmp_path / "none") is None
+
+
+_FREE_AFTER_MALLOC = """
+import ctypes, sys
+from ftops.training.job import keep_host_memory
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+page = __import__("os").sysconf("SC_PAGE_SIZE")
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * page
+if sys.argv[1] == "keep":
+    assert keep_host_memory()
+size = 256 << 20
+block = libc.malloc(size)
+ctypes.memset(block, 1, size)
+before = rss()
+libc.free(block)
+print(before - rss())
+"""
+
+
+@pytest.mark.parametrize("mode", ["keep", "default"])
+def test_keep_host_memory_keeps_a_freed_block_for_the_next_step(mode):
+    """``keep_host_memory: true`` (the default, applied before the model loads): a freed 256 MiB block stays with the
+    process for reuse; with glibc's defaults it goes back to the OS at once (and would be faulted in again)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FREE_AFTER_MALLOC, mode], capture_output=True, text=True, check=True)
+    released = int(out.stdout.strip())
+    if mode == "keep":
+        assert released < 16 << 20, released
+    else:
+        assert released > 200 << 20, released

@@ -137,6 +137,24 @@ def load_model(config: TrainConfig, base: BaseModel):
         raise FtopsError(f"base {base.name!r}: cannot load {base.path} ({e}); re-run `ftops base import`") from e
 
 
+#: glibc's ``mallopt`` parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_host_memory() -> bool:
+    """Make glibc's malloc keep what this process frees for reuse: large blocks come from the heap instead of fresh
+    ``mmap`` regions (``M_MMAP_MAX`` 0), and the heap is not trimmed back to the OS (``M_TRIM_THRESHOLD`` at its
+    maximum). A training step frees and allocates the same large activations every time; by default each of those
+    is unmapped and faulted in (zeroed by the kernel) again. True when applied; False off Linux/glibc."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)  # the libc this process already runs on
+    return libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+
+
 def run_params(config: TrainConfig, base: BaseModel) -> dict[str, str]:
     """The run's params: the resolved config (run name filled in) plus ``base_path``."""
     return {**config.to_params(), "run_name": resolved_run_name(config), "base_path": base.path}
@@ -326,6 +344,8 @@ def train(config: TrainConfig, callbacks: list | tuple = ()) -> str:
         from ftops.training.chat_template import training_chat_template
 
         tokenizer.chat_template = training_chat_template(tokenizer, base.name)
+    if config.keep_host_memory:
+        keep_host_memory()
     model = load_model(config, base)
 
     # 2. The run. Under `accelerate launch`/`torchrun` every process trains; only the main one talks to MLflow,
