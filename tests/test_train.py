@@ -467,16 +467,18 @@ def test_resume_skips_a_checkpoint_cut_short(tmp_path, capsys):
 
 
 _FREE_AFTER_MALLOC = """
-import ctypes, sys
-from ftops.training.job import keep_host_memory
+import ctypes, os, sys
+from ftops.training.job import host_memory_kept, keep_host_memory
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
-page = __import__("os").sysconf("SC_PAGE_SIZE")
 def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * page
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 if sys.argv[1] == "keep":
     assert keep_host_memory()
+elif sys.argv[1] == "restored":  # kept for a training, then released
+    with host_memory_kept() as applied:
+        assert applied
 size = 256 << 20
 block = libc.malloc(size)
 ctypes.memset(block, 1, size)
@@ -486,10 +488,11 @@ print(before - rss())
 """
 
 
-@pytest.mark.parametrize("mode", ["keep", "default"])
+@pytest.mark.parametrize("mode", ["keep", "default", "restored"])
 def test_keep_host_memory_keeps_a_freed_block_for_the_next_step(mode):
-    """``keep_host_memory: true`` (the default, applied before the model loads): a freed 256 MiB block stays with the
-    process for reuse; with glibc's defaults it goes back to the OS at once (and would be faulted in again)."""
+    """``keep_host_memory: true`` (the default; ``train`` applies it for its own duration): a freed 256 MiB block
+    stays with the process for reuse; with glibc's defaults, and again after the training, it goes back to the OS
+    at once (and would be faulted in again)."""
     import subprocess
     import sys
 

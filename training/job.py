@@ -12,11 +12,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,13 +148,40 @@ def keep_host_memory() -> bool:
     ``mmap`` regions (``M_MMAP_MAX`` 0), and the heap is not trimmed back to the OS (``M_TRIM_THRESHOLD`` at its
     maximum). A training step frees and allocates the same large activations every time; by default each of those
     is unmapped and faulted in (zeroed by the kernel) again. True when applied; False off Linux/glibc."""
+    libc = _glibc()
+    return libc is not None and libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+
+
+def release_host_memory() -> None:
+    """Undo :func:`keep_host_memory`: glibc's default limits again (64Ki ``mmap``'d blocks, trim above 128 KiB), and
+    what the heap holds free goes back to the OS now (``malloc_trim``)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_MAX, 65536)
+        libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+        libc.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def host_memory_kept(enabled: bool = True) -> Iterator[bool]:
+    """:func:`keep_host_memory` for the block, released after it (a process that trains in-process, such as ``ftops
+    demo`` or a test, gets glibc's behaviour back); yields whether it applied."""
+    applied = enabled and keep_host_memory()
+    try:
+        yield applied
+    finally:
+        if applied:
+            release_host_memory()
+
+
+def _glibc():
+    """The process's own C library when it is glibc on Linux (``mallopt`` is glibc's), else None."""
     import ctypes
     import platform
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)  # the libc this process already runs on
-    return libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+        return None
+    return ctypes.CDLL(None)
 
 
 def run_params(config: TrainConfig, base: BaseModel) -> dict[str, str]:
@@ -313,6 +342,11 @@ def lora_config(config: TrainConfig):
 def train(config: TrainConfig, callbacks: list | tuple = ()) -> str:
     """Run one training job and return its MLflow run id. ``callbacks`` are extra ``TrainerCallback``s (tests use
     one to kill a job mid-way). Raises :class:`FtopsError` for bad input, before any run is created."""
+    with host_memory_kept(config.keep_host_memory):  # training/config.py: keep_host_memory
+        return _train(config, callbacks)
+
+
+def _train(config: TrainConfig, callbacks: list | tuple) -> str:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -344,8 +378,6 @@ def train(config: TrainConfig, callbacks: list | tuple = ()) -> str:
         from ftops.training.chat_template import training_chat_template
 
         tokenizer.chat_template = training_chat_template(tokenizer, base.name)
-    if config.keep_host_memory:
-        keep_host_memory()
     model = load_model(config, base)
 
     # 2. The run. Under `accelerate launch`/`torchrun` every process trains; only the main one talks to MLflow,
