@@ -52,6 +52,24 @@ MIN_SPLIT = 10
 #: worker plumbing (its home, runner map, and the Prometheus multiprocess folder, where a child's metrics would be
 #: counted as the service's)
 _HOST_ONLY_ENV = ("BENTOML_", "PROMETHEUS_MULTIPROC_DIR")
+#: what vLLM sets in the environment of a process that starts an engine, for its own workers (vllm/platforms/cpu.py,
+#: vllm/env_override.py): PyTorch's libgomp (and tcmalloc) preloaded, its world size, thread counts. In the service's
+#: worker they are there as soon as its engine starts (or earlier: BentoML's arbiter imports the service too), and
+#: a training job must not inherit them.
+_ENGINE_ENV = frozenset(
+    {
+        "LD_PRELOAD",
+        "LOCAL_WORLD_SIZE",
+        "NUMEXPR_MAX_THREADS",
+        "TORCHINDUCTOR_COMPILE_THREADS",
+        "TORCHINDUCTOR_CPP_DYNAMIC_THREADS",
+        "VLLM_WORKER_MULTIPROC_METHOD",
+        "VLLM_DISABLE_SHARED_EXPERTS_STREAM",
+        "PYTORCH_NVML_BASED_CUDA_CHECK",
+        "TRITON_CACHE_AUTOTUNING",
+        "TILELANG_CLEANUP_TEMP_FILES",
+    }
+)
 #: what a training step logs in MLflow -> the name OpenAI's metrics events and checkpoints use
 _METRICS = {"loss": "train_loss", "mean_token_accuracy": "train_mean_token_accuracy"}
 _VALID_METRICS = {"eval_loss": "valid_loss", "eval_mean_token_accuracy": "valid_mean_token_accuracy"}
@@ -116,11 +134,7 @@ class LocalExecutor:
         self.store = store
         self.config = config
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        # The children's environment is taken now, when the service module builds the executor, before the
-        # inference engine starts: vLLM's CPU platform then sets LD_PRELOAD (tcmalloc, PyTorch's libgomp),
-        # LOCAL_WORLD_SIZE, NUMEXPR_MAX_THREADS and TORCHINDUCTOR_* in this process for its own workers. A job's
-        # ``ftops train`` must run as it runs from a shell, not in the engine's tuning.
-        self._child_env = {k: v for k, v in os.environ.items() if not k.startswith(_HOST_ONLY_ENV)}
+        self._child_env = child_environment()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._child: subprocess.Popen | None = None
@@ -495,6 +509,13 @@ class LocalExecutor:
             estimated_finish=None,
         )
         self.store.add_event(job["id"], f"The job failed: {message}", "error")
+
+
+def child_environment() -> dict[str, str]:
+    """The environment a job's child processes start from: this process's, without what the serving host sets for
+    its own processes (:data:`_HOST_ONLY_ENV`: BentoML's plumbing; :data:`_ENGINE_ENV`: what vLLM sets in a process
+    that starts an engine). A job's ``ftops train`` runs as it runs from a shell."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_HOST_ONLY_ENV) and k not in _ENGINE_ENV}
 
 
 def _safe_url(url: str) -> str:
