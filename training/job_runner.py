@@ -53,9 +53,9 @@ MIN_SPLIT = 10
 #: counted as the service's)
 _HOST_ONLY_ENV = ("BENTOML_", "PROMETHEUS_MULTIPROC_DIR")
 #: what vLLM sets in the environment of a process that starts an engine, for its own workers (vllm/platforms/cpu.py,
-#: vllm/env_override.py): PyTorch's libgomp (and tcmalloc) preloaded, its world size, thread counts. In the service's
-#: worker they are there as soon as its engine starts (or earlier: BentoML's arbiter imports the service too), and
-#: a training job must not inherit them.
+#: vllm/env_override.py): PyTorch's libgomp (and tcmalloc) preloaded, its world size, thread counts. The service's
+#: worker has them once its engine starts (in the full test suite a copy taken before the executor was built had
+#: them already), and a training job must not inherit them.
 _ENGINE_ENV = frozenset(
     {
         "LD_PRELOAD",
