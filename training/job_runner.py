@@ -134,7 +134,6 @@ class LocalExecutor:
         self.store = store
         self.config = config
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self._child_env = child_environment()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._child: subprocess.Popen | None = None
@@ -411,7 +410,7 @@ class LocalExecutor:
 
     def _child_run(self, job: dict, cmd: list[str]) -> tuple[int, str, str]:
         """Run ``cmd`` in its own process group; while it runs, follow the job's MLflow run and honour cancel."""
-        env = {**self._child_env, **self.config.env, "FTOPS_HOME": str(settings.home())}
+        env = {**child_environment(), **self.config.env, "FTOPS_HOME": str(settings.home())}
         out_path = self._work_dir(job) / f"{cmd[3]}.log"  # train.log / gate.log, and .err beside each
         with open(out_path, "w") as out, open(out_path.with_suffix(".err"), "w") as err:
             self._child = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
