@@ -238,7 +238,7 @@ def test_every_option_with_ftops_serve_as_the_hosted_endpoint(served, tiny_base,
 
 # --------------------------------------------------------------------------------------------- the decision
 def _row(name: str, kind: str, quality: float, usd_per_1k: float, **extra) -> dict:
-    from ftops.serving.advise import TIERS
+    from ftops.serving.advise_report import TIERS
 
     return {
         "name": name,
@@ -254,14 +254,18 @@ def _row(name: str, kind: str, quality: float, usd_per_1k: float, **extra) -> di
 
 
 def _decide(rows: list[dict], **config) -> dict:
-    from ftops.serving.advise import AdviseConfig, break_even, recommend
+    from ftops.serving.advise import AdviseConfig
+    from ftops.serving.advise_report import break_even, recommend
 
     cfg = AdviseConfig(source="x", **config)
     for r in rows:
         if r["kind"] == "adapter":
             r["training"] = {"available": True, "self_hosted_usd": 0.5, "hosted_usd": {}}
             r["break_even"] = break_even(r, rows, cfg.queries_per_day, cfg.price_fine_tuned)
-    return recommend({"options": rows, "quality_metric": "field_accuracy", "warnings": []}, cfg)
+    report = {"options": rows, "quality_metric": "field_accuracy", "warnings": []}
+    return recommend(
+        report, tolerance=cfg.tolerance, payback_months=cfg.payback_months, queries_per_day=cfg.queries_per_day
+    )
 
 
 def test_prompting_wins_when_it_is_good_enough_and_the_adapter_does_not_repay_soon():

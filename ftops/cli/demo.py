@@ -249,7 +249,8 @@ def cost_report(work: Path) -> None:
 
 def advice(config: DemoConfig, work: Path, run_id: str, version: str | None) -> None:
     """``ftops advise`` for the demo run (its registered version when the gate passed), bounded to a few examples."""
-    from ftops.serving.advise import AdviseConfig, advise, markdown
+    from ftops.serving.advise import AdviseConfig, advise
+    from ftops.serving.advise_report import markdown
 
     report = advise(
         AdviseConfig(
