@@ -7,12 +7,23 @@ import re
 from ftops.errors import UsageError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: an alias of a registered model (``production``, ``staging``, ``canary``): MLflow's own limit is 255 characters
+_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
+
+
+def is_name(name: object) -> bool:
+    """1-128 letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit, without ``..``."""
+    return isinstance(name, str) and bool(_NAME.match(name)) and ".." not in name
+
+
+def is_alias(alias: object) -> bool:
+    """1-255 letters, digits, ``_`` and ``-``, starting with a letter or digit."""
+    return isinstance(alias, str) and bool(_ALIAS.match(alias))
 
 
 def check_name(name: str, what: str = "name") -> str:
-    """Return ``name`` if it is 1-128 characters of letters, digits, ``.``, ``_`` and ``-`` starting with a letter
-    or digit and not containing ``..``; raise :class:`UsageError` otherwise."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    """Return ``name`` if :func:`is_name`; raise :class:`UsageError` otherwise."""
+    if not is_name(name):
         raise UsageError(
             f"invalid {what} {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
             " (no '/', no '..')"

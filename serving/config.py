@@ -8,7 +8,6 @@ at all means "SmolLM2 with nothing registered yet". The bentoml worker reads the
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,13 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ftops.config import StrictConfig, read_yaml, validate
 from ftops.errors import FtopsError, UsageError
+from ftops.names import is_alias, is_name
 from ftops.vllm_settings import KV_CACHE_GIB, MAX_MODEL_LEN, engine_dtype
 
 CONFIG_ENV = "FTOPS_SERVE_CONFIG"
 API_KEY_ENV = "FTOPS_API_KEY"
 ADMIN_KEY_ENV = "FTOPS_ADMIN_KEY"
-_ADAPTER = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)@([A-Za-z0-9][A-Za-z0-9_-]*)$")
-_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
 
 
 class EngineConfig(BaseModel):
@@ -135,7 +133,8 @@ class ServeConfig(BaseModel):
     @classmethod
     def _adapter_specs(cls, value: list[str]) -> list[str]:
         for spec in value:
-            if not _ADAPTER.match(spec):
+            name, at, alias = spec.partition("@")
+            if not (at and is_name(name) and is_alias(alias)):
                 raise ValueError(f"{spec!r} is not NAME@ALIAS (e.g. ticket-extractor@production)")
         names = [s.split("@")[0] for s in value]
         if len(set(names)) != len(names):
@@ -145,7 +144,7 @@ class ServeConfig(BaseModel):
     @field_validator("discover")
     @classmethod
     def _discover_alias(cls, value: str | None) -> str | None:
-        if value is not None and not _ALIAS.match(value):
+        if value is not None and not is_alias(value):
             raise ValueError(f"{value!r} is not an alias name (letters, digits, _ and -), 'auto' or null")
         return value
 

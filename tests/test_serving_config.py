@@ -38,6 +38,11 @@ def test_config_defaults_and_example_file_load():
         ("engine: {max_model_len: 0}\n", "engine.max_model_len"),
         ("limts: {}\n", "limts"),
         ("adapters: [../etc@production]\n", "adapters"),
+        ("adapters: [a..b@production]\n", "adapters"),  # a registry name never holds '..' (ftops.names)
+        (f"adapters: [{'m' * 129}@production]\n", "adapters"),  # nor more than 128 characters
+        ("adapters: [a@]\n", "adapters"),
+        ("adapters: [a@prod@staging]\n", "adapters"),
+        ("adapters: ['a@prod uction']\n", "adapters"),
         ("- just a list\n", "mapping"),
         ("base: [unclosed\n", "not valid YAML"),
         ("engine: {cpu_reserved_cores: -1}\n", "engine.cpu_reserved_cores"),
