@@ -225,55 +225,85 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(backend_uri: str, folder: Path, workers: int = 1):
-    """A real ``mlflow server`` process on ``backend_uri`` (artifacts and its log under ``folder``), answering
-    ``/health``; returns ``(url, process)``. The caller stops it with :func:`stop_mlflow_server`, e.g. to see what
-    a registry that stopped answering does."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+def kill_tree(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 60) -> None:
+    """``sig`` to the process, its group and every descendant (BentoML's workers, vLLM's engine and uvicorn's workers
+    may run in groups of their own), then SIGKILL to whatever outlived ``wait``."""
+    import psutil
 
-    port = free_port()
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(sig)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    _, alive = psutil.wait_procs(family, timeout=wait)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, what: str, timeout: float = 600) -> None:
+    """Wait until ``url`` answers at all (an error status counts: it answers). ``proc`` exiting, or no answer within
+    ``timeout`` (a give-up point for a loaded 2-core machine, not a timing check), fails with the tail of ``log``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not answer {url}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+
+
+def start_mlflow_server(
+    backend_uri: str, folder: Path, workers: int = 1, port: int | None = None, proxy_artifacts: bool = True
+) -> tuple[str, subprocess.Popen]:
+    """A real ``mlflow server`` process on ``backend_uri`` answering ``/health``; returns ``(url, process)``. Its
+    artifacts go to ``folder/server-artifacts``, served through the server (``--artifacts-destination``) or, with
+    ``proxy_artifacts=False``, written there by the clients (``--default-artifact-root``); its log is
+    ``folder/mlflow-server-PORT.log``. ``port`` fixed lets a test restart a server where its clients look. The caller
+    stops it with :func:`stop_mlflow_server`, e.g. to see what a registry that stopped answering does."""
+    port = port or free_port()
     log_path = folder / f"mlflow-server-{port}.log"
-    with open(log_path, "w") as log:
+    artifacts = (folder / "server-artifacts").as_uri()
+    argv = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", backend_uri]
+    argv += ["--artifacts-destination" if proxy_artifacts else "--default-artifact-root", artifacts]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    with open(log_path, "a") as log:  # the child holds its own copy of the descriptor
         proc = subprocess.Popen(
-            [
-                *(str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", backend_uri),
-                *("--artifacts-destination", (folder / "server-artifacts").as_uri()),
-                *("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
-            ],
+            argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):  # a give-up point for a loaded machine (~5 min), not a timing assertion
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited {proc.returncode}: {log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-                if r.status == 200:
-                    return url, proc
-        except OSError:
-            time.sleep(0.5)
-    stop_mlflow_server(proc)
-    pytest.fail(f"mlflow server on {backend_uri} did not answer {url}/health: {log_path.read_text()}")
-
-
-def stop_mlflow_server(proc) -> None:
-    """Stop a server from :func:`start_mlflow_server` and every process it started (uvicorn workers, job consumers):
-    they share its process group."""
-    import signal
-
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group outlived its leader
-    except ProcessLookupError:
-        pass
+        wait_http(f"{url}/health", proc, log_path, f"mlflow server on {backend_uri}")
+    except BaseException:
+        stop_mlflow_server(proc)
+        raise
+    return url, proc
+
+
+def stop_mlflow_server(proc: subprocess.Popen) -> None:
+    """Stop a server from :func:`start_mlflow_server` and every process it started (uvicorn workers, job consumers)."""
+    kill_tree(proc)
 
 
 # --- serving: one start-up helper for every module that runs a real `ftops serve` ------------------------------------

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from conftest import LEARNED_ADAPTER, REPO, free_port, log_adapter_run, wait_ready
+from conftest import LEARNED_ADAPTER, REPO, free_port, kill_tree, log_adapter_run, wait_http, wait_ready
 from test_cost_postgres import PG_BIN, pg_url  # noqa: F401  (the throwaway PostgreSQL cluster fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -232,49 +232,6 @@ def via_service(proxy: ServiceProxy, url: str, *, auth: tuple[str, str] | None =
 def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def kill_tree(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 60) -> None:
-    """``sig`` to the process, its group and every descendant (BentoML's workers and vLLM's engine run in groups of
-    their own), then SIGKILL to whatever outlived ``wait``."""
-    import psutil
-
-    try:
-        family = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        family = []
-    for p in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.send_signal(sig)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-    try:
-        proc.wait(wait)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    _, alive = psutil.wait_procs(family, timeout=wait)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, what: str) -> None:
-    deadline = time.monotonic() + START_S
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"{what} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except urllib.error.HTTPError:
-            return  # it answers
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not answer {url}:\n{log.read_text()[-4000:]}")
-        time.sleep(0.5)
 
 
 # --- the cluster ---

@@ -12,29 +12,18 @@ keeps both entries in that order.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from conftest import LEARNED_ADAPTER, log_adapter_run
+from conftest import LEARNED_ADAPTER, log_adapter_run, start_mlflow_server, stop_mlflow_server
 from test_cost_postgres import pg_url  # noqa: F401  (the throwaway PostgreSQL cluster fixture)
 from test_registry import LENIENT
 
 MODEL = "tickets"
 ROUNDS = (("2", "3"), ("4", "5"), ("6", "7"))
-SERVER_START_S = 600  # a deadline for a loaded machine, not a measurement
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(params=["registry-lock", "postgres-advisory-lock"])
@@ -48,54 +37,12 @@ def mlflow_server(request, tmp_path, ftops_home, monkeypatch):
     else:
         backend = f"sqlite:///{tmp_path / 'server.db'}"
         monkeypatch.delenv("FTOPS_REGISTRY_LOCK_URL", raising=False)
-    port = _free_port()
-    log_path = tmp_path / "mlflow-server.log"
-    log = open(log_path, "w")  # noqa: SIM115 (open while the server runs)
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("mlflow")),
-            "server",
-            "--backend-store-uri",
-            backend,
-            "--artifacts-destination",
-            (tmp_path / "server-artifacts").as_uri(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    url, server = start_mlflow_server(backend, tmp_path, workers=2)
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"mlflow server exited {server.returncode}: {log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer {url}/health: {log_path.read_text()}")
-            time.sleep(0.5)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         yield url
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
-        log.close()
+        stop_mlflow_server(server)
 
 
 def _client():

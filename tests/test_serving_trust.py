@@ -15,12 +15,21 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY, free_port, http, make_adapter, register_version, service_env, start_service
+from conftest import (
+    API_KEY,
+    free_port,
+    http,
+    make_adapter,
+    register_version,
+    service_env,
+    start_mlflow_server,
+    start_service,
+    stop_mlflow_server,
+)
 from test_serving import PROMPT
 
 from ftops import adapter as fa
@@ -110,31 +119,6 @@ def test_an_artifact_store_without_the_files_for_a_while_is_transient(tiny_base,
     assert fetch_adapter(MODEL, version, tiny_base).served_name == f"{MODEL}:{version}"
 
 
-def start_mlflow_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
-    """A real ``mlflow server`` on ``db``, answering /health (the wait is a give-up point, not a timing check)."""
-    import urllib.request
-
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{db}"]
-        + ["--default-artifact-root", artifacts.as_uri(), "--host", "127.0.0.1", "--port", str(port)]
-        + ["--workers", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 600  # minutes on a loaded machine
-    while True:
-        assert proc.poll() is None, "mlflow server exited during start"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            assert time.monotonic() < deadline, "mlflow server did not answer /health"
-            time.sleep(0.5)
-
-
 def test_a_tracking_server_stopped_then_restarted_is_a_transient_failure(
     tiny_base, ftops_home, tmp_path, migrated_mlflow_db, monkeypatch
 ):
@@ -146,7 +130,7 @@ def test_a_tracking_server_stopped_then_restarted_is_a_transient_failure(
     db = tmp_path / "registry.db"
     shutil.copy(migrated_mlflow_db, db)
     port = free_port()
-    proc = start_mlflow_server(db, tmp_path / "server-artifacts", port)
+    _, proc = start_mlflow_server(f"sqlite:///{db}", tmp_path, port=port, proxy_artifacts=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)  # MLflow exports the URIs it is given: undone after
     try:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
@@ -163,7 +147,7 @@ def test_a_tracking_server_stopped_then_restarted_is_a_transient_failure(
         with pytest.raises(FtopsError, match=f"{MODEL} version {version}: cannot read the registry") as e:
             fetch_adapter(MODEL, version, tiny_base)
         assert isinstance(e.value, adapters.TransientError)
-        proc = start_mlflow_server(db, tmp_path / "server-artifacts", port)  # the blip is over
+        _, proc = start_mlflow_server(f"sqlite:///{db}", tmp_path, port=port, proxy_artifacts=False)  # the blip is over
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
         deadline = time.monotonic() + 600  # retried as the service does: a just-restarted server on a loaded machine
         while True:  # may still time out once or twice (a give-up point, not a timing check)
@@ -175,9 +159,7 @@ def test_a_tracking_server_stopped_then_restarted_is_a_transient_failure(
                 assert time.monotonic() < deadline
                 time.sleep(1)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_mlflow_server(proc)
 
 
 # --------------------------------------------------------------------------------- slow: one real service
