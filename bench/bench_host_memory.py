@@ -8,7 +8,8 @@ Why: a training step frees and allocates the same large activations each time. B
 128 KiB-32 MiB back to the OS (``munmap``, heap trim) and the next step faults them in again, each page zeroed by the
 kernel. That kernel time grew when another process held memory on the machine: the fine-tuning API's jobs ran 16%
 slower than ``ftops train`` by hand (bench/bench_jobs_api.py) because ``ftops serve``'s vLLM engine sat beside them,
-and a paused engine slowed them as much as a live one.
+and without this setting a paused engine slowed them as much as a live one (with it, what is left is the live
+engine's cost: BENCHMARKS.md, 2026-12-05).
 
 Both sides are the same training (training/templates/api_job.yaml with ``max_steps``, the 80/10/10 splits of 200 demo
 tickets, the real SmolLM2 base); the runs alternate keep/default in interleaved pairs. Each run's tokens/s is its own
