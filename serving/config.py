@@ -52,6 +52,12 @@ class EngineConfig(BaseModel):
     """Sequences the scheduler batches at once."""
     extra_args: list[str] = Field(default_factory=list)
     """More vLLM engine CLI arguments, e.g. ``["--enforce-eager"]``."""
+    pause_while_training: bool = True
+    """While a fine-tuning job of this service's local executor trains on this host and no request needs the engine
+    (none in flight for 2 s, no adapter loading), stop the engine's processes; the next request or adapter load
+    continues them first (a signal: no reload, no delay worth measuring). An idle vLLM engine still wakes ~1,300
+    times a second and cost a job beside it ~7% of its tokens/s on 2 cores (BENCHMARKS.md). ``/readyz`` shows
+    ``engine.paused``. Jobs on Kubernetes run elsewhere and pause nothing."""
 
 
 class LimitsConfig(BaseModel):

@@ -174,6 +174,9 @@ class Mount:
     stop: Callable[[], None] | None = None
     openapi: dict | None = None
     """This app's part of ``/openapi.json`` (``paths`` and ``components.schemas``), which the gateway merges."""
+    busy: Callable[[], bool] | None = None
+    """True while this app runs work on this host that wants its CPU (a local fine-tuning job): the service pauses
+    its engine meanwhile, between requests (``engine.pause_while_training``)."""
 
 
 @dataclass
@@ -629,7 +632,8 @@ class Gateway:
             await send({**message, "body": bytes(out)})
 
         try:
-            await svc.engine_app(inner_scope, inner_receive, inner_send)
+            with svc.engine_awake():
+                await svc.engine_app(inner_scope, inner_receive, inner_send)
         except (OSError, asyncio.CancelledError):
             outcome.error_type = "disconnected"
             raise

@@ -18,6 +18,12 @@ permanent (not gated, revoked, digest mismatch, another base: refused for good, 
 body shows each model's state and every refused version. A failed start is retried too; ``/livez`` answers 503 once
 it failed ``retry.start_attempts`` times in a row, or when the engine died, so that the orchestrator restarts the pod.
 
+While a local fine-tuning job (the API mounted beside inference) trains on this host, the engine's processes are
+stopped between requests (``engine.pause_while_training``, :class:`ftops.serving.engine.EnginePause`): every request
+and adapter load continues them first, and they stay stopped only after 2 s with nothing to do. ``/readyz`` shows
+``engine.paused``. SIGTERM and shutdown continue them for good. A worker killed with SIGKILL alone (not its process
+group) leaves a paused engine stopped: kill the group, as circus and Kubernetes do.
+
 SIGTERM drains (``drain_timeout_s``). What the stack does by itself: circus (BentoML's arbiter) forwards the signal to
 the worker and to its children, vLLM's engine core among them; uvicorn (in the worker) stops accepting at once, closes
 idle connections and waits for the open ones; vLLM's engine core aborts every request unless ``--shutdown-timeout``
@@ -39,7 +45,7 @@ import re
 import signal
 import threading
 import time
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 
 import bentoml
@@ -48,6 +54,8 @@ from ftops.serving.config import ADMIN_KEY_ENV, load_api_keys, load_config
 from ftops.serving.gateway import ApiKeyMiddleware, Gateway, HealthRoutes, Mount, Routing
 
 log = logging.getLogger("ftops.serving")
+PAUSE_AFTER_IDLE_S = 2.0
+"""``engine.pause_while_training``: how long the engine must have had nothing to do before it is paused."""
 _REGISTERED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 _gateway = Gateway(service=None)
@@ -123,6 +131,9 @@ class FtopsLLM:
         self.engine_client = None
         self.engine_app = None
         self.engine_state = None
+        self.engine_pause = None  # ftops.serving.engine.EnginePause once the engine runs, if pausing applies
+        self._engine_users = 0  # requests and adapter loads using the engine now
+        self._engine_used = time.monotonic()  # when the last of them ended
         self._stack = AsyncExitStack()
         self._tasks: list[asyncio.Task] = []
         self._load_lock = asyncio.Lock()
@@ -141,6 +152,7 @@ class FtopsLLM:
 
     @bentoml.on_shutdown
     async def _end(self) -> None:
+        self._resume_engine("shutting down")
         for mount in _gateway.mounts:
             if mount.stop is not None:
                 await asyncio.get_running_loop().run_in_executor(None, mount.stop)
@@ -169,6 +181,7 @@ class FtopsLLM:
         if self.draining is not None:  # SIGTERM again (to the process group, then from the arbiter)
             return
         self.draining = time.monotonic()
+        self._resume_engine("SIGTERM")  # a stopped engine core would neither finish its requests nor exit
         log.info(
             "SIGTERM: draining %d request(s) in flight (at most %d s); new requests get 503 and /readyz 503",
             _gateway.active,
@@ -241,6 +254,8 @@ class FtopsLLM:
         }
         if not alive:
             body["reason"] = live["reason"]
+        if self.engine_pause is not None:
+            body["engine"] = {"paused": self.engine_pause.paused, "pauses": self.engine_pause.pauses}
         if self.draining is not None:
             body["drain"] = {"in_flight": _gateway.active, "since_s": round(time.monotonic() - self.draining, 1)}
         return status == "ready", body
@@ -291,6 +306,8 @@ class FtopsLLM:
             ", ".join(f"{n}:{v}" for n, v in self.routing.current.items()) or "none",
         )
         self._tasks.append(asyncio.create_task(self._watch()))
+        if self.engine_pause is not None:
+            self._tasks.append(asyncio.create_task(self._pause_while_busy()))
 
     async def _start_once(self) -> None:
         """One start attempt; what already started (ledger, engine) is kept for the next."""
@@ -316,6 +333,7 @@ class FtopsLLM:
                 self._stack, self.engine_client, self.engine_app = AsyncExitStack(), None, None
                 raise
             self.engine_state = self.engine_app.state
+            self._prepare_pause()
         self._start_step = "loading the adapters"
         await self._discover()
         for name, model in list(self.models.items()):
@@ -326,6 +344,54 @@ class FtopsLLM:
                 if model.serving is None:
                     why = model.reason or model.last_error
                     raise FtopsError(f"{name}@{alias} is not served (require_adapters): {why}")
+
+    # ----------------------------------------------------------------------------- pausing the engine for training
+    def _prepare_pause(self) -> None:
+        from ftops.serving.engine import EnginePause
+
+        if not self.config.engine.pause_while_training or not any(m.busy for m in _gateway.mounts):
+            return
+        pause = EnginePause(self.engine_client)
+        if pause.available:
+            self.engine_pause = pause
+        else:
+            log.warning("engine.pause_while_training: vLLM runs no engine process of its own here; nothing to pause")
+
+    @contextmanager
+    def engine_awake(self):
+        """Around every use of the engine (a request, an adapter load): continue it first if it is paused, and keep
+        it running until the use ends."""
+        self._engine_users += 1
+        if self.engine_pause is not None and self.engine_pause.paused:
+            self.engine_pause.resume()
+            log.info("engine continued: a request or an adapter load needs it")
+        try:
+            yield
+        finally:
+            self._engine_users -= 1
+            self._engine_used = time.monotonic()
+
+    def _resume_engine(self, why: str) -> None:
+        pause, self.engine_pause = self.engine_pause, None  # and no pause from now on
+        if pause is not None and pause.paused:
+            pause.resume()
+            log.info("engine continued: %s", why)
+
+    async def _pause_while_busy(self) -> None:
+        """Once a second: pause the engine while a mount's local work (a fine-tuning job) runs and the engine has had
+        nothing to do for ``PAUSE_AFTER_IDLE_S``; continue it once that work ends. Runs on the event loop, as requests
+        and adapter loads do, so that none can start between the check and the pause."""
+        while self.engine_pause is not None:
+            pause = self.engine_pause
+            busy = any(m.busy() for m in _gateway.mounts if m.busy is not None)
+            idle = self._engine_users == 0 and time.monotonic() - self._engine_used >= PAUSE_AFTER_IDLE_S
+            if busy and idle and not pause.paused:
+                pause.pause()
+                log.info("engine paused: a fine-tuning job trains on this host (the next request continues it)")
+            elif not busy and pause.paused:
+                pause.resume()
+                log.info("engine continued: no fine-tuning job trains on this host any more")
+            await asyncio.sleep(1.0)
 
     def _adopt(self, name: str, alias: str) -> None:
         """Follow ``name@alias`` from now on (``/readyz`` and ``/v1/models`` show it)."""
@@ -441,7 +507,8 @@ class FtopsLLM:
         from ftops.serving.engine import unload_lora
 
         try:
-            removed = await unload_lora(self.engine_app, served)
+            with self.engine_awake():
+                removed = await unload_lora(self.engine_app, served)
         except Exception:
             log.exception("unloading %s from the engine", served)
             return
@@ -473,7 +540,8 @@ class FtopsLLM:
             if served in self.routing.loaded:
                 return
             adapter = await asyncio.get_running_loop().run_in_executor(None, fetch_adapter, name, version, self.base)
-            await load_lora(self.engine_app, served, str(adapter.path))
+            with self.engine_awake():
+                await load_lora(self.engine_app, served, str(adapter.path))
             self.routing.loaded[served] = {
                 "name": name,
                 "version": version,

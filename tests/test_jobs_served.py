@@ -9,7 +9,7 @@ import time
 
 import psutil
 import pytest
-from conftest import ADMIN_KEY, API_KEY
+from conftest import ADMIN_KEY, API_KEY, http
 from test_jobs_api import _jsonl, _rows
 
 pytestmark = pytest.mark.slow
@@ -31,11 +31,28 @@ def test_fine_tune_then_chat_with_fine_tuned_model_on_the_same_base_url(service)
     job = client.fine_tuning.jobs.create(training_file=file.id, model=BASE, suffix="served")
     deadline = time.monotonic() + 900
     train_env = None  # the environment of the job's `ftops train` child, read while it runs
+    pauses = []  # engine.pause_while_training: what /readyz and the engine's processes said while the job ran
     while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
         assert time.monotonic() < deadline, f"job still {job.status}"
         train_env = train_env or _train_child_env(service["pid"])
-        time.sleep(0.2 if train_env is None else 2)
+        engine = http("GET", service["url"] + "/readyz")[2]["engine"]
+        if engine["paused"] and len(pauses) < 2:
+            # every engine process is stopped, and a request continues it and is answered
+            assert set(_engine_states(service["pid"]).values()) == {psutil.STATUS_STOPPED}
+            reply = client.chat.completions.create(
+                model=BASE, messages=[{"role": "user", "content": "Hi"}], max_tokens=2, temperature=0
+            )
+            assert reply.usage.completion_tokens > 0
+            assert http("GET", service["url"] + "/readyz")[2]["engine"]["paused"] is False
+            pauses.append(engine["pauses"])
+        time.sleep(0.2 if train_env is None else 0.5)
     assert job.status == "succeeded", job.error
+    # paused while the job trained, continued by a request, paused again once idle while it still trained
+    assert len(pauses) == 2 and pauses[1] > pauses[0], pauses
+    # and running again once no job trains (the service looks once a second)
+    time.sleep(1.5)
+    assert http("GET", service["url"] + "/readyz")[2]["engine"]["paused"] is False
+    assert psutil.STATUS_STOPPED not in _engine_states(service["pid"]).values()
     # the child trains as `ftops train` runs from a shell: without what vLLM sets in a process that starts an engine
     # (LD_PRELOAD of PyTorch's libgomp, LOCAL_WORLD_SIZE, ...; this pytest process has them too once a test started
     # an engine in it), nor BentoML's plumbing (its Prometheus multiprocess folder would count the child's metrics as
@@ -57,6 +74,19 @@ def test_fine_tune_then_chat_with_fine_tuned_model_on_the_same_base_url(service)
     # the admin key sees every job
     other = OpenAI(base_url=service["url"] + "/v1", api_key=ADMIN_KEY, max_retries=0)
     assert job.id in [j.id for j in other.fine_tuning.jobs.list().data]
+
+
+def _engine_states(root: int) -> dict[str, str]:
+    """Process name -> status of the vLLM engine's processes (its engine core and workers) under the service."""
+    states = {}
+    for process in psutil.Process(root).children(recursive=True):
+        try:
+            if process.name().startswith("VLLM::"):
+                states[f"{process.name()}[{process.pid}]"] = process.status()
+        except psutil.Error:
+            continue
+    assert states, "no vLLM engine process under the service"
+    return states
 
 
 def _train_child_env(root: int) -> dict[str, str] | None:

@@ -137,6 +137,7 @@ class LocalExecutor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._child: subprocess.Popen | None = None
+        self._training = threading.Event()  # a job trains and is gated on this host (busy())
         self._seen: dict[str, set[int]] = {}  # job id -> steps already reported as metrics events
 
     # ----------------------------------------------------------------------------------------- lifecycle
@@ -149,6 +150,11 @@ class LocalExecutor:
             self.store.add_event(job["id"], "validation was interrupted; validating again")
         self._thread = threading.Thread(target=self._loop, name="ftops-jobs", daemon=True)
         self._thread.start()
+
+    def busy(self) -> bool:
+        """True while a job trains and is gated on this host (``ftops train``, then ``ftops gate``): the service that
+        mounts the API pauses its idle engine meanwhile (``engine.pause_while_training``)."""
+        return self._training.is_set()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
@@ -191,7 +197,11 @@ class LocalExecutor:
             return  # cancelled meanwhile
         self.store.add_event(job["id"], "Fine-tuning job started")
         splits = json.loads((self._work_dir(job) / "splits.json").read_text())
-        self.train_and_gate(job, splits)
+        self._training.set()
+        try:
+            self.train_and_gate(job, splits)
+        finally:
+            self._training.clear()
 
     def run_in_pod(self, job_id: str, digests: dict[str, str]) -> None:
         """One job inside the pod of its Kubernetes Job (``ftops jobs run-one``): the executor validated the files

@@ -83,6 +83,8 @@ class JobsService:
     app: object
     start: object
     stop: object
+    busy: object = None
+    """The local executor's ``busy()`` (a job trains on this host); None when jobs run elsewhere (Kubernetes)."""
 
 
 def load_jobs_config(raw: dict | None, where: str = "serving config: jobs") -> JobsConfig:
@@ -146,6 +148,7 @@ def build_service(config: JobsConfig) -> JobsService | None:
         from ftops.training.job_runner import LocalExecutor
 
         executor = LocalExecutor(store, runner)
+        return JobsService(app=app, start=executor.start, stop=executor.stop, busy=executor.busy)
     return JobsService(app=app, start=executor.start, stop=executor.stop)
 
 

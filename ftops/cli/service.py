@@ -17,6 +17,15 @@ from ftops.training.jobs_service import build
 
 _jobs = build(load_config().jobs)
 if _jobs is not None:
-    mount(Mount(("/v1/files", "/v1/fine_tuning"), _jobs.app, _jobs.start, _jobs.stop, openapi_part(_jobs.app)))
+    mount(
+        Mount(
+            ("/v1/files", "/v1/fine_tuning"),
+            _jobs.app,
+            _jobs.start,
+            _jobs.stop,
+            openapi_part(_jobs.app),
+            busy=_jobs.busy,  # a local job trains: the engine pauses between requests (engine.pause_while_training)
+        )
+    )
 
 __all__ = ["FtopsLLM"]
