@@ -4,30 +4,32 @@
     .venv/bin/python bench/bench_jobs_api.py --rounds 1 --steps 4
     .venv/bin/python bench/bench_jobs_api.py --order cli,api,api,cli
 
-The API side is what a user of README "Moving off OpenAI fine-tuning" runs: ``ftops serve`` (its vLLM engine loaded
-and idle beside the job, as in production), the ``openai`` client uploading the file and creating the job, the
-service's worker running ``ftops train`` as a child process. The CLI side runs ``ftops train`` by hand on the same
-template (training/templates/api_job.yaml with ``max_steps``), the same base, the same 80/10/10 splits of the same
-file (the split is deterministic) and the same overrides the job runner lays over it, with no service running.
-Tokens/s is the run's own ``train_tokens_per_second`` metric on both sides (non-padding input tokens over the time
-spent in training steps: training/callbacks.py), read back from MLflow. The job's gate is cut to the minimum (a
-lenient policy, 2 examples): it runs after training and is not timed.
+The API side is what a user of README "Moving off OpenAI fine-tuning" runs: ``ftops serve`` (its vLLM engine loaded,
+and paused while the job trains: ``engine.pause_while_training``, the default), the ``openai`` client uploading the
+file and creating the job, the service's worker running ``ftops train`` as a child process. The CLI side runs
+``ftops train`` by hand on the same template (training/templates/api_job.yaml with ``max_steps``), the same base,
+the same 80/10/10 splits of the same file (the split is deterministic) and the same overrides the job runner lays
+over it, with no service running. Tokens/s is the run's own ``train_tokens_per_second`` metric on both sides
+(non-padding input tokens over the time spent in training steps: training/callbacks.py), read back from MLflow. The
+job's gate is cut to the minimum (a lenient policy, 2 examples): it runs after training and is not timed.
 
-A third side, ``beside``, runs ``ftops train`` by hand as the CLI side does, while the API side's ``ftops serve`` runs
-idle on the machine (started before, stopped after). api/beside is what the API path costs on the same host;
-beside/cli is what the service's idle engine costs a training process on the same cores.
+Two more sides. ``unpaused`` is the API side with ``engine.pause_while_training: false``: the engine runs idle
+beside the job; api/unpaused is what pausing it gives. ``beside`` runs ``ftops train`` by hand as the CLI side does,
+while the API side's ``ftops serve`` runs idle on the machine (started before, stopped after; it pauses nothing,
+since no job of its own trains); beside/cli is what a running idle engine costs a training process on the same
+cores.
 
-The runs go in rounds, each in another order (``--rounds 2``: api,cli,beside, then beside,cli,api), so that a drift
-of the machine over the run (a noisy neighbour, the page cache) falls on every side; one run of 8 steps varied by up
-to 25% on the same side (BENCHMARKS.md), so one run per side cannot settle 5%. ``--order`` gives the runs explicitly
-instead.
+The runs go in rounds, each in another order (``--rounds 2``: api,cli,unpaused,beside, then the reverse), so that a
+drift of the machine over the run (a noisy neighbour, the page cache) falls on every side; one run of 8 steps varied
+by up to 25% on the same side (BENCHMARKS.md), so one run per side cannot settle 5%. ``--order`` gives the runs
+explicitly instead.
 
 What the API side adds to the machine is measured too: while the job's ``ftops train`` child runs, the CPU time of
 every other process of ``ftops serve``'s tree (the BentoML worker with its vLLM engine and the job worker that polls
 the store and MLflow), per second of training, sampled with psutil at each poll of the client.
 
 Prints every run, the mean of each side and the ratios of the means: api/cli (>= 0.95 is the fine-tuning API issue's
-bar), api/beside and beside/cli; paste it into BENCHMARKS.md.
+bar), api/unpaused, api/beside and beside/cli; paste it into BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -126,23 +128,24 @@ def stop_serve(proc: subprocess.Popen) -> None:
     proc.wait(120)
 
 
-def serve_config(home: Path, template: Path, base: str) -> Path:
-    """The API side's ``ftops serve`` config: ``base``, jobs from ``template``, a lenient gate on 2 examples."""
+def serve_config(home: Path, template: Path, base: str, pause: bool = True) -> Path:
+    """The API side's ``ftops serve`` config: ``base``, jobs from ``template``, a lenient gate on 2 examples;
+    ``pause``: ``engine.pause_while_training``."""
     policy = home / "policy.yaml"
     policy.write_text(POLICY)
     config = home / "serve.yaml"
     gate = ["--engine", "transformers", "--max-examples", "2", "--max-new-tokens", "8", "--no-regression"]
     jobs = {"train_config": str(template), "policy": str(policy), "gate_options": gate}
-    config.write_text(yaml.safe_dump({"base": base, "jobs": jobs}))
+    config.write_text(yaml.safe_dump({"base": base, "jobs": jobs, "engine": {"pause_while_training": pause}}))
     return config
 
 
-def run_api(home: Path, data: Path, template: Path, base: str) -> tuple[str, float, float | None]:
+def run_api(home: Path, data: Path, template: Path, base: str, pause: bool = True) -> tuple[str, float, float | None]:
     """Submit through ``ftops serve``'s fine-tuning API; (run id, wall seconds from create to succeeded/failed,
     cores the rest of the service used while the job trained)."""
     from openai import OpenAI
 
-    proc, url = start_serve(home, serve_config(home, template, base))
+    proc, url = start_serve(home, serve_config(home, template, base, pause))
     try:
         client = OpenAI(base_url=url + "/v1", api_key=KEY)
         started = time.monotonic()
@@ -194,6 +197,11 @@ def run_cli(home: Path, data: Path, template: Path, base: str) -> tuple[str, flo
     return out.stdout.strip().splitlines()[-1], time.monotonic() - started, None
 
 
+def run_unpaused(home: Path, data: Path, template: Path, base: str) -> tuple[str, float, float | None]:
+    """The API side with ``engine.pause_while_training: false``: the engine runs idle beside the job."""
+    return run_api(home, data, template, base, pause=False)
+
+
 def run_beside(home: Path, data: Path, template: Path, base: str) -> tuple[str, float, None]:
     """``ftops train`` by hand, as :func:`run_cli`, while the API side's ``ftops serve`` runs idle on the machine."""
     proc, _ = start_serve(home, serve_config(home, template, base))
@@ -221,7 +229,7 @@ def prepare(root: Path, examples: int, steps: int) -> tuple[Path, Path, Path]:
 
 
 #: what each side runs
-SIDES = {"api": run_api, "cli": run_cli, "beside": run_beside}
+SIDES = {"api": run_api, "cli": run_cli, "unpaused": run_unpaused, "beside": run_beside}
 
 
 def main() -> int:
@@ -230,15 +238,18 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=200, help="demo tickets in the uploaded file (default 200)")
     parser.add_argument("--base", default="smollm2-135m-instruct")
     parser.add_argument(
-        "--rounds", type=int, default=2, help="rounds of api, cli and beside, each round in another order (default 2)"
+        "--rounds",
+        type=int,
+        default=2,
+        help="rounds of api, cli, unpaused and beside, each round in another order (default 2)",
     )
     parser.add_argument("--order", help="the runs, in order, instead of --rounds (e.g. api,cli,cli,api)")
     args = parser.parse_args()
-    turns = ("api,cli,beside", "beside,cli,api", "cli,api,beside")
+    turns = ("api,cli,unpaused,beside", "beside,unpaused,cli,api", "cli,api,beside,unpaused")
     order = args.order or ",".join(turns[i % len(turns)] for i in range(args.rounds))
     sides = order.split(",")
     if set(sides) - set(SIDES) or not {"api", "cli"} <= set(sides):
-        parser.error(f"--order {order!r}: a comma-separated list of api, cli and beside, api and cli at least once")
+        parser.error(f"--order {order!r}: a comma-separated list of {', '.join(SIDES)}, api and cli at least once")
 
     root = Path(tempfile.mkdtemp(prefix="ftops-bench-jobs-"))
     try:
@@ -272,6 +283,8 @@ def main() -> int:
         print("\nmean tokens/s: " + ", ".join(f"{side} {mean[side]:.1f}" for side in SIDES if side in mean))
         ratio = mean["api"] / mean["cli"]
         print(f"api/cli: {ratio:.3f} ({'meets' if ratio >= 0.95 else 'below'} the 0.95 bar)")
+        if "unpaused" in mean:
+            print(f"api/unpaused: {mean['api'] / mean['unpaused']:.3f} (what pausing the idle engine gives a job)")
         if "beside" in mean:
             print(f"api/beside: {mean['api'] / mean['beside']:.3f} (what the API path costs on the same host)")
             print(f"beside/cli: {mean['beside'] / mean['cli']:.3f} (what the idle ftops serve beside costs)")
