@@ -100,46 +100,44 @@ class EnginePause:
     request needs the engine (``engine.pause_while_training``)."""
 
     def __init__(self, client) -> None:
+        import psutil
+
         manager = getattr(getattr(getattr(client, "engine_core", None), "resources", None), "engine_manager", None)
-        self._roots = [p.pid for p in getattr(manager, "processes", []) if p.pid is not None]
+        self._roots = []  # psutil.Process objects: a signal never reaches another process that reused a pid
+        for process in getattr(manager, "processes", []):
+            try:
+                self._roots.append(psutil.Process(process.pid))
+            except (psutil.NoSuchProcess, TypeError):  # gone already, or never started (pid None)
+                continue
         self.paused = False
         self.pauses = 0
         """How often the engine was paused since the start."""
 
     @property
     def available(self) -> bool:
-        """False when vLLM runs its engine in this process (or this vLLM names its processes otherwise)."""
+        """False when vLLM runs its engine in this process (or this vLLM keeps its processes elsewhere)."""
         return bool(self._roots)
 
-    def _processes(self) -> list:
-        import psutil
-
-        found = []
-        for pid in self._roots:
-            try:
-                root = psutil.Process(pid)
-                found += [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                continue  # the engine died: the service's liveness says so, nothing here to stop
-        return found
-
     def pause(self) -> None:
-        import psutil
-
-        for process in self._processes():
-            try:
-                process.suspend()
-            except psutil.NoSuchProcess:
-                pass
+        self._signal("suspend")
         self.paused, self.pauses = True, self.pauses + 1
 
     def resume(self) -> None:
         """Continue every engine process (also one stopped by another hand: a stopped engine serves nobody)."""
+        self._signal("resume")
+        self.paused = False
+
+    def _signal(self, action: str) -> None:
+        """``suspend`` (SIGSTOP) or ``resume`` (SIGCONT) each engine core process and every process under it."""
         import psutil
 
-        for process in self._processes():
+        for root in self._roots:
             try:
-                process.resume()
+                tree = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
-                pass
-        self.paused = False
+                continue  # the engine died: the service's liveness says so, nothing here to signal
+            for process in tree:
+                try:
+                    getattr(process, action)()
+                except psutil.NoSuchProcess:
+                    continue
