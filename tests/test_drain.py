@@ -35,14 +35,33 @@ MESSAGES = [{"role": "user", "content": "Tell a long story."}]
 def service(tiny_base, models_dir, tmp_path):
     """A real ``ftops serve`` on the tiny base (SQLite ledger under its home), for the test to SIGTERM; stopped here
     (SIGKILL of its process group) if the test left it running."""
+    with _serving(models_dir, tmp_path / "home") as value:
+        yield value
+
+
+@pytest.fixture
+def training_service(tiny_base, models_dir, tmp_path):
+    """:func:`service` whose fine-tuning jobs train long (tests/test_jobs_api.py's ``TRAIN`` with 400 steps)."""
+    from test_jobs_api import POLICY, TRAIN
+
     home = tmp_path / "home"
     home.mkdir()
+    (home / "train.yaml").write_text(TRAIN.replace("max_steps: 2", "max_steps: 400"))
+    (home / "policy.yaml").write_text(POLICY)
+    jobs = f"jobs: {{train_config: {home / 'train.yaml'}, policy: {home / 'policy.yaml'}, poll_s: 0.5}}\n"
+    with _serving(models_dir, home, jobs) as value:
+        yield value
+
+
+@contextlib.contextmanager
+def _serving(models_dir: Path, home: Path, more_config: str = ""):
+    home.mkdir(exist_ok=True)
     config = home / "serve.yaml"
     config.write_text(
         "# ftops serve --config serve.yaml (written by tests/test_drain.py)\n"
         f"base: {BASE}\nadapters: []\n"
         "engine: {max_model_len: 2048, dtype: bfloat16, max_num_seqs: 4}\n"
-        "limits: {max_body_bytes: 65536, max_concurrency: 4, retry_after_s: 3}\n"
+        "limits: {max_body_bytes: 65536, max_concurrency: 4, retry_after_s: 3}\n" + more_config
     )
     env = {
         **os.environ,
@@ -159,3 +178,30 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones_with_503(service
     assert streamed[0]["status"] == "ok" and streamed[0]["completion_tokens"] == MAX_TOKENS, streamed
     assert (late_rows[0]["status"], late_rows[0]["http_status"]) == ("refused", 503), late_rows
     assert late_rows[0]["error"].startswith("shutting_down") and late_rows[0]["completion_tokens"] == 0, late_rows
+
+
+def test_sigterm_while_the_engine_is_paused_for_a_job_continues_it_and_exits(training_service):
+    """``engine.pause_while_training``: a SIGTERM that finds the engine stopped (a fine-tuning job training on the
+    host) continues it, so that the engine core can finish and exit; nothing is left behind, stopped or not."""
+    import io
+
+    from openai import OpenAI
+    from test_jobs_api import _jsonl, _rows
+
+    url, proc = training_service["url"], training_service["proc"]
+    client = OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
+    file = client.files.create(file=("tickets.jsonl", io.BytesIO(_jsonl(_rows(200)))), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=file.id, model=BASE)
+    wait_for(lambda: (r := readyz(url)) and r[2].get("engine", {}).get("paused"), "the engine paused", timeout=600)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    engine = [p for p in family if p.name().startswith("VLLM::")]
+    assert engine and {p.status() for p in engine} == {psutil.STATUS_STOPPED}
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "running"
+
+    os.kill(proc.pid, signal.SIGTERM)  # the service's main process, as an orchestrator sends it
+    proc.wait(timeout=300)  # a guard against a hang (a stopped engine core never exits); no speed check
+    _, left = psutil.wait_procs(family, timeout=60)
+    assert not left, [(p.pid, p.name()) for p in left]
+    log = training_service["log"].read_text(errors="replace")
+    assert "engine paused: a fine-tuning job trains on this host" in log
+    assert "engine continued: SIGTERM" in log
