@@ -56,7 +56,7 @@ class EngineConfig(BaseModel):
     """While a fine-tuning job of this service's local executor trains on this host and no request needs the engine
     (none in flight for 2 s, no adapter loading), stop the engine's processes; the next request or adapter load
     continues them first (a signal: no reload, no delay worth measuring). An idle vLLM engine still wakes ~1,300
-    times a second and cost a job beside it ~7% of its tokens/s on 2 cores (BENCHMARKS.md). ``/readyz`` shows
+    times a second and cost a job beside it up to ~7% of its tokens/s on 2 cores (BENCHMARKS.md). ``/readyz`` shows
     ``engine.paused``. Jobs on Kubernetes run elsewhere and pause nothing."""
 
 

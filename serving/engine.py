@@ -95,8 +95,8 @@ class EnginePause:
     running; what the engine is sent meanwhile waits in its queue until it continues.
 
     Why: an idle vLLM engine on CPU still wakes about 1,300 times a second (one gloo loop thread per process group,
-    each polling every 10 ms, even at world size 1), and a local fine-tuning job beside it lost about 7% of its
-    tokens/s to that on 2 cores (BENCHMARKS.md). The service pauses the engine only while such a job runs and no
+    each polling every 10 ms, even at world size 1), and a local fine-tuning job beside it lost up to about 7% of
+    its tokens/s to that on 2 cores (BENCHMARKS.md). The service pauses the engine only while such a job runs and no
     request needs the engine (``engine.pause_while_training``)."""
 
     def __init__(self, client) -> None:
