@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import kill_tree
 from test_ledger_durable import wait_for
 from test_serving import API_KEY, free_port, http, wait_ready
 
@@ -87,14 +88,7 @@ def _serving(models_dir: Path, home: Path, more_config: str = ""):
         wait_ready(proc, url, home / "server.log", timeout=1200)  # a guard against hangs on a loaded machine
         yield {"url": url, "proc": proc, "home": home, "log": home / "server.log"}
     finally:
-        try:  # the worker runs in a process group of its own: kill it and what it started too
-            family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            family = []
-        for process in family:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
-        proc.wait()
+        kill_tree(proc, signal.SIGKILL)  # the worker runs in a process group of its own: it and what it started
         log.close()
 
 
