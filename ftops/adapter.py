@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ftops.errors import FtopsError
+from ftops import settings
+from ftops.errors import FtopsError, TransientError
 from ftops.manifest import verify_manifest, write_manifest
 
 ARTIFACT_PATH = "adapter"
@@ -48,6 +49,53 @@ def revocation(tags: dict) -> str | None:
     if str(tags.get(TAG_REVOKED, "")).strip().lower() != "true":
         return None
     return tags.get(TAG_REVOKED_REASON) or "revoked (no reason recorded)"
+
+
+def base_mismatch(what: str, trained_on: dict, base) -> str | None:
+    """Why ``what`` (an adapter, a run, a registered version) does not adapt ``base`` (an imported
+    :class:`ftops.base.BaseModel`), or None when it does. ``trained_on`` is ``{"name", "sha256"}`` of the weights it
+    was trained on: a manifest's ``base``, or a version's ``ftops.base.*`` tags. The one check and the one message
+    for every caller (export, eval, gate, serving, advise)."""
+    sha = trained_on.get("sha256")
+    if sha == base.sha256:
+        return None
+    return (
+        f"{what} was trained on base sha256 {str(sha)[:12]} ({trained_on.get('name') or 'unnamed'}), but the base "
+        f"here is {base.name} ({base.sha256[:12]}); use the base it was trained on (`ftops base import`), or retrain"
+    )
+
+
+def check_base(what: str, trained_on: dict, base, error: type[FtopsError] = FtopsError) -> None:
+    """Raise ``error`` with :func:`base_mismatch`'s message when ``what`` does not adapt ``base``."""
+    if (why := base_mismatch(what, trained_on, base)) is not None:
+        raise error(why)
+
+
+def short_error(e: BaseException) -> str:
+    """One line naming an exception: its type and its first line."""
+    text = str(getattr(e, "message", None) or e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
+
+
+def alias_version(name: str, alias: str, client=None) -> str | None:
+    """The version ``name@alias`` points at now; None when the model or the alias does not exist (yet).
+
+    Any other failure (server unreachable, permission denied, a broken store) raises :class:`TransientError`
+    naming the model: "cannot read the registry" must never pass for "no such version"."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str((client or settings.mlflow_client()).get_model_version_by_alias(name, alias).version)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        error = e
+    except Exception as e:  # connection errors, a locked or missing SQLite file, SQLAlchemy errors MLflow did not wrap
+        error = e
+    raise TransientError(
+        f"{name}@{alias}: cannot read the registry ({short_error(error)}); nothing was changed: check that the "
+        "registry (MLFLOW_REGISTRY_URI / MLFLOW_TRACKING_URI) answers and retry"
+    ) from error
 
 
 def save_adapter(model, tokenizer, out: Path, base_name: str, base_sha256: str, quantization: str) -> dict:

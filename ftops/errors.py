@@ -9,6 +9,10 @@ class FtopsError(Exception):
     exit_code = 1
 
 
+class TransientError(FtopsError):
+    """Reading the registry, the artifact store or the disk failed for a passing reason; retrying may succeed."""
+
+
 class UsageError(FtopsError):
     """The command was called wrongly (unknown key, bad value). Exit code 2."""
 

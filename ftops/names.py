@@ -21,6 +21,20 @@ def is_alias(alias: object) -> bool:
     return isinstance(alias, str) and bool(_ALIAS.match(alias))
 
 
+def parse_model_ref(ref: object) -> tuple[str, str | None, str | None] | None:
+    """``NAME``, ``NAME@ALIAS`` or ``NAME:VERSION`` -> ``(name, alias, version)`` (the parts not given are None);
+    None when ``ref`` is none of them (the name and alias rules above, a version of digits)."""
+    if not isinstance(ref, str):
+        return None
+    name, at, alias = ref.partition("@")
+    if at:
+        return (name, alias, None) if is_name(name) and is_alias(alias) else None
+    name, colon, version = ref.partition(":")
+    if colon:
+        return (name, None, version) if is_name(name) and version.isdigit() else None
+    return (name, None, None) if is_name(name) else None
+
+
 def check_name(name: str, what: str = "name") -> str:
     """Return ``name`` if :func:`is_name`; raise :class:`UsageError` otherwise."""
     if not is_name(name):

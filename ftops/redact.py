@@ -11,11 +11,12 @@ import logging
 import os
 import re
 
+from ftops.env import SECRETS
+
 MASK = "***"
 
 SECRET_ENV: tuple[str, ...] = (
-    "FTOPS_API_KEY",
-    "FTOPS_ADMIN_KEY",
+    *(v.name for v in SECRETS),
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "MLFLOW_TRACKING_PASSWORD",

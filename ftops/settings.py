@@ -10,17 +10,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ftops.env import FTOPS_HOME, FTOPS_MODELS
+
 EXPERIMENT_NAME = "ftops"
 
 
 def home() -> Path:
     """The state folder: ``$FTOPS_HOME`` or ``./.ftops``."""
-    return Path(os.environ.get("FTOPS_HOME", ".ftops")).resolve()
+    return Path(FTOPS_HOME.get()).resolve()
 
 
 def models_dir() -> Path:
     """Imported base models: ``$FTOPS_MODELS`` or ``<home>/models``."""
-    env = os.environ.get("FTOPS_MODELS")
+    env = FTOPS_MODELS.get()
     return Path(env).resolve() if env else home() / "models"
 
 

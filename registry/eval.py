@@ -36,6 +36,7 @@ from typing import Literal, Protocol
 
 from pydantic import Field
 
+from ftops.adapter import check_base
 from ftops.config import StrictConfig
 from ftops.errors import FtopsError
 from ftops.manifest import sha256_file
@@ -605,11 +606,7 @@ def evaluate(run_id: str, config: EvalConfig | None = None, engine: Engine | Non
     with tempfile.TemporaryDirectory(prefix="ftops-eval-") as tmp:
         adapter, manifest = fetch_adapter(run_id, Path(tmp) / "adapter")
         base = load_base(manifest["base"]["name"])
-        if base.sha256 != manifest["base"]["sha256"]:
-            raise FtopsError(
-                f"run {run_id}: its adapter was trained on base {base.name} sha256 "
-                f"{manifest['base']['sha256'][:12]}, but the imported {base.name} is {base.sha256[:12]}"
-            )
+        check_base(f"run {run_id}'s adapter", manifest["base"], base)
         test_split = download_test_split(run_id, Path(tmp) / "data")
         rows = load_test_split(run_id, Path(tmp) / "data", test_split)[: config.max_examples]
         settings = eval_settings(config, test_split, base.sha256, manifest["digest"])

@@ -139,8 +139,9 @@ def registry_error(name: str, what: str, error: Exception) -> FtopsError:
 
 def production_metrics(client, name: str) -> tuple[str | None, dict[str, float]]:
     """The version at ``name@production`` and the metrics it was judged on (from its ``ftops.metric.*`` tags);
-    ``(None, {})`` when there is none. A registry read error raises :class:`FtopsError` (see :func:`alias_version`)."""
-    version = alias_version(client, name, PRODUCTION)
+    ``(None, {})`` when there is none. A registry read error raises :class:`FtopsError`
+    (see :func:`ftops.adapter.alias_version`)."""
+    version = fa.alias_version(name, PRODUCTION, client)
     if version is None:
         return None, {}
     try:
@@ -148,25 +149,6 @@ def production_metrics(client, name: str) -> tuple[str | None, dict[str, float]]
     except Exception as e:  # the alias points at it: any error here is the registry failing, not "none"
         raise registry_error(name, f"version {version} (at @{PRODUCTION})", e) from e
     return version, metric_tags(mv.tags)
-
-
-def alias_version(client, name: str, alias: str) -> str | None:
-    """The version an alias points at, or None when the model or the alias does not exist.
-
-    Any other failure (server unreachable, permission denied, a broken store) raises :class:`FtopsError` naming the
-    model: "cannot read the registry" must never pass for "no production version"."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException as e:
-        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise registry_error(name, f"alias @{alias}", e) from e
-    except Exception as e:  # requests/SQLAlchemy errors MLflow did not wrap
-        raise registry_error(name, f"alias @{alias}", e) from e
-    version = (model.aliases or {}).get(alias)
-    return None if version is None else str(version)
 
 
 # ------------------------------------------------------------------------------------------- held-out overlap
@@ -277,11 +259,7 @@ def verify_lineage(run, adapter_dir: Path, manifest: dict) -> dict[str, str]:
     tags = run.data.tags
     base_rec = manifest["base"]
     base = load_base(base_rec["name"])
-    if base.sha256 != base_rec["sha256"]:
-        raise FtopsError(
-            f"run {run_id}: adapter was trained on {base.name} sha256 {base_rec['sha256'][:12]}, "
-            f"the imported {base.name} is {base.sha256[:12]}; re-import the right base or retrain"
-        )
+    fa.check_base(f"run {run_id}'s adapter", base_rec, base)
     base.verify()
     for tag, expected in ((fa.TAG_BASE_NAME, base.name), (fa.TAG_BASE_SHA256, base.sha256)):
         if tag in tags and tags[tag] != expected:

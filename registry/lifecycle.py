@@ -22,13 +22,14 @@ from pathlib import Path
 
 from ftops import adapter as fa
 from ftops import settings
+from ftops.adapter import alias_version
+from ftops.env import FTOPS_ACTOR
 from ftops.errors import FtopsError
 from ftops.names import check_name
 from ftops.registry.gate import (
     PRODUCTION,
     STAGING,
     TAG_POLICY_RULES,
-    alias_version,
     metric_tags,
     production_metrics,
     registry_error,
@@ -64,7 +65,7 @@ def production_history(client, name: str) -> list[str]:
         raise FtopsError(
             f"registered model {name}: tag {TAG_HISTORY} is not a JSON list ({e}); fix or delete it in the MLflow UI"
         ) from e
-    current = alias_version(client, name, PRODUCTION)
+    current = alias_version(name, PRODUCTION, client)
     if current is not None and (not history or history[-1] != current):
         history.append(current)  # production was moved outside ftops (MLflow UI): that is a promotion too
     return history
@@ -96,8 +97,8 @@ class Move:
 
 def actor() -> str:
     """Who is acting: ``$FTOPS_ACTOR`` (e.g. a CI job's identity), else ``user@host``."""
-    if os.environ.get("FTOPS_ACTOR"):
-        return os.environ["FTOPS_ACTOR"]
+    if FTOPS_ACTOR.is_set():
+        return FTOPS_ACTOR.get()
     try:
         user = getpass.getuser()
     except (OSError, KeyError):  # no login name in the environment and no passwd entry (some containers)
@@ -132,7 +133,7 @@ def promote(name: str, to: str = PRODUCTION, version: str | None = None, policy_
     _registered_model(client, name)
     policy = load_policy(policy_path, METRICS) if policy_path else None
     with registry_lock():
-        version = str(version) if version else alias_version(client, name, STAGING)
+        version = str(version) if version else alias_version(name, STAGING, client)
         if version is None:
             raise FtopsError(
                 f"model {name} has no version at '{STAGING}'; pass one with `ftops gate RUN_ID --name {name}`"

@@ -34,10 +34,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from ftops import settings
+from ftops.env import FTOPS_ACTOR, FTOPS_REGISTRY_LOCK_URL
 from ftops.errors import FtopsError
 
 LOCK_TIMEOUT_S = 120
-LOCK_URL_ENV = "FTOPS_REGISTRY_LOCK_URL"
+LOCK_URL_ENV = FTOPS_REGISTRY_LOCK_URL.name
 LOCK_MODEL = "ftops-registry-lock"  # the registered model that is the lock on a tracking server without a lock URL
 TAG_HOLDER = "ftops.lock.holder"
 TAG_TOKEN = "ftops.lock.token"
@@ -54,7 +55,7 @@ def _waiting(where: str) -> None:
 @contextmanager
 def registry_lock() -> Iterator[None]:
     """Serialize registry read-modify-writes between processes, on this machine or several (see the module doc)."""
-    url = os.environ.get(LOCK_URL_ENV)
+    url = FTOPS_REGISTRY_LOCK_URL.get()
     if url:
         with _advisory_lock(url):
             yield
@@ -135,7 +136,7 @@ def _advisory_lock(url: str) -> Iterator[None]:
 
 
 def _holder() -> str:
-    return f"{os.environ.get('FTOPS_ACTOR') or socket.gethostname()} pid {os.getpid()}"
+    return f"{FTOPS_ACTOR.get() or socket.gethostname()} pid {os.getpid()}"
 
 
 @contextmanager

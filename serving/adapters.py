@@ -13,21 +13,21 @@ from pathlib import Path
 from ftops import settings
 from ftops.adapter import (
     TAG_ADAPTER_DIGEST,
+    TAG_BASE_NAME,
     TAG_BASE_SHA256,
     TAG_GATE_VERDICT,
     TAG_REVOKED_AT,
     TAG_REVOKED_BY,
+    base_mismatch,
+    check_base,
     read_adapter,
     revocation,
+    short_error,
 )
 from ftops.base import BaseModel
-from ftops.errors import FtopsError, UsageError
+from ftops.errors import FtopsError, TransientError, UsageError
 from ftops.manifest import folder_digest
 from ftops.names import check_name
-
-
-class TransientError(FtopsError):
-    """Reading the registry or downloading the adapter failed for a passing reason; retrying may succeed."""
 
 
 class RefusedError(FtopsError):
@@ -61,21 +61,6 @@ def cache_dir() -> Path:
     return settings.home() / "serving" / "adapters"
 
 
-def alias_version(name: str, alias: str) -> str | None:
-    """The version ``alias`` points at now; None when the model or alias does not exist (yet). Raises
-    :class:`TransientError` when the registry cannot be read."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(settings.mlflow_client().get_model_version_by_alias(name, alias).version)
-    except MlflowException as e:
-        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise TransientError(f"{name}@{alias}: cannot read the registry ({_short(e)})") from e
-    except Exception as e:  # connection errors, a locked or missing SQLite file, ...
-        raise TransientError(f"{name}@{alias}: cannot read the registry ({_short(e)})") from e
-
-
 def discover(alias: str, base: BaseModel, seen: dict[tuple[str, str], bool] | None = None) -> list[str]:
     """Names of the registered models whose ``@alias`` version was trained on ``base`` (its ``ftops.base.sha256``
     version tag), sorted. ``seen`` caches ``(name, version) -> on this base`` between calls (a version's tags do not
@@ -107,7 +92,7 @@ def discover(alias: str, base: BaseModel, seen: dict[tuple[str, str], bool] | No
     except TransientError:
         raise
     except Exception as e:  # MlflowException, connection errors, a locked or missing SQLite file, ...
-        raise TransientError(f"models at @{alias}: cannot search the registry ({_short(e)})") from e
+        raise TransientError(f"models at @{alias}: cannot search the registry ({short_error(e)})") from e
 
 
 def version_tags(name: str, version: str) -> dict[str, str]:
@@ -123,9 +108,9 @@ def version_tags(name: str, version: str) -> dict[str, str]:
     except MlflowException as e:
         if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise UnknownVersion(f"{name} version {version} is not in the registry") from e
-        raise TransientError(f"{name} version {version}: cannot read the registry ({_short(e)})") from e
+        raise TransientError(f"{name} version {version}: cannot read the registry ({short_error(e)})") from e
     except Exception as e:
-        raise TransientError(f"{name} version {version}: cannot read the registry ({_short(e)})") from e
+        raise TransientError(f"{name} version {version}: cannot read the registry ({short_error(e)})") from e
 
 
 def refusal(name: str, version: str, tags: dict[str, str], base: BaseModel) -> str | None:
@@ -146,12 +131,9 @@ def refusal(name: str, version: str, tags: dict[str, str], base: BaseModel) -> s
             f"{name} version {version} carries no {TAG_ADAPTER_DIGEST} tag, so its files cannot be checked against "
             "what the gate verified; register it with `ftops gate`"
         )
-    tagged = tags.get(TAG_BASE_SHA256)
-    if tagged and tagged != base.sha256:
-        return (
-            f"{name} version {version} was trained on base sha256 {tagged[:12]}, but this service serves "
-            f"{base.name} ({base.sha256[:12]}); serve the base it was trained on"
-        )
+    tagged = {"name": tags.get(TAG_BASE_NAME), "sha256": tags.get(TAG_BASE_SHA256)}
+    if tagged["sha256"]:  # a version without the tag is checked against its manifest when it is fetched
+        return base_mismatch(f"{name} version {version}", tagged, base)
     return None
 
 
@@ -175,7 +157,7 @@ def fetch_adapter(name: str, version: str, base: BaseModel) -> ResolvedAdapter:
         dst.mkdir(parents=True, exist_ok=True)
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
     except Exception as e:  # MlflowException, OSError, connection errors of the artifact store
-        raise TransientError(f"{name} version {version}: cannot download the adapter ({_short(e)})") from e
+        raise TransientError(f"{name} version {version}: cannot download the adapter ({short_error(e)})") from e
     if not any(local.iterdir()):  # MLflow returns an empty folder when the store has nothing at that path (now)
         raise TransientError(f"{name} version {version}: the artifact store returned no files for it")
     try:
@@ -183,14 +165,8 @@ def fetch_adapter(name: str, version: str, base: BaseModel) -> ResolvedAdapter:
     except FtopsError as e:
         raise RefusedError(f"{name} version {version}: {e}") from e
     except OSError as e:
-        raise TransientError(f"{name} version {version}: cannot read the downloaded adapter ({_short(e)})") from e
-    base_sha = manifest["base"].get("sha256")
-    if base_sha != base.sha256:
-        raise RefusedError(
-            f"{name} version {version}: adapter manifest names base {manifest['base'].get('name')!r} "
-            f"sha256 {str(base_sha)[:12]}, but this service serves {base.name} ({base.sha256[:12]}); "
-            "refusing to load it"
-        )
+        raise TransientError(f"{name} version {version}: cannot read the downloaded adapter ({short_error(e)})") from e
+    check_base(f"{name} version {version}", manifest["base"], base, error=RefusedError)
     tagged, digest = tags[TAG_ADAPTER_DIGEST], folder_digest(manifest["files"])
     if digest != tagged or manifest.get("digest") != tagged:
         raise RefusedError(
@@ -199,9 +175,3 @@ def fetch_adapter(name: str, version: str, base: BaseModel) -> ResolvedAdapter:
             "refusing to load it"
         )
     return ResolvedAdapter(name=name, version=version, path=local, lora_rank=(manifest.get("lora") or {}).get("r"))
-
-
-def _short(e: BaseException) -> str:
-    """One line naming the error."""
-    text = str(getattr(e, "message", None) or e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")

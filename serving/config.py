@@ -7,20 +7,20 @@ at all means "SmolLM2 with nothing registered yet". The bentoml worker reads the
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ftops.config import StrictConfig, read_yaml, validate
-from ftops.errors import FtopsError, UsageError
+from ftops.env import FTOPS_ADMIN_KEY, FTOPS_API_KEY, FTOPS_SERVE_CONFIG
+from ftops.errors import UsageError
 from ftops.names import is_alias, is_name
 from ftops.vllm_settings import KV_CACHE_GIB, MAX_MODEL_LEN, engine_dtype
 
-CONFIG_ENV = "FTOPS_SERVE_CONFIG"
-API_KEY_ENV = "FTOPS_API_KEY"
-ADMIN_KEY_ENV = "FTOPS_ADMIN_KEY"
+CONFIG_ENV = FTOPS_SERVE_CONFIG.name
+API_KEY_ENV = FTOPS_API_KEY.name
+ADMIN_KEY_ENV = FTOPS_ADMIN_KEY.name
 
 
 class EngineConfig(BaseModel):
@@ -126,7 +126,7 @@ class ServeConfig(BaseModel):
     """Request limits."""
     jobs: dict[str, Any] = Field(default_factory=dict)
     """The fine-tuning API served beside inference (``/v1/files``, ``/v1/fine_tuning/jobs``): its settings are the
-    training stage's ``JobsConfig`` (training/jobs_service.py), checked when the service is composed."""
+    training stage's ``JobsConfig`` (jobs/service.py), checked when the service is composed."""
     retry: RetryConfig = Field(default_factory=RetryConfig)
     """Retries of transient failures (start, registry reads, adapter downloads)."""
     drain_timeout_s: int = Field(600, ge=1, le=86400)
@@ -167,23 +167,6 @@ class ServeConfig(BaseModel):
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> ServeConfig:
     """Read ``path`` (or ``$FTOPS_SERVE_CONFIG``; none: defaults) and apply ``overrides``; one clear error if bad."""
-    path = path or os.environ.get(CONFIG_ENV)
+    path = path or FTOPS_SERVE_CONFIG.get()
     data = read_yaml(path, "serving config", error=UsageError) if path else {}
     return validate(ServeConfig, {**data, **(overrides or {})}, str(path or "serving config"), error=UsageError)
-
-
-def load_api_keys(config: ServeConfig) -> dict[str, str]:
-    """``{key_id: key}`` from ``$FTOPS_API_KEY`` (id ``default``) and the keys file."""
-    keys: dict[str, str] = {}
-    if os.environ.get(API_KEY_ENV):
-        keys["default"] = os.environ[API_KEY_ENV]
-    if config.api_keys_file:
-        p = Path(config.api_keys_file)
-        data = read_yaml(p, "API keys", mapping=False)
-        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-            raise FtopsError(f"{p}: expected a YAML mapping of key id -> key (strings)")
-        for key_id, key in data.items():
-            if len(key) < 16:
-                raise FtopsError(f"{p}: key {key_id!r} is shorter than 16 characters; use a random key")
-        keys.update(data)
-    return keys

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import re
@@ -31,8 +30,9 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Histogram
 
-from ftops.api_keys import bearer, match_key
-from ftops.redact import RedactFilter, redact
+from ftops.api_keys import ADMIN_KEY_ID
+from ftops.http import send_error, send_json
+from ftops.redact import RedactFilter
 
 log = logging.getLogger("ftops.serving")
 log.addFilter(RedactFilter())  # service.py logs here too: its messages and tracebacks are redacted on the way out
@@ -59,46 +59,6 @@ Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 
 
-def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
-    return json.dumps({"error": {"message": redact(message), "type": type_, "param": param, "code": code}}).encode()
-
-
-async def send_error(
-    send: Send,
-    status: int,
-    message: str,
-    type_: str,
-    code: str | None = None,
-    param: str | None = None,
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    body = error_body(message, type_, code, param)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def send_json(send: Send, payload: object, status: int = 200) -> None:
-    body = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 def client_request_id(scope: Scope) -> str:
     """The request's id: the client's ``X-Request-Id`` when it is a plain token (vLLM names its answer
     ``chatcmpl-<it>`` too, so a client finds its rows either way), else ``req-<random>``."""
@@ -108,28 +68,13 @@ def client_request_id(scope: Scope) -> str:
     return f"req-{uuid.uuid4().hex}"
 
 
-class ApiKeyMiddleware:
-    """ASGI middleware over the whole BentoML app: a valid ``Authorization: Bearer KEY`` on every route but health."""
-
-    def __init__(self, app, keys: Callable[[], dict[str, str]]) -> None:
-        self.app = app
-        self.keys = keys
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
-            return await self.app(scope, receive, send)
-        key_id = match_key(bearer(scope), self.keys())
-        if key_id is None:
-            message = (
-                "Incorrect API key provided."
-                if bearer(scope)
-                else "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' (FTOPS_API_KEY)."
-            )
-            if scope["path"] in GENERATE_PATHS and _GATEWAY is not None:  # an inference request: it gets its row
-                return await _GATEWAY.refuse(scope, send, 401, message, "invalid_request_error", "invalid_api_key")
-            return await send_error(send, 401, message, "invalid_request_error", "invalid_api_key")
-        scope.setdefault("state", {})["ftops_key_id"] = key_id
-        return await self.app(scope, receive, send)
+async def refuse_unkeyed(scope: Scope, send: Send, message: str) -> bool:
+    """``on_refused`` of the service's :class:`~ftops.api_keys.ApiKeyMiddleware`: an inference request without a valid
+    key gets its ``refused`` row in the ledger with its 401; any other request is left to the middleware."""
+    if scope["path"] in GENERATE_PATHS and _GATEWAY is not None:
+        await _GATEWAY.refuse(scope, send, 401, message, "invalid_request_error", "invalid_api_key")
+        return True
+    return False
 
 
 class HealthRoutes:
@@ -325,13 +270,7 @@ class Gateway:
         await send_json(send, {"object": "list", "data": cards})
 
     async def usage(self, scope: Scope, send: Send) -> None:
-        import os
-
-        from ftops.serving.config import ADMIN_KEY_ENV
-
-        admin = os.environ.get(ADMIN_KEY_ENV)
-        presented = bearer(scope)
-        if not admin or not presented or not hmac.compare_digest(presented.encode(), admin.encode()):
+        if scope.get("state", {}).get("ftops_key_id") != ADMIN_KEY_ID:
             return await send_error(
                 send,
                 403,
@@ -339,7 +278,7 @@ class Gateway:
                 "invalid_request_error",
                 "forbidden",
             )
-        from ftops.serving import costs
+        from ftops.costs import model as costs
 
         report = await asyncio.get_running_loop().run_in_executor(None, costs.usage_report, self.service.ledger)
         await send_json(send, report)

@@ -12,8 +12,8 @@ opened on the same URL. ``ftops_ledger_spooled_rows_total`` and ``ftops_ledger_f
 database nor the spool could take) count them on ``/metrics``.
 
 Each row is stamped with the time it was recorded, the replica that served it (``replica``: which server process,
-see :func:`replica_id`), the hardware profile that replica runs on (``hardware``: a ``serving/hardware.yaml``
-instance), its self-hosted cost estimate and its hosted-equivalent cost for every model of ``serving/prices.yaml``;
+see :func:`replica_id`), the hardware profile that replica runs on (``hardware``: a ``costs/hardware.yaml``
+instance), its self-hosted cost estimate and its hosted-equivalent cost for every model of ``costs/prices.yaml``;
 the same call increments the Prometheus counters that the service's ``/metrics`` exposes. Several replicas may write
 one ledger (PostgreSQL); each replica's busy time is its own. The cost model is stated in ``docs/cost.md``;
 ``ftops cost report`` recomputes every figure from the rows and the two tables, per replica.
@@ -43,9 +43,10 @@ from filelock import FileLock
 from prometheus_client import Counter
 
 from ftops import settings
+from ftops.costs.model import BusyClock, HardwareTable, PriceTable, check_replica_env, load_hardware, load_prices
+from ftops.env import FTOPS_REPLICA
 from ftops.errors import FtopsError
 from ftops.redact import redact
-from ftops.serving.costs import BusyClock, HardwareTable, PriceTable, check_replica_env, load_hardware, load_prices
 
 log = logging.getLogger("ftops.serving")
 
@@ -53,7 +54,7 @@ Status = Literal["ok", "cancelled", "failed", "refused"]
 STATUSES: tuple[str, ...] = ("ok", "cancelled", "failed", "refused")
 ERROR_CHARS = 500  # the stored reason is cut to this length
 REPLICA_CHARS = 100  # the longest replica id the column holds
-REPLICA_ENV = "FTOPS_REPLICA"
+REPLICA_ENV = FTOPS_REPLICA.name
 POD_NAME_ENV = "POD_NAME"  # Kubernetes' downward API (k8s/base/serving.yaml sets it)
 #: ``replica`` of the rows written before ledgers recorded replicas (which server wrote them is not known)
 UNRECORDED_REPLICA = "(unrecorded)"
@@ -127,7 +128,7 @@ def replica_id(explicit: str | None = None) -> str:
     """Which server process writes the rows: ``explicit``, else ``$FTOPS_REPLICA``, else ``$POD_NAME`` (the pod's
     name, one server per pod), else ``HOST:PID`` (two servers on one machine sharing a ledger stay apart; a restart
     is a new replica, whose busy time never overlaps the old one's). At most 100 characters."""
-    env = os.environ.get(REPLICA_ENV, "").strip()
+    env = (FTOPS_REPLICA.get() or "").strip()
     for value, source in ((explicit, "replica"), (env or None, REPLICA_ENV)):
         if value is None:
             continue
@@ -231,7 +232,7 @@ class Ledger:
     """Durable, thread-safe request ledger.
 
     ``url``: SQLAlchemy URL; ``None`` means ``sqlite:///$FTOPS_HOME/ledger.db``. ``prices``/``hardware``: the tables
-    (default: the YAML files next to this module, see :func:`ftops.serving.costs.load_prices`). ``hardware_profile``:
+    (default: the YAML files next to this module, see :func:`ftops.costs.model.load_prices`). ``hardware_profile``:
     the ``hardware.yaml`` instance this server runs on (default: the table's ``default``, which
     ``$FTOPS_HARDWARE_PROFILE`` sets). ``replica``: this server's id on the rows it writes (default:
     :func:`replica_id`). ``create=False``: refuse a SQLite file that does not exist yet (for readers such as the

@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
 import signal
 import threading
 import time
@@ -50,13 +48,14 @@ from dataclasses import dataclass
 
 import bentoml
 
-from ftops.serving.config import ADMIN_KEY_ENV, load_api_keys, load_config
-from ftops.serving.gateway import ApiKeyMiddleware, Gateway, HealthRoutes, Mount, Routing
+from ftops.api_keys import ApiKeyMiddleware, load_keys
+from ftops.names import parse_model_ref
+from ftops.serving.config import load_config
+from ftops.serving.gateway import Gateway, HealthRoutes, Mount, Routing, refuse_unkeyed
 
 log = logging.getLogger("ftops.serving")
 PAUSE_AFTER_IDLE_S = 2.0
 """``engine.pause_while_training``: how long the engine must have had nothing to do before it is paused."""
-_REGISTERED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 _gateway = Gateway(service=None)
 _keys: dict[str, str] = {}
@@ -110,9 +109,7 @@ class FtopsLLM:
         settings.configure_mlflow()
         self.base = load_base(self.config.base)
         _keys.clear()
-        _keys.update(load_api_keys(self.config))
-        if os.environ.get(ADMIN_KEY_ENV):  # the admin key may call everything, /v1/usage only with it
-            _keys["admin"] = os.environ[ADMIN_KEY_ENV]
+        _keys.update(load_keys(self.config.api_keys_file))  # the admin key may call everything, /v1/usage only it
         if not _keys:
             log.warning("no API key configured (FTOPS_API_KEY or api_keys_file): every /v1 request will get 401")
         self.routing = Routing(base=self.base.name)
@@ -435,8 +432,9 @@ class FtopsLLM:
     async def _follow(self, name: str, alias: str, force: bool = False) -> None:
         """Load the version ``alias`` points at, then route ``model: name`` to it. Transient failures are retried
         with backoff (``force``: now), permanent ones refuse the version; both are logged and shown in /readyz."""
+        from ftops.adapter import alias_version
         from ftops.errors import FtopsError
-        from ftops.serving.adapters import TransientError, alias_version
+        from ftops.serving.adapters import TransientError
 
         model = self.models[name]
         now = time.monotonic()
@@ -558,7 +556,7 @@ class FtopsLLM:
         name, _, version = model.partition(":")
         # any registered model may be pinned (a fine-tuning job's NAME:VERSION answers at once): what loads is only
         # what fetch_adapter verifies (gate pass, not revoked, the gate's digest, this base)
-        if not _REGISTERED_NAME.match(name) or not version.isdigit() or model in self.refused:
+        if parse_model_ref(model) != (name, None, version) or model in self.refused:
             return None
         try:
             await self._ensure_loaded(name, version, None)
@@ -618,5 +616,5 @@ def mount(app: Mount) -> None:
     _gateway.mounts.append(app)
 
 
-FtopsLLM.add_asgi_middleware(ApiKeyMiddleware, keys=lambda: _keys)
+FtopsLLM.add_asgi_middleware(ApiKeyMiddleware, keys=lambda: _keys, on_refused=refuse_unkeyed)
 FtopsLLM.add_asgi_middleware(HealthRoutes, service=lambda: _gateway.service)

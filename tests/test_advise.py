@@ -13,8 +13,8 @@ from conftest import free_port, log_adapter_run
 from test_serving import API_KEY, MODEL, served  # noqa: F401  (the module's real ftops serve on the tiny base)
 
 REPO = Path(__file__).resolve().parents[1]
-PRICES = yaml.safe_load((REPO / "serving" / "prices.yaml").read_text())
-HARDWARE = yaml.safe_load((REPO / "serving" / "hardware.yaml").read_text())
+PRICES = yaml.safe_load((REPO / "costs" / "prices.yaml").read_text())
+HARDWARE = yaml.safe_load((REPO / "costs" / "hardware.yaml").read_text())
 HOURLY = HARDWARE["instances"][HARDWARE["default"]]["usd_per_hour"]
 FT_ROW = "openai/ft:gpt-4o-mini"
 BASE_ROW = "openai/gpt-4o-mini"
@@ -238,7 +238,7 @@ def test_every_option_with_ftops_serve_as_the_hosted_endpoint(served, tiny_base,
 
 # --------------------------------------------------------------------------------------------- the decision
 def _row(name: str, kind: str, quality: float, usd_per_1k: float, **extra) -> dict:
-    from ftops.serving.advise_report import TIERS
+    from ftops.advise.report import TIERS
 
     return {
         "name": name,
@@ -254,8 +254,8 @@ def _row(name: str, kind: str, quality: float, usd_per_1k: float, **extra) -> di
 
 
 def _decide(rows: list[dict], **config) -> dict:
-    from ftops.serving.advise import AdviseConfig
-    from ftops.serving.advise_report import break_even, recommend
+    from ftops.advise.measure import AdviseConfig
+    from ftops.advise.report import break_even, recommend
 
     cfg = AdviseConfig(source="x", **config)
     for r in rows:

@@ -22,14 +22,14 @@ import pytest
 import yaml
 
 from ftops.cli import main
+from ftops.costs import model as costs
+from ftops.costs.model import BusyClock, busy_seconds, load_hardware, load_prices, usage_report
 from ftops.errors import FtopsError
-from ftops.serving import costs
-from ftops.serving.costs import BusyClock, busy_seconds, load_hardware, load_prices, usage_report
 from ftops.serving.ledger import Ledger, replica_id
 
 REPO = Path(__file__).resolve().parents[1]
-PRICES = yaml.safe_load((REPO / "serving" / "prices.yaml").read_text())
-HARDWARE = yaml.safe_load((REPO / "serving" / "hardware.yaml").read_text())
+PRICES = yaml.safe_load((REPO / "costs" / "prices.yaml").read_text())
+HARDWARE = yaml.safe_load((REPO / "costs" / "hardware.yaml").read_text())
 T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
 
 
@@ -334,7 +334,7 @@ def test_training_cost_from_the_registered_run(ftops_home):
 
 # --------------------------------------------------------------------------------------------- bad tables
 def _write_prices(tmp_path: Path, mutate) -> Path:
-    data = yaml.safe_load((REPO / "serving" / "prices.yaml").read_text())
+    data = yaml.safe_load((REPO / "costs" / "prices.yaml").read_text())
     mutate(data)
     path = tmp_path / "prices.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -376,7 +376,7 @@ def test_unreadable_tables_and_bad_hardware(tmp_path, monkeypatch, ftops_home):
     (tmp_path / "hw.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(FtopsError, match="default 'no-such-box' is not one of the instances"):
         load_hardware(tmp_path / "hw.yaml")
-    data = yaml.safe_load((REPO / "serving" / "hardware.yaml").read_text())
+    data = yaml.safe_load((REPO / "costs" / "hardware.yaml").read_text())
     data["instances"]["aws-g5.xlarge"]["usd_per_hour"] = -1
     (tmp_path / "hw2.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(FtopsError, match="instances.aws-g5.xlarge.usd_per_hour"):

@@ -41,7 +41,7 @@ def test_bad_price_table_stops_the_service_at_startup(tiny_base, models_dir, tmp
     home.mkdir()
     monkeypatch.setenv("FTOPS_HOME", str(home))
     monkeypatch.setenv("FTOPS_MODELS", str(models_dir))
-    prices = yaml.safe_load((REPO / "serving" / "prices.yaml").read_text())
+    prices = yaml.safe_load((REPO / "costs" / "prices.yaml").read_text())
     prices["models"]["openai/gpt-4o-mini"]["output_usd_per_mtok"] = -0.6
     bad = tmp_path / "prices.yaml"
     bad.write_text(yaml.safe_dump(prices))
@@ -96,7 +96,7 @@ def test_load_every_request_in_the_ledger_with_the_usage_the_client_got(load_ser
     from openai import OpenAI
     from prometheus_client.parser import text_string_to_metric_families
 
-    from ftops.serving.costs import usage_report
+    from ftops.costs.model import usage_report
     from ftops.serving.ledger import Ledger
 
     client = OpenAI(base_url=load_service["url"] + "/v1", api_key=API_KEY, max_retries=0, timeout=120)

@@ -1,7 +1,7 @@
 """OpenAI's fine-tuning API, self-hosted, driven by the real ``openai`` client over HTTP.
 
-The app (``ftops.training.jobs_api``) runs under uvicorn behind the service's own API key middleware
-(``ftops.serving.gateway.ApiKeyMiddleware``, as ``ftops serve`` composes them), with the real local executor:
+The app (``ftops.jobs.api``) runs under uvicorn behind the service's own API key middleware
+(``ftops.api_keys.ApiKeyMiddleware``, as ``ftops serve`` composes them), with the real local executor:
 ``ftops train`` on the tiny base and ``ftops gate`` as child processes, MLflow on a temporary SQLite store. What this
 file does not start is the vLLM engine: the jobs API needs none (chatting with the result is the service's part).
 """
@@ -65,11 +65,11 @@ class Server:
     def start(self) -> None:
         import uvicorn
 
+        from ftops.api_keys import ApiKeyMiddleware
         from ftops.base import list_bases
-        from ftops.serving.gateway import ApiKeyMiddleware
-        from ftops.training.job_runner import LocalExecutor, RunnerSettings
-        from ftops.training.job_store import JobStore
-        from ftops.training.jobs_api import JobsApiSettings, build_app
+        from ftops.jobs.api import JobsApiSettings, build_app
+        from ftops.jobs.runner import LocalExecutor, RunnerSettings
+        from ftops.jobs.store import JobStore
 
         self.store = JobStore()
         app = build_app(self.store, JobsApiSettings(max_upload_bytes=200_000), lambda: [b.name for b in list_bases()])

@@ -15,14 +15,14 @@ import pytest
 import yaml
 
 from ftops.cli import main
+from ftops.jobs.runner import LocalExecutor, RunnerSettings
+from ftops.jobs.store import JobStore
 from ftops.serving.ledger import Ledger
-from ftops.training.job_runner import LocalExecutor, RunnerSettings
-from ftops.training.job_store import JobStore
 from tests.test_jobs_api import POLICY, TRAIN  # the same tiny job config and pass-all policy
 
 REPO = Path(__file__).resolve().parents[1]
-PRICES = yaml.safe_load((REPO / "serving" / "prices.yaml").read_text())
-HARDWARE = yaml.safe_load((REPO / "serving" / "hardware.yaml").read_text())
+PRICES = yaml.safe_load((REPO / "costs" / "prices.yaml").read_text())
+HARDWARE = yaml.safe_load((REPO / "costs" / "hardware.yaml").read_text())
 PROFILE = "aws-g6.xlarge"  # not the table's default: the report must take the job's own profile
 
 

@@ -1,4 +1,4 @@
-"""The fine-tuning API's Kubernetes executor (training/k8s_executor.py), checked as far as this machine allows.
+"""The fine-tuning API's Kubernetes executor (jobs/k8s_executor.py), checked as far as this machine allows.
 
 No Kubernetes API server, kind or k3s can run here. What is real: the job store (SQLite), uploaded files and their
 sha256, the Job template of k8s/base/jobs-api/, the official ``kubernetes`` client and its serialization, and the
@@ -26,15 +26,15 @@ import pytest
 import yaml
 
 from ftops.errors import UsageError
-from ftops.training.job_runner import RunnerSettings
-from ftops.training.job_store import JobStore
-from ftops.training.k8s_executor import (
+from ftops.jobs.k8s_executor import (
     JOB_LABEL,
     KubernetesExecutor,
     KubernetesSettings,
     job_name,
     load_template,
 )
+from ftops.jobs.runner import RunnerSettings
+from ftops.jobs.store import JobStore
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "k8s" / "base" / "jobs-api" / "train-job-template.yaml"

@@ -28,7 +28,7 @@ KUSTOMIZATIONS = ("kustomization.yaml",)
 # every manifest file: the base's, the per-run Jobs and the example Secrets (the CRD component is checked rendered)
 MANIFESTS = sorted(p for p in [*BASE.glob("*.yaml"), *K8S.glob("*.yaml")] if p.name not in KUSTOMIZATIONS)
 TRAIN_JOBS = [K8S / "train-job.yaml", K8S / "train-job-multi-gpu.yaml"]
-# the Job the fine-tuning API's kubernetes executor renders per job (training/k8s_executor.py), from the ConfigMap
+# the Job the fine-tuning API's kubernetes executor renders per job (jobs/k8s_executor.py), from the ConfigMap
 JOB_TEMPLATE = BASE / "jobs-api" / "train-job-template.yaml"
 # created one by one (kubectl create -f, or by the jobs API), not by the kustomization
 PER_RUN = sorted(p for p in K8S.glob("*.yaml") if p.name not in (*KUSTOMIZATIONS, "secret.example.yaml")) + [
@@ -546,8 +546,8 @@ def test_jobs_api_may_touch_jobs_in_its_namespace_only(rendered):
 
 
 def test_jobs_api_settings_and_template_in_the_configmap_are_what_the_code_loads(rendered, tmp_path):
-    from ftops.training.jobs_service import load_jobs_config
-    from ftops.training.k8s_executor import JOB_ENV, load_template
+    from ftops.jobs.k8s_executor import JOB_ENV, load_template
+    from ftops.jobs.service import load_jobs_config
 
     configmap = _kind(rendered, "ConfigMap", "ftops-jobs")
     assert configmap["data"]["train-job-template.yaml"] == JOB_TEMPLATE.read_text()
@@ -573,7 +573,7 @@ def test_jobs_api_settings_and_template_in_the_configmap_are_what_the_code_loads
     assert {e["name"] for e in train["env"]} >= set(JOB_ENV)
     files_claim = _kind(rendered, "PersistentVolumeClaim", "ftops-files")
     assert files_claim["spec"]["accessModes"] == ["ReadWriteMany"] and files_claim["spec"]["storageClassName"]
-    from ftops.serving.costs import load_hardware
+    from ftops.costs.model import load_hardware
 
     assert config.hardware in load_hardware().instances, "ftops cost report prices the jobs at this profile"
 

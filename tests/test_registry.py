@@ -47,9 +47,9 @@ def _client():
 
 
 def _alias(alias: str) -> str | None:
-    from ftops.registry.gate import alias_version
+    from ftops.adapter import alias_version
 
-    return alias_version(_client(), "tickets", alias)
+    return alias_version("tickets", alias, _client())
 
 
 def _history() -> list[str]:

@@ -104,7 +104,8 @@ def test_adapter_for_another_base_is_refused(tiny_base, smollm2, ftops_home, tmp
     from mlflow import MlflowClient
     from test_serving import make_adapter, register_version
 
-    from ftops.serving.adapters import alias_version, fetch_adapter
+    from ftops.adapter import alias_version
+    from ftops.serving.adapters import fetch_adapter
 
     version = register_version("wrong-base", make_adapter(tiny_base, tmp_path / "a", seed=3), tiny_base)
     MlflowClient().set_registered_model_alias("wrong-base", "production", version)
@@ -128,8 +129,8 @@ def test_discovery_follows_production_models_of_this_base_only(tiny_base, ftops_
 
     from ftops import settings
     from ftops.adapter import TAG_BASE_SHA256
+    from ftops.cli.serve import preflight
     from ftops.serving.adapters import discover
-    from ftops.serving.cli import preflight
 
     folder = make_adapter(tiny_base, tmp_path / "a", seed=5)
     client = settings.mlflow_client()
@@ -180,7 +181,7 @@ def test_tampered_adapter_is_refused(tiny_base, ftops_home, tmp_path):
 
 
 def test_key_check_is_exact():
-    from ftops.serving.gateway import match_key
+    from ftops.api_keys import match_key
 
     keys = {"default": "k" * 20, "team": "t" * 20}
     assert match_key("t" * 20, keys) == "team"

@@ -124,8 +124,9 @@ def test_a_tracking_server_stopped_then_restarted_is_a_transient_failure(
 ):
     from mlflow import MlflowClient
 
+    from ftops.adapter import alias_version
     from ftops.serving import adapters
-    from ftops.serving.adapters import alias_version, fetch_adapter
+    from ftops.serving.adapters import fetch_adapter
 
     db = tmp_path / "registry.db"
     shutil.copy(migrated_mlflow_db, db)

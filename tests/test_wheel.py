@@ -46,8 +46,8 @@ def test_the_wheel_has_one_top_level_name_ftops(wheel):
         assert module in names
     for data in (
         "ftops/registry/policies/default.yaml",
-        "ftops/serving/prices.yaml",
-        "ftops/serving/hardware.yaml",
+        "ftops/costs/prices.yaml",
+        "ftops/costs/hardware.yaml",
         "ftops/expectations/suites/chat_examples.json",
     ):
         assert data in names, f"{data} is not packaged"

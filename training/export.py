@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from ftops import settings
-from ftops.adapter import ARTIFACT_PATH, download_adapter
+from ftops.adapter import ARTIFACT_PATH, check_base, download_adapter
 from ftops.base import load_base
 from ftops.errors import FtopsError
 from ftops.manifest import write_manifest
@@ -30,12 +30,7 @@ def export_merged(run_id: str, out: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="ftops-export-") as tmp:
         folder, manifest = download_adapter(f"runs:/{run_id}/{ARTIFACT_PATH}", Path(tmp))
         base = load_base(manifest["base"]["name"])
-        if base.sha256 != manifest["base"]["sha256"]:
-            raise FtopsError(
-                f"run {run_id}: its adapter was trained on base {base.name!r} "
-                f"sha256 {manifest['base']['sha256'][:12]}, "
-                f"but the imported {base.name!r} is {base.sha256[:12]}; import the original base"
-            )
+        check_base(f"run {run_id}'s adapter", manifest["base"], base)
         model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.bfloat16)
         merged = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
         tokenizer = AutoTokenizer.from_pretrained(folder)

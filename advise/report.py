@@ -2,7 +2,7 @@
 availability warnings, and the report as Markdown and as a chart.
 
 Everything here works on the report's rows (plain dicts, as ``advice.json`` holds them), so a report can be
-recomputed, re-rendered or tested without a model: :mod:`ftops.serving.advise` answers the options and builds the
+recomputed, re-rendered or tested without a model: :mod:`ftops.advise.measure` answers the options and builds the
 rows, then calls these.
 """
 

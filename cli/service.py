@@ -4,16 +4,16 @@
     bentoml serve ftops.cli.service:FtopsLLM --port 3000      # or: ftops serve
 
 Composed here, at the top, so that serving never imports training. ``jobs:`` in the serving config sets the
-fine-tuning API up (``ftops.training.jobs_service.JobsConfig``; ``jobs: {enabled: false}`` serves inference alone).
+fine-tuning API up (``ftops.jobs.service.JobsConfig``; ``jobs: {enabled: false}`` serves inference alone).
 """
 
 from __future__ import annotations
 
+from ftops.jobs.api import openapi_part
+from ftops.jobs.service import build
 from ftops.serving.config import load_config
 from ftops.serving.gateway import Mount
 from ftops.serving.service import FtopsLLM, mount
-from ftops.training.jobs_api import openapi_part
-from ftops.training.jobs_service import build
 
 _jobs = build(load_config().jobs)
 if _jobs is not None:

@@ -22,7 +22,7 @@ stopped ones too) and the run is tagged ``ftops.job.hardware`` with ``jobs.hardw
 never reads serving's price tables).
 
 The same steps run in a Kubernetes pod (``ftops jobs run-one JOB_ID``, :meth:`LocalExecutor.run_in_pod`) when
-``jobs.executor`` is ``kubernetes`` (training/k8s_executor.py).
+``jobs.executor`` is ``kubernetes`` (jobs/k8s_executor.py).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from pathlib import Path
 import yaml
 
 from ftops import settings
-from ftops.training.job_store import JobStore
+from ftops.env import FTOPS_HOME
+from ftops.jobs.store import JobStore
 
 log = logging.getLogger("ftops.jobs")
 
@@ -92,7 +93,7 @@ class RunnerSettings:
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment of the child processes."""
     hardware: str | None = None
-    """Hardware profile (an instance of serving/hardware.yaml) the jobs run on, tagged ``ftops.job.hardware`` on each
+    """Hardware profile (an instance of costs/hardware.yaml) the jobs run on, tagged ``ftops.job.hardware`` on each
     run; ``ftops cost report`` prices the job's wall time at its hourly price."""
 
 
@@ -420,7 +421,7 @@ class LocalExecutor:
 
     def _child_run(self, job: dict, cmd: list[str]) -> tuple[int, str, str]:
         """Run ``cmd`` in its own process group; while it runs, follow the job's MLflow run and honour cancel."""
-        env = {**child_environment(), **self.config.env, "FTOPS_HOME": str(settings.home())}
+        env = {**child_environment(), **self.config.env, FTOPS_HOME.name: str(settings.home())}
         out_path = self._work_dir(job) / f"{cmd[3]}.log"  # train.log / gate.log, and .err beside each
         with open(out_path, "w") as out, open(out_path.with_suffix(".err"), "w") as err:
             self._child = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)

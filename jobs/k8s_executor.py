@@ -10,7 +10,7 @@ Where each step runs:
    labels, and the pod's ``FTOPS_JOB_ID`` and the uploaded files' sha256. At most ``kubernetes.max_running`` Jobs
    run at once (1 by default: the checkpoint volume is ReadWriteOnce).
 3. the pod runs ``ftops jobs run-one $(FTOPS_JOB_ID)``: the local executor's train and gate steps
-   (:meth:`ftops.training.job_runner.LocalExecutor.run_in_pod`). It reads the uploaded bytes from the shared files
+   (:meth:`ftops.jobs.runner.LocalExecutor.run_in_pod`). It reads the uploaded bytes from the shared files
    location (``FTOPS_FILES_DIR``: a ReadWriteMany volume the API writes and the pod mounts read-only) and checks
    them against the sha256 the Job carries and the store's. Checkpoints go to ``FTOPS_HOME=/checkpoints/<job id>``
    on the checkpoint volume; a pod started again by the Job (node lost, eviction) resumes the job's run from its last
@@ -41,10 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftops.config import read_yaml
+from ftops.env import FTOPS_HOME, FTOPS_JOB_ID, FTOPS_TRAINING_FILE_SHA256, FTOPS_VALIDATION_FILE_SHA256
 from ftops.errors import UsageError
+from ftops.jobs.runner import LocalExecutor, RunnerSettings
+from ftops.jobs.store import JobStore
 from ftops.redact import redact
-from ftops.training.job_runner import LocalExecutor, RunnerSettings
-from ftops.training.job_store import JobStore
 
 log = logging.getLogger("ftops.jobs")
 
@@ -53,8 +54,8 @@ SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 JOB_LABEL = "ftops.dev/job-id"
 CONTAINER = "train"
 #: env entries of the template's train container whose values render_job sets per job
-JOB_ENV = ("FTOPS_JOB_ID", "FTOPS_TRAINING_FILE_SHA256", "FTOPS_VALIDATION_FILE_SHA256")
-FILE_ENV = {"training_file": "FTOPS_TRAINING_FILE_SHA256", "validation_file": "FTOPS_VALIDATION_FILE_SHA256"}
+FILE_ENV = {"training_file": FTOPS_TRAINING_FILE_SHA256.name, "validation_file": FTOPS_VALIDATION_FILE_SHA256.name}
+JOB_ENV = (FTOPS_JOB_ID.name, *FILE_ENV.values())
 #: API errors worth trying again later (the server is busy or restarting); any other refusal fails the job
 RETRYABLE = {429, 500, 502, 503, 504}
 
@@ -100,7 +101,7 @@ def load_template(path: Path) -> dict:
         ]
         if "$(FTOPS_JOB_ID)" not in (container.get("args") or []):
             problems.append(f"container {CONTAINER!r}'s args must pass $(FTOPS_JOB_ID) (ftops jobs run-one)")
-        if "$(FTOPS_JOB_ID)" not in str(env.get("FTOPS_HOME", {}).get("value", "")):
+        if "$(FTOPS_JOB_ID)" not in str(env.get(FTOPS_HOME.name, {}).get("value", "")):
             problems.append("env FTOPS_HOME must name $(FTOPS_JOB_ID): each job's checkpoints, found again on resume")
     if problems:
         raise UsageError(f"{path}: " + "; ".join(problems))
@@ -120,7 +121,7 @@ def render_job(template: dict, job: dict, files: dict[str, dict], namespace: str
     }
     pod_meta = doc["spec"]["template"].setdefault("metadata", {})
     pod_meta["labels"] = {**pod_meta.get("labels", {}), **labels}
-    values = {"FTOPS_JOB_ID": job["id"], **{FILE_ENV[p]: row["sha256"] for p, row in files.items()}}
+    values = {FTOPS_JOB_ID.name: job["id"], **{FILE_ENV[p]: row["sha256"] for p, row in files.items()}}
     container = _train_container(doc)
     for entry in container["env"]:
         if entry["name"] in JOB_ENV:

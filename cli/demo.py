@@ -23,11 +23,12 @@ from pydantic import Field
 
 from ftops import settings
 from ftops.config import StrictConfig, add_options, from_options
+from ftops.env import FTOPS_ADMIN_KEY, FTOPS_API_KEY, FTOPS_HOME
 from ftops.errors import FtopsError
 from ftops.manifest import sha256_file
 from ftops.registry.policy import POLICIES_DIR
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 #: asked of the served adapter and base after the held-out tickets (a regression-suite item, not in any training data)
 GENERAL_QUESTION = "What is the capital of France?"
 
@@ -196,9 +197,9 @@ def serve_and_ask(config: DemoConfig, work: Path, base, test_split: Path, with_a
     api_key = "ftops-demo-" + os.urandom(12).hex()
     env = {
         **os.environ,
-        "FTOPS_API_KEY": api_key,
-        "FTOPS_ADMIN_KEY": api_key,
-        "FTOPS_HOME": str(settings.home()),
+        FTOPS_API_KEY.name: api_key,
+        FTOPS_ADMIN_KEY.name: api_key,
+        FTOPS_HOME.name: str(settings.home()),
     }
     cmd = [sys.executable, "-m", "ftops.cli", "serve", "--port", str(port), "--config", str(serve_config)]
     print("$ " + " ".join(cmd[2:]), flush=True)
@@ -249,8 +250,8 @@ def cost_report(work: Path) -> None:
 
 def advice(config: DemoConfig, work: Path, run_id: str, version: str | None) -> None:
     """``ftops advise`` for the demo run (its registered version when the gate passed), bounded to a few examples."""
-    from ftops.serving.advise import AdviseConfig, advise
-    from ftops.serving.advise_report import markdown
+    from ftops.advise.measure import AdviseConfig, advise
+    from ftops.advise.report import markdown
 
     report = advise(
         AdviseConfig(

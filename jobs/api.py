@@ -26,9 +26,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ftops.training.job_store import FINAL, JobStore
+from ftops.api_keys import ADMIN_KEY_ID
+from ftops.http import error_payload
+from ftops.jobs.store import FINAL, JobStore
 
-ADMIN_KEY_ID = "admin"
 ORGANIZATION = "org-ftops"
 _SUFFIX = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 
@@ -48,8 +49,7 @@ class ApiError(Exception):
         self.status, self.message, self.code, self.param, self.type = status, message, code, param, type
 
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
+        return JSONResponse(error_payload(self.message, self.type, self.code, self.param), status_code=self.status)
 
 
 # --------------------------------------------------------------------------------------------- requests

@@ -52,11 +52,11 @@ examples:
     rep.add_argument("--json", action="store_true", help="print the report as JSON")
     rep.add_argument("--plot", metavar="PATH", help="write a PNG chart here and log it to MLflow (run 'cost-report')")
     rep.add_argument("--ledger", metavar="URL", help="ledger database URL (default sqlite:///$FTOPS_HOME/ledger.db)")
-    rep.add_argument("--prices", metavar="YAML", help="hosted price table (default serving/prices.yaml, $FTOPS_PRICES)")
+    rep.add_argument("--prices", metavar="YAML", help="hosted price table (default costs/prices.yaml, $FTOPS_PRICES)")
     rep.add_argument(
         "--hardware",
         metavar="YAML",
-        help="hardware price table, hourly price per instance (default serving/hardware.yaml, $FTOPS_HARDWARE)",
+        help="hardware price table, hourly price per instance (default costs/hardware.yaml, $FTOPS_HARDWARE)",
     )
     rep.add_argument(
         "--hardware-profile",
@@ -97,7 +97,7 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ftops.serving.costs import job_costs, load_hardware, load_prices, training_cost, usage_report
+    from ftops.costs.model import job_costs, load_hardware, load_prices, training_cost, usage_report
     from ftops.serving.ledger import Ledger
 
     since = parse_since(args.since)

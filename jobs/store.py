@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ftops import settings
+from ftops.env import FTOPS_FILES_DIR, FTOPS_JOBS_URL
 
 metadata = sa.MetaData()
 files_table = sa.Table(
@@ -87,11 +88,11 @@ def new_id(prefix: str) -> str:
 
 
 def default_url() -> str:
-    return os.environ.get("FTOPS_JOBS_URL") or f"sqlite:///{settings.home() / 'jobs.db'}"
+    return FTOPS_JOBS_URL.get() or f"sqlite:///{settings.home() / 'jobs.db'}"
 
 
 def default_files_dir() -> Path:
-    return Path(os.environ.get("FTOPS_FILES_DIR") or settings.home() / "files")
+    return Path(FTOPS_FILES_DIR.get() or settings.home() / "files")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -102,10 +102,10 @@ def _run_one(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
-    from ftops.training.job_runner import LocalExecutor
-    from ftops.training.job_store import JobStore
-    from ftops.training.jobs_service import load_jobs_config, load_jobs_config_file, runner_settings
-    from ftops.training.k8s_executor import FILE_ENV
+    from ftops.jobs.k8s_executor import FILE_ENV
+    from ftops.jobs.runner import LocalExecutor
+    from ftops.jobs.service import load_jobs_config, load_jobs_config_file, runner_settings
+    from ftops.jobs.store import JobStore
 
     config = load_jobs_config_file(Path(args.config)) if args.config else load_jobs_config({})
     store = JobStore(config.url, config.files_dir)
@@ -133,7 +133,7 @@ def _run_one(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ftops.training.jobs_service import load_jobs_config, load_jobs_config_file, serve_alone
+    from ftops.jobs.service import load_jobs_config, load_jobs_config_file, serve_alone
 
     config = load_jobs_config_file(Path(args.config)) if args.config else load_jobs_config({})
     serve_alone(config, args.host, args.port, Path(args.keys_file) if args.keys_file else None)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ftops.config import read_yaml, validate
+from ftops.env import FTOPS_HARDWARE, FTOPS_HARDWARE_PROFILE, FTOPS_PRICES, FTOPS_REPLICA
 from ftops.errors import FtopsError
 from ftops.settings import mlflow_client
 
@@ -71,7 +72,7 @@ class ModelPrice(BaseModel):
 
 
 class PriceTable(BaseModel):
-    """``serving/prices.yaml``: hosted per-token prices, keyed ``provider/model``."""
+    """``costs/prices.yaml``: hosted per-token prices, keyed ``provider/model``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -106,7 +107,7 @@ class Instance(BaseModel):
 
 
 class HardwareTable(BaseModel):
-    """``serving/hardware.yaml``: hourly prices of replica types."""
+    """``costs/hardware.yaml``: hourly prices of replica types."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -138,26 +139,22 @@ def _load_yaml_table(path: Path, model: type[BaseModel], what: str) -> Any:
 
 
 def load_prices(path: str | Path | None = None) -> PriceTable:
-    """Load and validate the hosted price table: ``path``, ``$FTOPS_PRICES`` or ``serving/prices.yaml``.
+    """Load and validate the hosted price table: ``path``, ``$FTOPS_PRICES`` or ``costs/prices.yaml``.
 
     Raises :class:`FtopsError` naming the file and the field (missing field, negative price, bad date...)."""
-    return _load_yaml_table(
-        Path(path or os.environ.get("FTOPS_PRICES") or PRICES_PATH), PriceTable, "hosted price table"
-    )
+    return _load_yaml_table(Path(path or FTOPS_PRICES.get() or PRICES_PATH), PriceTable, "hosted price table")
 
 
-HARDWARE_PROFILE_ENV = "FTOPS_HARDWARE_PROFILE"
-REPLICA_ENV = "FTOPS_REPLICA"
+HARDWARE_PROFILE_ENV = FTOPS_HARDWARE_PROFILE.name
+REPLICA_ENV = FTOPS_REPLICA.name
 
 
 def load_hardware(path: str | Path | None = None) -> HardwareTable:
-    """Load and validate the replica price table: ``path``, ``$FTOPS_HARDWARE`` or ``serving/hardware.yaml``. Its
+    """Load and validate the replica price table: ``path``, ``$FTOPS_HARDWARE`` or ``costs/hardware.yaml``. Its
     ``default`` becomes ``$FTOPS_HARDWARE_PROFILE`` when that is set (the instance this machine runs on)."""
-    table = _load_yaml_table(
-        Path(path or os.environ.get("FTOPS_HARDWARE") or HARDWARE_PATH), HardwareTable, "hardware price table"
-    )
+    table = _load_yaml_table(Path(path or FTOPS_HARDWARE.get() or HARDWARE_PATH), HardwareTable, "hardware price table")
     check_replica_env(table)
-    if profile := os.environ.get(HARDWARE_PROFILE_ENV):
+    if profile := FTOPS_HARDWARE_PROFILE.get():
         if profile not in table.instances:
             raise FtopsError(
                 f"{HARDWARE_PROFILE_ENV}={profile!r}: unknown hardware profile; hardware.yaml lists "
@@ -171,8 +168,8 @@ def check_replica_env(table: HardwareTable) -> None:
     """Refuse ``$FTOPS_REPLICA`` set to a hardware profile's name while ``$FTOPS_HARDWARE_PROFILE`` is unset: an older
     ftops read the hardware from ``FTOPS_REPLICA``, which now names the replica, so such a setting would price the
     replica at the table's default without a word."""
-    value = os.environ.get(REPLICA_ENV)
-    if value and value in table.instances and not os.environ.get(HARDWARE_PROFILE_ENV):
+    value = FTOPS_REPLICA.get()
+    if value and value in table.instances and not FTOPS_HARDWARE_PROFILE.is_set():
         raise FtopsError(
             f"{REPLICA_ENV}={value!r} names a hardware profile, but {REPLICA_ENV} now names the replica (this "
             f"server: its host or pod) and {HARDWARE_PROFILE_ENV} the hardware: set {HARDWARE_PROFILE_ENV}={value} "
@@ -515,7 +512,7 @@ def training_cost_for_version(name: str, version: str, prices: PriceTable, usd_p
 
 
 # --------------------------------------------------------------------------------------------- fine-tuning jobs
-#: what the fine-tuning API's executors record on a job's run (training/job_runner.py): the wall time of each step on
+#: what the fine-tuning API's executors record on a job's run (jobs/runner.py): the wall time of each step on
 #: the job's machine, every attempt counted, and the hardware profile (a hardware.yaml instance) it ran on
 JOB_WALL_KEYS = ("job_train_wall_s", "job_gate_wall_s")
 JOB_HARDWARE_TAG = "ftops.job.hardware"

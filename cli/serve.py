@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from ftops.env import FTOPS_HOME
+
 #: the BentoML service inference alone runs as; the top composes a larger one (``ftops.cli.service``)
 SERVICE = "ftops.serving.service:FtopsLLM"
 
@@ -39,10 +41,11 @@ examples:
 def preflight(config) -> list[str]:
     """Check the base and every adapter the config names before the engine starts; returns lines to print."""
     from ftops import settings
+    from ftops.adapter import alias_version
     from ftops.base import load_base
+    from ftops.costs.model import load_hardware, load_prices
     from ftops.errors import FtopsError
-    from ftops.serving.adapters import alias_version, discover, fetch_adapter
-    from ftops.serving.costs import load_hardware, load_prices
+    from ftops.serving.adapters import discover, fetch_adapter
 
     # A broken price table stops the service here, before any engine starts (the ledger prices every request).
     prices, hardware = load_prices(), load_hardware()
@@ -78,8 +81,9 @@ def _serve(args: argparse.Namespace) -> int:
     import shutil
 
     from ftops import settings
+    from ftops.api_keys import ADMIN_KEY_ID, load_keys
     from ftops.errors import UsageError
-    from ftops.serving.config import API_KEY_ENV, CONFIG_ENV, load_api_keys, load_config
+    from ftops.serving.config import API_KEY_ENV, CONFIG_ENV, load_config
     from ftops.serving.engine import cpu_env
 
     if not 0 < args.port < 65536:
@@ -90,11 +94,11 @@ def _serve(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.config:
         env[CONFIG_ENV] = os.path.abspath(args.config)
-    if not load_api_keys(config):
+    if set(load_keys(config.api_keys_file)) <= {ADMIN_KEY_ID}:  # no key a client uses: one for this run
         env[API_KEY_ENV] = "ftops-" + secrets.token_urlsafe(24)
         print(f"no API key configured: generated {API_KEY_ENV}={env[API_KEY_ENV]} for this run", flush=True)
     env.setdefault("BENTOML_HOME", str(settings.home() / "bentoml"))
-    env["FTOPS_HOME"] = str(settings.home())
+    env[FTOPS_HOME.name] = str(settings.home())
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.update(cpu_env(config.engine))
     bentoml = shutil.which("bentoml", path=os.path.dirname(sys.executable)) or "bentoml"

@@ -16,12 +16,12 @@ engines (:func:`ftops.registry.eval.make_engine`, greedy decoding):
   that does not answer is a note in the report, and the rest still runs.
 
 Costs follow the cost model of ``docs/cost.md``: the self-hosted cost of an option is the replica's hourly price
-(``serving/hardware.yaml``) times the engine's busy time (the union of its batches' intervals,
-:func:`ftops.serving.costs.busy_seconds`), per 1,000 queries; the hosted cost is the price table's
-(``serving/prices.yaml``) per-token prices times the option's own prompt and completion tokens. Local options are
+(``costs/hardware.yaml``) times the engine's busy time (the union of its batches' intervals,
+:func:`ftops.costs.model.busy_seconds`), per 1,000 queries; the hosted cost is the price table's
+(``costs/prices.yaml``) per-token prices times the option's own prompt and completion tokens. Local options are
 also priced as if their tokens went to a hosted API (``price_base`` for prompt options, ``price_fine_tuned`` for
 adapters), which is the OpenAI-side decision. Break-even: an adapter's training cost (the run's cost entry,
-:func:`ftops.serving.costs.training_cost`) over its saving per query against each other option.
+:func:`ftops.costs.model.training_cost`) over its saving per query against each other option.
 
 Where it lives: serving is the last stage, and advise needs two earlier ones: registry's evaluation (held-out
 split, scoring, engines) and serving's own cost model and registry resolution. A stage imports only the stages before
@@ -30,7 +30,6 @@ it, so it belongs here (not in registry, which may not import serving); it never
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
@@ -45,9 +44,11 @@ from typing import Literal
 
 from pydantic import Field
 
+from ftops.adapter import check_base
+from ftops.advise.report import TIERS, availability_warnings, break_even, markdown, plot, recommend
 from ftops.config import StrictConfig
 from ftops.errors import FtopsError, UsageError
-from ftops.serving.advise_report import TIERS, availability_warnings, break_even, markdown, plot, recommend
+from ftops.names import parse_model_ref
 
 
 class AdviseConfig(StrictConfig):
@@ -61,7 +62,7 @@ class AdviseConfig(StrictConfig):
     hosted_url: str | None = None
     """An OpenAI-compatible base URL (https://api.openai.com/v1, or an ftops serve's http://HOST:PORT/v1)."""
     hosted_models: list[str] = Field(default_factory=list)
-    """Model at --hosted-url, as MODEL or MODEL=PRICE_KEY (a serving/prices.yaml key to price it with; default: the
+    """Model at --hosted-url, as MODEL or MODEL=PRICE_KEY (a costs/prices.yaml key to price it with; default: the
     row whose model or key is MODEL). Repeatable."""
     hosted_api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the hosted endpoint's API key (``none`` is sent if unset)."""
@@ -93,7 +94,7 @@ class AdviseConfig(StrictConfig):
     kv_cache_gib: int = Field(1, ge=1)
     """vLLM on CPU: KV cache size in GiB."""
     replica: str | None = None
-    """serving/hardware.yaml instance the self-hosted options run on (default: the table's default)."""
+    """costs/hardware.yaml instance the self-hosted options run on (default: the table's default)."""
     price_base: str = "openai/gpt-4o-mini"
     """Price row for the hosted equivalent of the prompt options' tokens."""
     price_fine_tuned: str = "openai/ft:gpt-4o-mini"
@@ -198,24 +199,21 @@ def load_data(source: str, tmp: Path) -> Data:
     )
 
 
-_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<alias>[A-Za-z0-9_-]+)|:(?P<version>\d+))?$")
-
-
 def resolve_adapter(spec: str, tmp: Path) -> AdapterChoice:
     """``NAME``, ``NAME@ALIAS`` or ``NAME:VERSION`` from the registry: a gated, unrevoked version, downloaded into
     ``tmp`` and checked against its manifest and the digest the gate tagged."""
-    from ftops.adapter import TAG_ADAPTER_DIGEST, TAG_BASE_NAME, download_adapter
+    from ftops.adapter import TAG_ADAPTER_DIGEST, TAG_BASE_NAME, alias_version, download_adapter
     from ftops.base import load_base
-    from ftops.serving.adapters import UnknownVersion, alias_version, refusal, version_tags
+    from ftops.serving.adapters import UnknownVersion, refusal, version_tags
     from ftops.settings import mlflow_client
 
-    m = _SPEC.match(spec)
-    if not m:
+    ref = parse_model_ref(spec)
+    if ref is None:
         raise UsageError(f"--adapter {spec!r}: expected NAME, NAME@ALIAS or NAME:VERSION")
-    name, version = m["name"], m["version"]
+    name, alias, version = ref
     mlflow_client()  # the configured store
     if version is None:
-        alias = m["alias"] or "production"
+        alias = alias or "production"
         version = alias_version(name, alias)
         if version is None:
             raise FtopsError(
@@ -338,7 +336,7 @@ def answer_local(
 ) -> Answers:
     """Answer in batches of ``batch_size``; a query's latency is its batch's wall time (the offline engine returns
     a batch at once), the busy time the union of the batches' intervals."""
-    from ftops.serving.costs import busy_seconds
+    from ftops.costs.model import busy_seconds
 
     gens, latencies, intervals = [], [], []
     for i in range(0, len(conversations), config.batch_size):
@@ -376,8 +374,8 @@ def answer_hosted(client, model: str, conversations: list[list[dict]], config: A
     """Each query as one chat request, ``batch_size`` at once; latency and tokens as the endpoint reported them."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from ftops.costs.model import busy_seconds
     from ftops.registry.eval import Generation
-    from ftops.serving.costs import busy_seconds
 
     def ask(messages):
         start = time.time()
@@ -398,7 +396,7 @@ def answer_hosted(client, model: str, conversations: list[list[dict]], config: A
 def advise(config: AdviseConfig) -> dict:
     """Compare every option on the held-out split; write the report, chart and JSON into ``config.out``, log them as
     an MLflow run, and return the report as a dict. Bad input fails before any model starts."""
-    from ftops.serving.costs import load_hardware, load_prices
+    from ftops.costs.model import load_hardware, load_prices
 
     prices, hardware = load_prices(), load_hardware()
     hardware.instance(config.replica or hardware.default)  # an unknown --replica: one line naming the choices
@@ -447,12 +445,8 @@ def load_inputs(config: AdviseConfig, tmp: Path) -> tuple[Data, list[AdapterChoi
     if data.run_id and all(a.run_id != data.run_id for a in adapters):  # the run's own, unless registered above
         adapters.insert(0, run_adapter(data.run_id, tmp))
     base = load_base(adapters[0].base_name if adapters else (config.base or SMOLLM2_NAME))
-    for a in adapters:
-        if (a.base_name, a.base_sha256) != (base.name, base.sha256):
-            raise FtopsError(
-                f"adapter {a.label} adapts {a.base_name} ({a.base_sha256[:12]}), not {base.name} "
-                f"({base.sha256[:12]}): compare adapters of one base at a time"
-            )
+    for a in adapters:  # one base at a time: every option answers on the same weights
+        check_base(f"adapter {a.label}", {"name": a.base_name, "sha256": a.base_sha256}, base)
     return data, adapters, base
 
 
@@ -615,7 +609,7 @@ def _regression_score(engine, adapter: Path | None, eval_config) -> float | None
 
 
 def _training(a: AdapterChoice, prices, usd_per_hour: float) -> dict:
-    from ftops.serving.costs import training_cost, training_cost_for_version
+    from ftops.costs.model import training_cost, training_cost_for_version
 
     if a.name:
         return training_cost_for_version(a.name, a.version, prices, usd_per_hour)
@@ -705,57 +699,3 @@ def write_outputs(report: dict, config: AdviseConfig) -> dict:
         for f in ("report.md", "advice.json", "advice.png"):
             mlflow.log_artifact(str(out / f), "advise")
     return report
-
-
-# --------------------------------------------------------------------------------------------- command line
-#: ``ftops advise`` options whose names differ from the fields
-FLAGS = {
-    "adapters": "--adapter",
-    "hosted_models": "--hosted-model",
-    "hosted_api_key_env": "--hosted-key-env",
-    "format_schema": "--schema",
-}
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from ftops.config import add_options
-
-    p = sub.add_parser(
-        "advise",
-        help="should you fine-tune? prompt vs few-shot vs retrieval vs adapter, in quality and dollars",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="""\
-Answer "should you fine-tune?" with your own data: the base with the data's system prompt (zero-shot), with k
-training examples in the prompt (few-shot), with the k most similar training examples per query (retrieval, BM25),
-each adapter, and hosted models through the openai client, all on the same held-out examples with the gate's
-metrics. Per option: quality, tokens per query, self-hosted cost per 1,000 queries (busy time on this hardware
-profile), the hosted price, latency p50/p95; break-even of each adapter's training cost; a recommendation in the
-guides' order (prompt, then retrieval, then fine-tune). Writes report.md, advice.json and advice.png, logged as
-an MLflow run tagged with the adapters.
-
-examples:
-  ftops advise .ftops/demo/data --adapter ticket-extractor@production
-  ftops advise RUN_ID --k 4 --queries-per-day 5000 --json
-  ftops advise data/ --hosted-url https://api.openai.com/v1 --hosted-model gpt-4o-mini""",
-    )
-    p.add_argument("source", metavar="DATA_DIR_OR_RUN", help=AdviseConfig.model_fields["source"].description)
-    fields = [f for f in AdviseConfig.model_fields if f != "source"]
-    add_options(p, AdviseConfig, fields=fields, flags=FLAGS)
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=_advise)
-
-
-def _advise(args: argparse.Namespace) -> int:
-    import os
-
-    from ftops.config import from_options
-
-    config = from_options(args, AdviseConfig, flags=FLAGS, source=args.source)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    report = advise(config)
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
-    else:
-        print(markdown(report))
-        print(f"report, chart and JSON in {Path(report['out']['report']).parent}; MLflow run {report['mlflow_run_id']}")
-    return 0

@@ -36,17 +36,17 @@ State lives in ./.ftops (FTOPS_HOME); MLFLOW_TRACKING_URI points at a real MLflo
 COMMAND_MODULES = (
     "ftops.cli.data",
     "ftops.cli.base",
-    "ftops.training.cli",
-    "ftops.registry.cli",
-    "ftops.serving.cli",
-    "ftops.serving.cost_cli",
-    "ftops.serving.advise",
+    "ftops.cli.train",
+    "ftops.cli.registry",
+    "ftops.cli.serve",
+    "ftops.cli.cost",
+    "ftops.cli.advise",
     "ftops.cli.demo",
 )
 
 
 #: ``ftops serve`` runs the composed service: inference and the fine-tuning API behind one base_url
-REGISTER_OPTIONS = {"ftops.serving.cli": {"service": "ftops.cli.service:FtopsLLM"}}
+REGISTER_OPTIONS = {"ftops.cli.serve": {"service": "ftops.cli.service:FtopsLLM"}}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
 ``jobs:`` in the serving config (``ftops serve --config FILE``) holds :class:`JobsConfig`; the top
 (``ftops.cli.service``) builds the pieces with :func:`build` and mounts them beside inference. On a cluster the API
 may also run alone, with no GPU (``ftops jobs serve``, :func:`serve_alone`: k8s/base/jobs-api.yaml), its jobs made
-as Kubernetes Jobs (``executor: kubernetes``, training/k8s_executor.py).
+as Kubernetes Jobs (``executor: kubernetes``, jobs/k8s_executor.py).
 """
 
 from __future__ import annotations
@@ -14,20 +14,25 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
+import ftops.training
+from ftops.api_keys import ApiKeyMiddleware, load_keys
 from ftops.config import StrictConfig, read_yaml, validate
+from ftops.env import FTOPS_ADMIN_KEY, FTOPS_API_KEY
 from ftops.errors import UsageError
+from ftops.http import send_json
+from ftops.registry.policy import POLICIES_DIR
 
 if TYPE_CHECKING:
-    from ftops.training.job_runner import RunnerSettings
+    from ftops.jobs.runner import RunnerSettings
 
-STAGE_ROOT = Path(__file__).resolve().parent
-DEFAULT_TRAIN_CONFIG = STAGE_ROOT / "templates" / "api_job.yaml"
-#: the registry's default policy, found beside this stage both in the checkout and in the installed package
-DEFAULT_POLICY = STAGE_ROOT.parent / "registry" / "policies" / "default.yaml"
+#: the training config every API job starts from (shipped with the training stage)
+DEFAULT_TRAIN_CONFIG = Path(ftops.training.__file__).resolve().parent / "templates" / "api_job.yaml"
+#: the registry's default policy
+DEFAULT_POLICY = POLICIES_DIR / "default.yaml"
 
 
 class KubernetesJobsConfig(StrictConfig):
-    """``jobs.kubernetes``: one ``batch/v1`` Job per fine-tuning job (training/k8s_executor.py)."""
+    """``jobs.kubernetes``: one ``batch/v1`` Job per fine-tuning job (jobs/k8s_executor.py)."""
 
     job_template: Path
     """The Job template every job's Job is rendered from (``k8s/base/jobs-api/train-job-template.yaml``; in the
@@ -49,7 +54,7 @@ class JobsConfig(StrictConfig):
     kubernetes: KubernetesJobsConfig | None = None
     """The Kubernetes executor's settings; required with ``executor: kubernetes``."""
     hardware: str | None = None
-    """Hardware profile the jobs train on, an instance of serving/hardware.yaml (e.g. ``aws-g6.xlarge``): tagged on
+    """Hardware profile the jobs train on, an instance of costs/hardware.yaml (e.g. ``aws-g6.xlarge``): tagged on
     each job's run, ``ftops cost report`` prices the job's wall time at its hourly price. None: the report's
     hardware profile."""
     train_config: Path = DEFAULT_TRAIN_CONFIG
@@ -101,7 +106,7 @@ def runner_settings(config: JobsConfig) -> RunnerSettings:
     """What both executors (and a job's pod) run each job with."""
     import yaml
 
-    from ftops.training.job_runner import RunnerSettings
+    from ftops.jobs.runner import RunnerSettings
 
     for path in (config.train_config, config.policy):
         if not Path(path).is_file():
@@ -125,8 +130,8 @@ def build(raw: dict) -> JobsService | None:
 def build_service(config: JobsConfig) -> JobsService | None:
     """The fine-tuning API's store, app and executor from checked settings; None when it is disabled."""
     from ftops.base import list_bases
-    from ftops.training.job_store import JobStore
-    from ftops.training.jobs_api import JobsApiSettings, build_app
+    from ftops.jobs.api import JobsApiSettings, build_app
+    from ftops.jobs.store import JobStore
 
     if not config.enabled:
         return None
@@ -138,14 +143,14 @@ def build_service(config: JobsConfig) -> JobsService | None:
         lambda: [b.name for b in list_bases()],
     )
     if config.executor == "kubernetes":
-        from ftops.training.k8s_executor import KubernetesExecutor, KubernetesSettings
+        from ftops.jobs.k8s_executor import KubernetesExecutor, KubernetesSettings
 
         k8s = config.kubernetes
         executor = KubernetesExecutor(
             store, runner, KubernetesSettings(k8s.job_template, k8s.namespace, k8s.max_running)
         )
     else:
-        from ftops.training.job_runner import LocalExecutor
+        from ftops.jobs.runner import LocalExecutor
 
         executor = LocalExecutor(store, runner)
         return JobsService(app=app, start=executor.start, stop=executor.stop, busy=executor.busy)
@@ -153,64 +158,7 @@ def build_service(config: JobsConfig) -> JobsService | None:
 
 
 # --------------------------------------------------------------------------------------------- served alone
-class ApiKeys:
-    """ASGI middleware: ``Authorization: Bearer KEY`` on every route but ``/livez`` and ``/readyz``, compared in
-    constant time against each key; the matching key's id is what the jobs API files a job under. The same keys and
-    ids as ``ftops serve`` (``FTOPS_API_KEY`` is ``default``, ``FTOPS_ADMIN_KEY`` is ``admin``, a keys file adds
-    more), so a client sees the same files and jobs behind either; both check keys with :mod:`ftops.api_keys`."""
-
-    def __init__(self, app, keys: dict[str, str]) -> None:
-        self.app, self.keys = app, keys
-
-    async def __call__(self, scope, receive, send) -> None:
-        from ftops.api_keys import bearer, match_key
-
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        if scope["path"] in ("/livez", "/readyz"):  # up once the executor has started (before uvicorn listens)
-            return await _send_json(send, 200, {"status": "ok"})
-        presented = bearer(scope)
-        found = match_key(presented, self.keys)
-        if found is None:
-            message = "Incorrect API key provided." if presented else "You didn't provide an API key."
-            body = {
-                "error": {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
-            }
-            return await _send_json(send, 401, body)
-        scope.setdefault("state", {})["ftops_key_id"] = found
-        return await self.app(scope, receive, send)
-
-
-async def _send_json(send, status: int, body: dict) -> None:
-    import json
-
-    data = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
-
-
-def api_keys(keys_file: Path | None = None) -> dict[str, str]:
-    """``{key id: key}`` from ``$FTOPS_API_KEY`` (``default``), ``$FTOPS_ADMIN_KEY`` (``admin``) and a YAML mapping
-    of key id -> key; every key at least 16 characters."""
-    import os
-
-    keys = {}
-    if keys_file is not None:
-        data = read_yaml(keys_file, "API keys", error=UsageError)
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-            raise UsageError(f"{keys_file}: expected a YAML mapping of key id -> key (strings)")
-        keys.update(data)
-    if os.environ.get("FTOPS_API_KEY"):
-        keys["default"] = os.environ["FTOPS_API_KEY"]
-    if os.environ.get("FTOPS_ADMIN_KEY"):
-        keys["admin"] = os.environ["FTOPS_ADMIN_KEY"]
-    short = sorted(k for k, v in keys.items() if len(v) < 16)
-    if short:
-        raise UsageError(f"API keys {', '.join(short)} are shorter than 16 characters; use random keys")
-    if not keys:
-        raise UsageError("no API key: set FTOPS_API_KEY (and FTOPS_ADMIN_KEY), or pass --keys-file")
-    return keys
+HEALTH_PATHS = frozenset({"/livez", "/readyz"})
 
 
 def serve_alone(config: JobsConfig, host: str, port: int, keys_file: Path | None = None) -> None:
@@ -218,13 +166,18 @@ def serve_alone(config: JobsConfig, host: str, port: int, keys_file: Path | None
     (an Ingress routes ``/v1/files`` and ``/v1/fine_tuning`` here): the app and its executor, behind API keys."""
     import uvicorn
 
-    keys = api_keys(keys_file)
+    keys = load_keys(keys_file)
+    if not keys:
+        raise UsageError(f"no API key: set {FTOPS_API_KEY.name} (and {FTOPS_ADMIN_KEY.name}), or pass --keys-file")
     service = build_service(config)
     if service is None:
         raise UsageError("jobs: enabled is false; nothing to serve")
-    keyed = ApiKeys(service.app, keys)
+    # the same keys and ids as ``ftops serve``, so a client sees the same files and jobs behind either
+    keyed = ApiKeyMiddleware(service.app, keys=lambda: keys, open_paths=frozenset())
 
     async def app(scope, receive, send) -> None:  # the executor starts and stops with the server's lifespan
+        if scope["type"] == "http" and scope["path"] in HEALTH_PATHS:  # up once the executor has started
+            return await send_json(send, {"status": "ok"})
         if scope["type"] != "lifespan":
             return await keyed(scope, receive, send)
         while True:
