@@ -3,8 +3,8 @@ side by side on the user's own held-out examples, in quality and dollars.
 
 The guides' decision order is prompt first, then retrieval, and fine-tune only for what they cannot reach (format,
 domain terms) or for a lower cost per query at volume. Every option answers the same held-out examples and is scored
-with the gate's own functions (:func:`ftops.registry.eval.side_metrics`, ``regression_answers``) on the gate's
-engines (:func:`ftops.registry.eval.make_engine`, greedy decoding):
+with the gate's own functions (:func:`ftops.registry.scoring.side_metrics`, ``ftops.registry.eval.regression_answers``)
+on the gate's engines (:func:`ftops.registry.engines.make_engine`, greedy decoding):
 
 - ``zero-shot``: the base with the data's system prompt (the held-out row's own, else the training split's most
   common one);
@@ -17,11 +17,11 @@ engines (:func:`ftops.registry.eval.make_engine`, greedy decoding):
 
 Costs follow the cost model of ``docs/cost.md``: the self-hosted cost of an option is the replica's hourly price
 (``costs/hardware.yaml``) times the engine's busy time (the union of its batches' intervals,
-:func:`ftops.costs.model.busy_seconds`), per 1,000 queries; the hosted cost is the price table's
+:func:`ftops.costs.usage.busy_seconds`), per 1,000 queries; the hosted cost is the price table's
 (``costs/prices.yaml``) per-token prices times the option's own prompt and completion tokens. Local options are
 also priced as if their tokens went to a hosted API (``price_base`` for prompt options, ``price_fine_tuned`` for
 adapters), which is the OpenAI-side decision. Break-even: an adapter's training cost (the run's cost entry,
-:func:`ftops.costs.model.training_cost`) over its saving per query against each other option.
+:func:`ftops.costs.runs.training_cost`) over its saving per query against each other option.
 
 Where it lives: serving is the last stage, and advise needs two earlier ones: registry's evaluation (held-out
 split, scoring, engines) and serving's own cost model and registry resolution. A stage imports only the stages before
@@ -336,7 +336,7 @@ def answer_local(
 ) -> Answers:
     """Answer in batches of ``batch_size``; a query's latency is its batch's wall time (the offline engine returns
     a batch at once), the busy time the union of the batches' intervals."""
-    from ftops.costs.model import busy_seconds
+    from ftops.costs.usage import busy_seconds
 
     gens, latencies, intervals = [], [], []
     for i in range(0, len(conversations), config.batch_size):
@@ -374,8 +374,8 @@ def answer_hosted(client, model: str, conversations: list[list[dict]], config: A
     """Each query as one chat request, ``batch_size`` at once; latency and tokens as the endpoint reported them."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ftops.costs.model import busy_seconds
-    from ftops.registry.eval import Generation
+    from ftops.costs.usage import busy_seconds
+    from ftops.registry.engines import Generation
 
     def ask(messages):
         start = time.time()
@@ -396,7 +396,7 @@ def answer_hosted(client, model: str, conversations: list[list[dict]], config: A
 def advise(config: AdviseConfig) -> dict:
     """Compare every option on the held-out split; write the report, chart and JSON into ``config.out``, log them as
     an MLflow run, and return the report as a dict. Bad input fails before any model starts."""
-    from ftops.costs.model import load_hardware, load_prices
+    from ftops.costs.tables import load_hardware, load_prices
 
     prices, hardware = load_prices(), load_hardware()
     hardware.instance(config.replica or hardware.default)  # an unknown --replica: one line naming the choices
@@ -502,13 +502,15 @@ def answer_options(
 ) -> bool:
     """Answer every option on the gate's engine (hosted ones through ``client``) and score it with the gate's
     metrics; a hosted model that fails is a note. Returns whether the task is a JSON task."""
-    from ftops.registry import eval as ev
+    from ftops.registry.engines import make_engine
+    from ftops.registry.eval_config import EvalConfig
+    from ftops.registry.scoring import load_schema, parse_json_object, side_metrics
 
     refs = [str(r["messages"][-1]["content"]) for r in data.test]
-    ref_objects = [ev.parse_json_object(r) for r in refs]
+    ref_objects = [parse_json_object(r) for r in refs]
     json_task = all(o is not None for o in ref_objects)
-    schema = ev.load_schema(config.format_schema, ref_objects) if json_task else None
-    eval_config = ev.EvalConfig(
+    schema = load_schema(config.format_schema, ref_objects) if json_task else None
+    eval_config = EvalConfig(
         engine=config.engine,
         max_new_tokens=config.max_new_tokens,
         regression=config.regression,
@@ -518,7 +520,7 @@ def answer_options(
         kv_cache_gib=config.kv_cache_gib,
         batch_size=config.batch_size,
     )
-    engine = ev.make_engine(eval_config, base.path, max([a.rank for a in adapters] or [8]))
+    engine = make_engine(eval_config, base.path, max([a.rank for a in adapters] or [8]))
     base_regression = None
     try:
         # warm up (first-call set-up, an adapter's first load) outside the measured busy time
@@ -534,7 +536,7 @@ def answer_options(
                     continue
             else:
                 o.answers = answer_local(engine, o.conversations, o.adapter.path if o.adapter else None, config, tokens)
-            o.metrics = ev.side_metrics("", o.answers.gens, refs, json_task, schema)
+            o.metrics = side_metrics("", o.answers.gens, refs, json_task, schema)
             if config.regression and o.kind != "hosted":  # prompt options keep the base's weights: its score
                 if o.adapter is None and base_regression is None:
                     base_regression = _regression_score(engine, None, eval_config)
@@ -609,7 +611,7 @@ def _regression_score(engine, adapter: Path | None, eval_config) -> float | None
 
 
 def _training(a: AdapterChoice, prices, usd_per_hour: float) -> dict:
-    from ftops.costs.model import training_cost, training_cost_for_version
+    from ftops.costs.runs import training_cost, training_cost_for_version
 
     if a.name:
         return training_cost_for_version(a.name, a.version, prices, usd_per_hour)

@@ -44,7 +44,7 @@ def main() -> None:
 
     from ftops.base import load_base
     from ftops.expectations.demo_data import generate_tickets
-    from ftops.registry.eval import TransformersEngine, VllmEngine
+    from ftops.registry.engines import TransformersEngine, VllmEngine
 
     base = load_base(args.base, REPO / ".ftops" / "models")
     prompts = [row["messages"][:-1] for row in generate_tickets(args.prompts, seed=7)]

@@ -8,6 +8,7 @@ are imported inside the handlers so that ``--help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -37,6 +38,7 @@ COMMAND_MODULES = (
     "ftops.cli.data",
     "ftops.cli.base",
     "ftops.cli.train",
+    "ftops.cli.jobs",
     "ftops.cli.registry",
     "ftops.cli.serve",
     "ftops.cli.cost",
@@ -50,8 +52,6 @@ REGISTER_OPTIONS = {"ftops.cli.serve": {"service": "ftops.cli.service:FtopsLLM"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
     parser = argparse.ArgumentParser(
         prog="ftops", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )

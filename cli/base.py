@@ -6,6 +6,8 @@ import argparse
 import json
 from dataclasses import asdict
 
+from ftops.base import import_base, list_bases, load_base
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -61,8 +63,6 @@ def _summary(base) -> str:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from ftops.base import import_base
-
     if not args.json:
         print(f"importing {args.source} ...", flush=True)
     base, created = import_base(args.source, args.name)
@@ -74,8 +74,6 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from ftops.base import list_bases
-
     bases = list_bases()
     if args.json:
         print(json.dumps([asdict(b) for b in bases], indent=2))
@@ -87,8 +85,6 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from ftops.base import load_base
-
     base = load_base(args.name)
     base.verify()
     if args.json:

@@ -12,7 +12,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from ftops.base import list_bases, load_base
 from ftops.errors import FtopsError, UsageError
+from ftops.expectations import DataError
+from ftops.expectations.demo_data import write_tickets
+from ftops.expectations.split import split_file
+from ftops.expectations.validate import save_gx_report, validate_file
+from ftops.training.replay import write_replay
 
 DEFAULT_BASE = "smollm2-135m-instruct"
 #: warnings of one code printed in the text output before "... and N more" (--json prints all)
@@ -27,7 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "replay examples from a base model.",
     )
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    _add_validate(dsub)
+    _add_split(dsub)
+    _add_generate(dsub)
+    _add_replay(dsub)
 
+
+def _add_validate(dsub: argparse._SubParsersAction) -> None:
     v = dsub.add_parser(
         "validate",
         help="report every problem of a dataset in one pass",
@@ -51,6 +63,8 @@ examples:
     v.add_argument("--report-dir", metavar="DIR", help="also save the GX validation result and Data Docs HTML into DIR")
     v.set_defaults(func=_validate)
 
+
+def _add_split(dsub: argparse._SubParsersAction) -> None:
     s = dsub.add_parser(
         "split",
         help="dedup and split 80/10/10 by content hash",
@@ -64,6 +78,8 @@ examples:
     s.add_argument("--json", action="store_true", help="print the files and their counts as JSON")
     s.set_defaults(func=_split)
 
+
+def _add_generate(dsub: argparse._SubParsersAction) -> None:
     g = dsub.add_parser(
         "generate",
         help="write the demo support-ticket dataset",
@@ -74,6 +90,8 @@ examples:
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.set_defaults(func=_generate)
 
+
+def _add_replay(dsub: argparse._SubParsersAction) -> None:
     r = dsub.add_parser(
         "replay",
         help="write general-skill examples answered by the base model (rehearsal against forgetting)",
@@ -120,8 +138,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def resolve_tokenizer(name: str | None):
     """``(tokenizer, context_length)`` of base ``name``; the default base when None and imported, else no tokenizer."""
-    from ftops.base import list_bases, load_base
-
     if name == "none":
         return None, None
     if name is None:
@@ -134,7 +150,7 @@ def resolve_tokenizer(name: str | None):
             return None, None
         name = DEFAULT_BASE
     base = load_base(name)
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy (seconds): only the token checks pay for it, not `ftops --help`
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(base.path)
@@ -144,8 +160,6 @@ def resolve_tokenizer(name: str | None):
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from ftops.expectations.validate import save_gx_report, validate_file
-
     tokenizer, context = resolve_tokenizer(args.base)
     report = validate_file(args.path, format=args.format, tokenizer=tokenizer, context_length=context)
     if args.report_dir:
@@ -177,9 +191,6 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
-    from ftops.expectations import DataError
-    from ftops.expectations.split import split_file
-
     tokenizer, context = resolve_tokenizer(args.base)
     try:
         paths = split_file(args.path, args.out, format=args.format, tokenizer=tokenizer, context_length=context)
@@ -197,8 +208,6 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from ftops.expectations.demo_data import write_tickets
-
     if args.n < 1:
         raise FtopsError(f"-n must be at least 1, not {args.n}")
     try:
@@ -212,9 +221,6 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from ftops.base import load_base
-    from ftops.training.replay import write_replay
-
     if args.n < 1:
         raise UsageError(f"-n must be at least 1, not {args.n}")
     if not 1 <= args.max_new_tokens <= 4096:

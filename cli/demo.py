@@ -154,7 +154,7 @@ def train_adapter(config: DemoConfig, splits: dict[str, Path]) -> str:
 
 def gate_and_promote(config: DemoConfig, run_id: str) -> str | None:
     """Gate the run; on pass promote it to production and return its version, on fail return None."""
-    from ftops.registry.eval import EvalConfig
+    from ftops.registry.eval_config import EvalConfig
     from ftops.registry.gate import gate
     from ftops.registry.lifecycle import promote
 

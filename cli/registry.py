@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+from ftops.config import add_options, from_options
+from ftops.registry.eval import evaluate
+from ftops.registry.eval_config import EvalConfig
+from ftops.registry.gate import gate
+from ftops.registry.lifecycle import list_models, promote, rollback
 
 _RAW = argparse.RawDescriptionHelpFormatter
 
@@ -18,21 +25,20 @@ _EVAL_FLAGS = {
 
 
 def _eval_options(p: argparse.ArgumentParser) -> None:
-    from ftops.config import add_options
-    from ftops.registry.eval import EvalConfig
-
     fields = [f for f in EvalConfig.model_fields if f != "judge_rubric"]
     add_options(p.add_argument_group("evaluation"), EvalConfig, fields=fields, flags=_EVAL_FLAGS)
 
 
 def _eval_config(args: argparse.Namespace):
-    from ftops.config import from_options
-    from ftops.registry.eval import EvalConfig
-
     return from_options(args, EvalConfig, flags=_EVAL_FLAGS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    for add in (_add_eval, _add_gate, _add_promote, _add_rollback, _add_models):
+        add(sub)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="evaluate a run's adapter and its base (held-out + regression suite)",
@@ -57,6 +63,8 @@ examples:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=_eval)
 
+
+def _add_gate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "gate",
         help="judge a run against a policy; register it at @staging if it passes",
@@ -90,6 +98,8 @@ examples:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_gate)
 
+
+def _add_promote(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "promote",
         help="move alias production to the staging version",
@@ -116,6 +126,8 @@ examples:
     p.add_argument("--json", action="store_true", help="print what moved as JSON")
     p.set_defaults(func=_promote)
 
+
+def _add_rollback(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "rollback",
         help="return production to the previous production version",
@@ -136,6 +148,8 @@ examples:
     p.add_argument("--json", action="store_true", help="print what moved as JSON")
     p.set_defaults(func=_rollback)
 
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "models",
         help="list registered models, versions, aliases and gate verdicts",
@@ -151,19 +165,15 @@ examples:
 
 def _quiet(models: bool = False) -> None:
     """No progress bars on stderr: the CLI prints results and one-line errors."""
-    import os
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if models:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        from transformers.utils import logging
+        from transformers.utils import logging  # heavy: transformers loads only for the commands that run models
 
         logging.disable_progress_bar()
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ftops.registry.eval import evaluate
-
     _quiet(models=True)
     result = evaluate(args.run_id, _eval_config(args))
     if args.json:
@@ -176,8 +186,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from ftops.registry.gate import gate
-
     _quiet(models=True)
     report = gate(args.run_id, args.policy, args.name, _eval_config(args), reevaluate=args.reevaluate)
     if args.json:
@@ -196,8 +204,6 @@ def _gate(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from ftops.registry.lifecycle import promote
-
     _quiet()
     move = promote(args.name, args.to, args.version, args.policy)
     if args.json:
@@ -210,8 +216,6 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from ftops.registry.lifecycle import rollback
-
     _quiet()
     move = rollback(args.name, args.reason)
     if args.json:
@@ -225,8 +229,6 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from ftops.registry.lifecycle import list_models
-
     _quiet()
     models = list_models(args.name)
     if args.json:

@@ -43,7 +43,7 @@ def preflight(config) -> list[str]:
     from ftops import settings
     from ftops.adapter import alias_version
     from ftops.base import load_base
-    from ftops.costs.model import load_hardware, load_prices
+    from ftops.costs.tables import load_hardware, load_prices
     from ftops.errors import FtopsError
     from ftops.serving.adapters import discover, fetch_adapter
 

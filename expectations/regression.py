@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -87,6 +88,7 @@ def score(item: dict, text: str) -> bool:
 
 def generate_answers(model_dir: str | Path, items: list[dict], max_new_tokens: int = 48) -> list[str]:
     """Greedy answers of a local Hugging Face model folder (transformers, CPU): the reference for a base's score."""
+    # torch and transformers take seconds to import: only a caller that generates pays for them
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -103,8 +105,6 @@ def generate_answers(model_dir: str | Path, items: list[dict], max_new_tokens: i
 
 
 if __name__ == "__main__":  # python -m ftops.expectations.regression MODEL_DIR: the suite score of a model, greedy
-    import sys
-
     suite = load_suite()
     texts = generate_answers(sys.argv[1], suite)
     passed = [score(item, text) for item, text in zip(suite, texts, strict=True)]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import logging
 import os
 import re
 import string
@@ -198,6 +199,63 @@ def _read_lines(path: Path) -> Iterator[tuple[int, bytes | None, int]]:
                 yield number, chunk, len(chunk)
 
 
+#: what :func:`_parse_line` returns for a blank line
+_BLANK = object()
+
+
+def _parse_line(line: int, raw: bytes | None, size: int) -> tuple[Any, Issue | None]:
+    """``(the JSON record, None)`` of one line from :func:`_read_lines`, ``(None, the error)`` when it cannot be
+    parsed, or ``(_BLANK, None)`` when it is blank."""
+    if raw is None:
+        return None, Issue(
+            line,
+            "line_too_long",
+            f"the line is {size / 2**20:.0f} MB, over the "
+            f"{MAX_LINE_BYTES // 2**20} MB limit for one example; is this really JSONL?",
+        )
+    if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    text, problem = _decode(line, raw)
+    if problem is not None:
+        return None, problem
+    if not text.strip():
+        return _BLANK, None
+    try:
+        return json.loads(text), None
+    except (json.JSONDecodeError, RecursionError) as e:
+        detail = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+        return None, Issue(
+            line,
+            "invalid_json",
+            f"not valid JSON ({detail}); each line must be one complete JSON object",
+        )
+
+
+def _decode(line: int, raw: bytes) -> tuple[str, Issue | None]:
+    """A line's text, or the error at its first byte that is not UTF-8 or is a NUL, whichever comes first."""
+    nul = raw.find(b"\x00")
+    try:
+        text = raw.decode("utf-8")
+        bad_utf8 = None
+    except UnicodeDecodeError as e:
+        text, bad_utf8 = "", e.start
+    if bad_utf8 is not None and (nul < 0 or bad_utf8 < nul):
+        return "", Issue(
+            line,
+            "invalid_utf8",
+            f"byte {bad_utf8 + 1} of the line is not valid UTF-8 "
+            f"({raw[bad_utf8 : bad_utf8 + 4]!r}); re-save the file as UTF-8 or remove the line",
+        )
+    if nul >= 0:  # JSON text cannot hold a raw NUL (inside a string it is written \u0000)
+        return "", Issue(
+            line,
+            "invalid_json",
+            f"byte {nul + 1} of the line is a NUL byte (0x00), which JSON text cannot hold; remove it "
+            "(inside a string write \\u0000) or remove the line",
+        )
+    return text, None
+
+
 # ---------------------------------------------------------------------------------------------- example structure
 
 
@@ -215,133 +273,11 @@ def _kind(value: Any) -> str:
 
 def _check_chat(record: Any, line: int) -> tuple[dict | None, list[Issue]]:
     """OpenAI's chat checks (its cookbook validator, plus tool calls and weights); the example, or None if invalid."""
-    if not isinstance(record, dict):
-        return None, [
-            Issue(
-                line,
-                "data_type",
-                f'the example is {_kind(record)}; each line must be a JSON object like {{"messages": [...]}}',
-            )
-        ]
-    messages = record.get("messages")
-    if not isinstance(messages, list) or not messages:
-        what = "missing" if "messages" not in record else f"{_kind(messages)}" if messages else "empty"
-        keys = ", ".join(sorted(record)[:5]) or "none"
-        return None, [
-            Issue(
-                line,
-                "missing_messages_list",
-                f'"messages" is {what} (keys: {keys}); each example needs '
-                'a non-empty "messages" list (or pass --format for '
-                "prompt/completion or alpaca files)",
-            )
-        ]
-    issues: list[Issue] = []
-    for key in record:
-        if key not in EXAMPLE_KEYS:
-            issues.append(
-                Issue(
-                    line,
-                    "example_unrecognized_key",
-                    f'unknown top-level key "{key}" is ignored (known: {", ".join(EXAMPLE_KEYS)})',
-                )
-            )
-    errors: list[Issue] = []
-    out_messages = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            errors.append(
-                Issue(
-                    line,
-                    "data_type",
-                    f'{where} is {_kind(m)}; each message must be an object with "role" and "content"',
-                )
-            )
-            continue
-        unknown = [k for k in m if k not in MESSAGE_KEYS]
-        if unknown:
-            errors.append(
-                Issue(
-                    line,
-                    "message_unrecognized_key",
-                    f"{where} has unrecognized key(s) "
-                    f"{', '.join(map(repr, unknown))}; allowed: {', '.join(MESSAGE_KEYS)}",
-                )
-            )
-        if "role" not in m:
-            errors.append(Issue(line, "message_missing_key", f'{where} has no "role"; add one of {", ".join(ROLES)}'))
-            continue
-        role = m["role"]
-        if role not in ROLES:
-            errors.append(
-                Issue(
-                    line,
-                    "unrecognized_role",
-                    f"{where} has role {json.dumps(role)}; use one of {', '.join(ROLES)}",
-                )
-            )
-            continue
-        calls = m.get("tool_calls") or m.get("function_call")
-        if role == "assistant" and calls:
-            if "tool_calls" in m and not (
-                isinstance(m["tool_calls"], list)
-                and all(
-                    isinstance(c, dict)
-                    and isinstance(c.get("function"), dict)
-                    and isinstance(c["function"].get("name"), str)
-                    for c in m["tool_calls"]
-                )
-            ):
-                errors.append(
-                    Issue(
-                        line,
-                        "invalid_tool_calls",
-                        f'{where}: "tool_calls" must be a list of '
-                        '{"id", "type": "function", "function": {"name", "arguments"}} objects',
-                    )
-                )
-            content = m.get("content")
-            if content is not None and not isinstance(content, str):
-                errors.append(
-                    Issue(
-                        line,
-                        "missing_content",
-                        f'{where}: "content" is {_kind(content)}; it must be a string or null next to tool calls',
-                    )
-                )
-        elif "content" not in m:
-            errors.append(Issue(line, "message_missing_key", f'{where} ({role}) has no "content"; add the text'))
-            continue
-        elif not isinstance(m["content"], str) or not m["content"]:
-            what = "empty" if m["content"] == "" else _kind(m["content"])
-            errors.append(
-                Issue(
-                    line,
-                    "missing_content",
-                    f'{where} ({role}): "content" is {what}; it must be a non-empty string',
-                )
-            )
-        elif (role in ("user", "system") and m.get("tool_calls")) or (role != "assistant" and m.get("function_call")):
-            errors.append(Issue(line, "message_unrecognized_key", f"{where}: only assistant messages carry tool calls"))
-        if "weight" in m:
-            if role != "assistant":
-                errors.append(
-                    Issue(
-                        line,
-                        "invalid_weight",
-                        f'{where}: "weight" is only allowed on assistant messages, not {role}',
-                    )
-                )
-            elif m["weight"] not in (0, 1) or isinstance(m["weight"], bool):
-                errors.append(
-                    Issue(
-                        line,
-                        "invalid_weight",
-                        f'{where}: "weight" is {json.dumps(m["weight"])}; it must be 0 or 1',
-                    )
-                )
-        out_messages.append({k: m[k] for k in MESSAGE_KEYS if k in m})
+    problem = _chat_shape_problem(record, line)
+    if problem is not None:
+        return None, [problem]
+    messages = record["messages"]
+    errors = [issue for i, m in enumerate(messages) for issue in _check_message(m, f"messages[{i}]", line)]
     readable = all(isinstance(m, dict) and "role" in m for m in messages)  # else the roles are unknown
     if readable and not any(m["role"] == "assistant" for m in messages):
         errors.append(
@@ -351,13 +287,126 @@ def _check_chat(record: Any, line: int) -> tuple[dict | None, list[Issue]]:
                 "no assistant message; each example needs at least one assistant answer to learn from",
             )
         )
+    warnings = [
+        Issue(
+            line,
+            "example_unrecognized_key",
+            f'unknown top-level key "{key}" is ignored (known: {", ".join(EXAMPLE_KEYS)})',
+        )
+        for key in record
+        if key not in EXAMPLE_KEYS
+    ]
     if errors:
-        return None, errors + issues
-    example = {"messages": out_messages}
-    for key in ("tools", "functions", "parallel_tool_calls"):
-        if key in record:
-            example[key] = record[key]
-    return example, issues
+        return None, errors + warnings
+    example: dict = {"messages": [{k: m[k] for k in MESSAGE_KEYS if k in m} for m in messages]}
+    example.update({key: record[key] for key in EXAMPLE_KEYS if key != "messages" and key in record})
+    return example, warnings
+
+
+def _chat_shape_problem(record: Any, line: int) -> Issue | None:
+    """The one error of a record that is not an object with a non-empty ``messages`` list."""
+    if not isinstance(record, dict):
+        return Issue(
+            line,
+            "data_type",
+            f'the example is {_kind(record)}; each line must be a JSON object like {{"messages": [...]}}',
+        )
+    messages = record.get("messages")
+    if isinstance(messages, list) and messages:
+        return None
+    what = "missing" if "messages" not in record else f"{_kind(messages)}" if messages else "empty"
+    keys = ", ".join(sorted(record)[:5]) or "none"
+    return Issue(
+        line,
+        "missing_messages_list",
+        f'"messages" is {what} (keys: {keys}); each example needs '
+        'a non-empty "messages" list (or pass --format for '
+        "prompt/completion or alpaca files)",
+    )
+
+
+def _check_message(m: Any, where: str, line: int) -> list[Issue]:
+    """The errors of one message ``where`` (``messages[i]``): its type, keys, role, content, tool calls, weight."""
+    if not isinstance(m, dict):
+        return [
+            Issue(line, "data_type", f'{where} is {_kind(m)}; each message must be an object with "role" and "content"')
+        ]
+    errors: list[Issue] = []
+    unknown = [k for k in m if k not in MESSAGE_KEYS]
+    if unknown:
+        errors.append(
+            Issue(
+                line,
+                "message_unrecognized_key",
+                f"{where} has unrecognized key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(MESSAGE_KEYS)}",
+            )
+        )
+    if "role" not in m:
+        return [*errors, Issue(line, "message_missing_key", f'{where} has no "role"; add one of {", ".join(ROLES)}')]
+    role = m["role"]
+    if role not in ROLES:
+        return [
+            *errors,
+            Issue(line, "unrecognized_role", f"{where} has role {json.dumps(role)}; use one of {', '.join(ROLES)}"),
+        ]
+    if role == "assistant" and (m.get("tool_calls") or m.get("function_call")):
+        errors += _check_tool_calls(m, where, line)
+    elif "content" not in m:
+        return [*errors, Issue(line, "message_missing_key", f'{where} ({role}) has no "content"; add the text')]
+    else:
+        errors += _check_content(m, role, where, line)
+    return errors + _check_weight(m, role, where, line)
+
+
+def _check_tool_calls(m: dict, where: str, line: int) -> list[Issue]:
+    """An assistant message that calls tools: well-formed ``tool_calls``, and a string or null ``content``."""
+    errors = []
+    if "tool_calls" in m and not (
+        isinstance(m["tool_calls"], list)
+        and all(
+            isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str)
+            for c in m["tool_calls"]
+        )
+    ):
+        errors.append(
+            Issue(
+                line,
+                "invalid_tool_calls",
+                f'{where}: "tool_calls" must be a list of '
+                '{"id", "type": "function", "function": {"name", "arguments"}} objects',
+            )
+        )
+    content = m.get("content")
+    if content is not None and not isinstance(content, str):
+        errors.append(
+            Issue(
+                line,
+                "missing_content",
+                f'{where}: "content" is {_kind(content)}; it must be a string or null next to tool calls',
+            )
+        )
+    return errors
+
+
+def _check_content(m: dict, role: str, where: str, line: int) -> list[Issue]:
+    """A message other than an assistant's tool call: a non-empty string ``content``; only assistants call tools."""
+    if not isinstance(m["content"], str) or not m["content"]:
+        what = "empty" if m["content"] == "" else _kind(m["content"])
+        return [Issue(line, "missing_content", f'{where} ({role}): "content" is {what}; it must be a non-empty string')]
+    if (role in ("user", "system") and m.get("tool_calls")) or (role != "assistant" and m.get("function_call")):
+        return [Issue(line, "message_unrecognized_key", f"{where}: only assistant messages carry tool calls")]
+    return []
+
+
+def _check_weight(m: dict, role: str, where: str, line: int) -> list[Issue]:
+    """``weight``, where given: 0 or 1, and on assistant messages only."""
+    if "weight" not in m:
+        return []
+    if role != "assistant":
+        return [Issue(line, "invalid_weight", f'{where}: "weight" is only allowed on assistant messages, not {role}')]
+    if m["weight"] not in (0, 1) or isinstance(m["weight"], bool):
+        return [Issue(line, "invalid_weight", f'{where}: "weight" is {json.dumps(m["weight"])}; it must be 0 or 1')]
+    return []
 
 
 def _check_fields(
@@ -556,8 +605,7 @@ def _gx_context():
     """One ephemeral GX context per process (no files, no server, no analytics, no progress bars)."""
     if "context" not in _GX:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-        import logging
-
+        # great_expectations takes seconds to import: only a validation pays for it, not `ftops --help`
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -571,8 +619,8 @@ def _gx_context():
 
 def _run_gx(table: dict[str, list], with_tokens: bool, fmt: str):
     """Run the suite on the flattened table; returns the GX ExpectationSuiteValidationResult."""
-    import great_expectations as gx
-    import pandas as pd
+    import great_expectations as gx  # heavy, lazy: see _gx_context
+    import pandas as pd  # heavy too, and only GX needs it
 
     context, batch = _gx_context()
     config = load_suite_config()
@@ -648,6 +696,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: the table's columns, one row per non-blank line (the suite's ``meta.columns`` says what each holds)
+_COLUMNS = (
+    "line",
+    "roles",
+    "n_system",
+    "n_user",
+    "n_blank",
+    "n_tokens",
+    "context_length",
+    "excess",
+    "loss_share",
+    "first_line",
+    "first_near_line",
+)
+
+
 def _table(records: list[tuple[int, dict | None]], tokenizer: Any, context_length: int | None) -> tuple[dict, dict]:
     """Flatten the examples into the columns the suite reads (see its ``meta.columns``), and the stats."""
     examples = [ex for _, ex in records if ex is not None]
@@ -659,22 +723,7 @@ def _table(records: list[tuple[int, dict | None]], tokenizer: Any, context_lengt
         counts = [_char_counts(ex) for ex in examples]
         totals, losses = [c[0] for c in counts], [c[1] for c in counts]
     nan = float("nan")
-    cols: dict[str, list] = {
-        k: []
-        for k in (
-            "line",
-            "roles",
-            "n_system",
-            "n_user",
-            "n_blank",
-            "n_tokens",
-            "context_length",
-            "excess",
-            "loss_share",
-            "first_line",
-            "first_near_line",
-        )
-    }
+    cols: dict[str, list] = {k: [] for k in _COLUMNS}
     first: dict[str, int] = {}
     first_near: dict[str, int] = {}
     j = 0
@@ -689,13 +738,7 @@ def _table(records: list[tuple[int, dict | None]], tokenizer: Any, context_lengt
         cols["roles"].append(",".join(roles) + ",")
         cols["n_system"].append(roles.count("system"))
         cols["n_user"].append(roles.count("user"))
-        cols["n_blank"].append(
-            sum(
-                1
-                for m in ex["messages"]
-                if isinstance(m.get("content"), str) and m["content"] and not m["content"].strip()
-            )
-        )
+        cols["n_blank"].append(_blank_contents(ex))
         total, loss = totals[j], losses[j]
         j += 1
         cols["n_tokens"].append(total if with_tokens else nan)
@@ -715,6 +758,15 @@ def _table(records: list[tuple[int, dict | None]], tokenizer: Any, context_lengt
     return cols, stats
 
 
+def _blank_contents(example: dict) -> int:
+    """How many of an example's messages have a content of whitespace only."""
+    return sum(
+        1
+        for m in example["messages"]
+        if isinstance(m.get("content"), str) and m["content"] and not m["content"].strip()
+    )
+
+
 # ------------------------------------------------------------------------------------------------------- the entry
 
 
@@ -731,76 +783,36 @@ def validate_file(
     if problem:
         report.errors.append(problem)
         return report
+    records, blank_lines, fmt = _check_lines(path, None if format == "auto" else format, report)
+    records.sort(key=lambda r: r[0])
+    report.errors.sort(key=lambda i: i.line or 0)
+    report.warnings.extend(Issue(line, "blank_line", "blank line skipped") for line in blank_lines)
+    report.examples = [ex for _, ex in records if ex is not None]
+    report.stats = {"lines": len(records) + len(blank_lines)}
+    if not records:
+        report.errors.append(Issue(None, "empty_file", f"{path}: no examples, only blank lines"))
+        return report
+    _check_table(report, records, fmt, tokenizer, context_length)
+    return report
 
-    fmt = None if format == "auto" else format
+
+def _check_lines(
+    path: Path, fmt: str | None, report: ValidationReport
+) -> tuple[list[tuple[int, dict | None]], list[int], str]:
+    """Parse and check every line into ``report``'s errors and warnings; ``fmt`` None: detect it from the first record
+    that tells (the records before it wait), and say it in ``report.format``. Returns ``(line, example or None)`` per
+    non-blank line, the blank lines, and the format used."""
     pending: list[tuple[int, Any]] = []  # parsed records waiting for the format to be known
     records: list[tuple[int, dict | None]] = []
     blank_lines: list[int] = []
-    errors, warnings = report.errors, report.warnings
-
-    def check(line: int, record: Any) -> None:
-        example, issues = CHECKS[fmt](record, line)
-        for issue in issues:
-            (warnings if issue.code == "example_unrecognized_key" else errors).append(issue)
-        records.append((line, example))
-
     for line, raw, size in _read_lines(path):
-        if raw is None:
-            errors.append(
-                Issue(
-                    line,
-                    "line_too_long",
-                    f"the line is {size / 2**20:.0f} MB, over the "
-                    f"{MAX_LINE_BYTES // 2**20} MB limit for one example; is this really JSONL?",
-                )
-            )
+        record, problem = _parse_line(line, raw, size)
+        if problem is not None:
+            report.errors.append(problem)
             records.append((line, None))
             continue
-        if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        nul = raw.find(b"\x00")
-        try:
-            text = raw.decode("utf-8")
-            bad_utf8 = None
-        except UnicodeDecodeError as e:
-            bad_utf8 = e.start
-        if bad_utf8 is not None and (nul < 0 or bad_utf8 < nul):
-            errors.append(
-                Issue(
-                    line,
-                    "invalid_utf8",
-                    f"byte {bad_utf8 + 1} of the line is not valid UTF-8 "
-                    f"({raw[bad_utf8 : bad_utf8 + 4]!r}); re-save the file as UTF-8 or remove the line",
-                )
-            )
-            records.append((line, None))
-            continue
-        if nul >= 0:  # JSON text cannot hold a raw NUL (inside a string it is written \u0000)
-            errors.append(
-                Issue(
-                    line,
-                    "invalid_json",
-                    f"byte {nul + 1} of the line is a NUL byte (0x00), which JSON text cannot hold; remove it "
-                    "(inside a string write \\u0000) or remove the line",
-                )
-            )
-            records.append((line, None))
-            continue
-        if not text.strip():
+        if record is _BLANK:
             blank_lines.append(line)
-            continue
-        try:
-            record = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
-            detail = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else "nested too deeply"
-            errors.append(
-                Issue(
-                    line,
-                    "invalid_json",
-                    f"not valid JSON ({detail}); each line must be one complete JSON object",
-                )
-            )
-            records.append((line, None))
             continue
         if fmt is None:
             fmt = detect_format(record)
@@ -808,37 +820,43 @@ def validate_file(
                 pending.append((line, record))
                 continue
             report.format = fmt
-            for pline, precord in pending:
-                check(pline, precord)
+            records += [_check_record(fmt, pline, precord, report) for pline, precord in pending]
             pending.clear()
-        check(line, record)
+        records.append(_check_record(fmt, line, record, report))
     if fmt is None:  # nothing said which format: judge it as chat, the default
         fmt = "chat"
-        for pline, precord in pending:
-            check(pline, precord)
-    records.sort(key=lambda r: r[0])
-    errors.sort(key=lambda i: i.line or 0)
-    for line in blank_lines:
-        warnings.append(Issue(line, "blank_line", "blank line skipped"))
+        records += [_check_record(fmt, pline, precord, report) for pline, precord in pending]
+    return records, blank_lines, fmt
 
-    report.examples = [ex for _, ex in records if ex is not None]
-    report.stats = {"lines": len(records) + len(blank_lines)}
-    if not records:
-        errors.append(Issue(None, "empty_file", f"{path}: no examples, only blank lines"))
-        return report
+
+def _check_record(fmt: str, line: int, record: Any, report: ValidationReport) -> tuple[int, dict | None]:
+    """Check one parsed record in format ``fmt`` into ``report``; ``(line, the chat example or None)``."""
+    example, issues = CHECKS[fmt](record, line)
+    for issue in issues:
+        (report.warnings if issue.code == "example_unrecognized_key" else report.errors).append(issue)
+    return line, example
+
+
+def _check_table(
+    report: ValidationReport,
+    records: list[tuple[int, dict | None]],
+    fmt: str,
+    tokenizer: Any,
+    context_length: int | None,
+) -> None:
+    """Run the GX suite on the flattened examples and add its stats, errors and warnings to ``report``."""
     table, stats = _table(records, tokenizer, context_length)
     report.stats.update(stats)
     result = _run_gx(table, with_tokens=tokenizer is not None and context_length is not None, fmt=fmt)
     gx_errors, gx_warnings = _gx_issues(result, table)
     if not report.examples:  # nothing parsed: the line errors say it all, a row count would only repeat them
         gx_errors = [i for i in gx_errors if i.code != "too_few_examples"]
-    errors.extend(gx_errors)
-    warnings.extend(gx_warnings)
-    errors.sort(key=lambda i: i.line or 0)
-    warnings.sort(key=lambda i: i.line or 0)
+    report.errors.extend(gx_errors)
+    report.warnings.extend(gx_warnings)
+    report.errors.sort(key=lambda i: i.line or 0)
+    report.warnings.sort(key=lambda i: i.line or 0)
     report._gx_validation = result
     report.gx_result = result.to_json_dict()
-    return report
 
 
 def save_gx_report(report: ValidationReport, out_dir: str | os.PathLike) -> Path:
@@ -855,6 +873,7 @@ def save_gx_report(report: ValidationReport, out_dir: str | os.PathLike) -> Path
     )
     if report._gx_validation is None:
         return out
+    # heavy, lazy: see _gx_context
     from great_expectations.render.renderer import ValidationResultsPageRenderer
     from great_expectations.render.view import DefaultJinjaPageView
 

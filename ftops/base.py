@@ -7,6 +7,7 @@ by name and check they mean the same weights by its ``sha256``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -115,8 +116,6 @@ def _source_digest(source: Path) -> str:
 
 
 def sha256_file_list(files: list[Path]) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for p in files:
         h.update(f"{p.name}:{sha256_file(p)}\n".encode())

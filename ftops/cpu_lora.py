@@ -23,6 +23,9 @@ import inspect
 import logging
 
 import torch
+from vllm.lora.ops import torch_ops
+from vllm.lora.ops.torch_ops import lora_ops
+from vllm.lora.punica_wrapper import punica_cpu
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 log = logging.getLogger(__name__)
@@ -160,14 +163,11 @@ def register() -> None:
     Raises if the installed vLLM's ops no longer have the signatures these replace, so an upgrade cannot quietly
     mix ftops's ops with changed callers.
     """
+    # vLLM resolves its platform on first access, which must come after its plugins (this one) are loaded
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
         return
-    from vllm.lora.ops import torch_ops
-    from vllm.lora.ops.torch_ops import lora_ops
-    from vllm.lora.punica_wrapper import punica_cpu
-
     ours = {name: globals()[name] for name in OPS}
     for name, fn in ours.items():
         theirs = getattr(lora_ops, name, None)

@@ -38,7 +38,7 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
 @functools.cache
 def native_bf16() -> bool:
     """Whether the device training runs on (the GPU if there is one, else the CPU) computes bf16 natively."""
-    import torch
+    import torch  # heavy: on use only (training configs and the CLI import this module)
 
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported(including_emulation=False)
@@ -54,6 +54,6 @@ def resolve(precision: Precision = "auto") -> Literal["bf16", "fp32"]:
 
 def torch_dtype(precision: Precision = "auto"):
     """:func:`resolve` as a ``torch.dtype``."""
-    import torch
+    import torch  # heavy: on use only
 
     return torch.bfloat16 if resolve(precision) == "bf16" else torch.float32

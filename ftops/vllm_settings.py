@@ -1,4 +1,4 @@
-"""vLLM engine settings that evaluation (``ftops.registry.eval``) and serving (``ftops.serving.engine``) share.
+"""vLLM engine settings that evaluation (``ftops.registry.engines``) and serving (``ftops.serving.engine``) share.
 
 Both run the same engine on the same base: one place decides its dtype, its default context and KV cache, and the
 environment vLLM's CPU backend reads at start-up.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 from typing import Literal
+
+from ftops.precision import resolve
 
 EngineDtype = Literal["bfloat16", "float32"]
 MAX_MODEL_LEN = 2048
@@ -24,8 +26,6 @@ def engine_dtype() -> EngineDtype:
     serves): ``bfloat16`` on a GPU or a CPU with native bf16, ``float32`` on CPUs that would emulate it
     (:mod:`ftops.precision`; SmolLM2-135M decoded 2.5x faster in float32 than in bfloat16 on an AVX2-only CPU,
     BENCHMARKS.md)."""
-    from ftops.precision import resolve
-
     return "bfloat16" if resolve() == "bf16" else "float32"
 
 

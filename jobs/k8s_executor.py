@@ -34,6 +34,7 @@ elsewhere with the current kubeconfig.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import threading
 import time
@@ -181,7 +182,7 @@ class KubernetesExecutor:
     def batch(self):
         """The ``BatchV1Api``: on the given client, in-cluster with the pod's ServiceAccount, or the kubeconfig's."""
         if self._batch is None:
-            from kubernetes import client, config
+            from kubernetes import client, config  # the optional extra `kubernetes`: only this executor needs it
 
             if self._api_client is None:
                 try:
@@ -236,8 +237,8 @@ class KubernetesExecutor:
                 self._delete(k8s_job.metadata.name)
 
     def submit(self) -> None:
-        from kubernetes.client import V1Job
-        from kubernetes.client.exceptions import ApiException
+        from kubernetes.client import V1Job  # the optional extra `kubernetes`, as in batch()
+        from kubernetes.client.exceptions import ApiException  # the optional extra
 
         room = self.kubernetes.max_running - len(self._ours())
         while room > 0 and not self._stop.is_set():
@@ -281,7 +282,7 @@ class KubernetesExecutor:
             self.store.add_event(job["id"], f"The job was cancelled; Kubernetes Job {job_name(job['id'])} was deleted")
 
     def _delete(self, name: str) -> None:
-        from kubernetes.client.exceptions import ApiException
+        from kubernetes.client.exceptions import ApiException  # the optional extra
 
         try:
             self.batch().delete_namespaced_job(name, self.kubernetes.namespace, propagation_policy="Background")
@@ -291,7 +292,7 @@ class KubernetesExecutor:
 
     def wait_for_change(self) -> None:
         """Until a Job of ours changes after the last list, or ``poll_s`` passed (new queued jobs, cancels)."""
-        from kubernetes import watch
+        from kubernetes import watch  # the optional extra
 
         w = watch.Watch()
         for _event in w.stream(
@@ -307,8 +308,6 @@ class KubernetesExecutor:
 
 def _status_message(e) -> str:
     """The ``message`` of the API server's Status body (one line), or the raw reason."""
-    import json
-
     try:
         return str(json.loads(e.body).get("message", ""))[:500]
     except (TypeError, ValueError):

@@ -39,11 +39,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sqlalchemy as sa
 import yaml
 
 from ftops import settings
+from ftops.base import load_base
 from ftops.env import FTOPS_HOME
+from ftops.errors import FtopsError
+from ftops.expectations.split import split_file
+from ftops.expectations.validate import validate_file
 from ftops.jobs.store import JobStore
+from ftops.training.job import checkpoints_dir, last_complete_checkpoint
 
 log = logging.getLogger("ftops.jobs")
 
@@ -210,8 +216,6 @@ class LocalExecutor:
         location, checks them against the sha256 the Job carries (``digests``: param -> sha256) and the store's,
         splits them as validation did (deterministic), then trains and gates as the local executor does. A pod
         started again (node lost, evicted) resumes the job's run from its last complete checkpoint."""
-        from ftops.errors import FtopsError
-
         job = self.store.get_job(job_id, None)
         if job is None:
             raise FtopsError(f"no fine-tuning job {job_id} in the job store ({_safe_url(self.store.url)})")
@@ -303,10 +307,6 @@ class LocalExecutor:
 
     def validate(self, job: dict) -> None:
         """The data contract on the uploaded file(s), then the split; ``queued`` or ``failed``."""
-        from ftops.base import load_base
-        from ftops.errors import FtopsError
-        from ftops.expectations.validate import validate_file
-
         request = job["request"]
         work = self._work_dir(job)
         try:
@@ -359,16 +359,12 @@ class LocalExecutor:
         """The job's files written under ``work`` from the store (each checked against its sha256) and its splits:
         the validation file as validation and test, or the training file split 80/10/10 (deterministic, so the
         executor's validation and a pod on another machine get the same splits)."""
-        from ftops.expectations.split import split_file
-
         request = job["request"]
         paths = {}
         for param in ("training_file", "validation_file"):
             if request.get(param):
                 row = self.store.get_file(request[param], None)
                 if row is None:
-                    from ftops.errors import FtopsError
-
                     raise FtopsError(f"{param} {request[param]} was deleted")
                 paths[param] = work / f"{param}.jsonl"
                 paths[param].write_bytes(self.store.file_bytes(row))
@@ -397,9 +393,7 @@ class LocalExecutor:
     def _resumable(self, job: dict) -> dict:
         """A job that ran before resumes from its run's last complete checkpoint; with none, the old run is
         marked killed and the job starts a new one."""
-        import mlflow
-
-        from ftops.training.job import checkpoints_dir, last_complete_checkpoint
+        import mlflow  # heavy: MLflow only where a run is read
 
         run_id = job.get("run_id")
         if not run_id:
@@ -448,7 +442,7 @@ class LocalExecutor:
 
     def _follow(self, job: dict, run_id: str | None) -> None:
         """Metrics events, checkpoints and estimates from the job's MLflow run (found by its ``ftops.job_id`` tag)."""
-        import mlflow
+        import mlflow  # heavy: MLflow only where a run is read
 
         settings.configure_mlflow()
         client = mlflow.MlflowClient()
@@ -530,8 +524,6 @@ def child_environment() -> dict[str, str]:
 
 def _safe_url(url: str) -> str:
     """A database URL without its password, for errors."""
-    import sqlalchemy as sa
-
     return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
@@ -544,7 +536,7 @@ _TOKENIZERS: dict[str, object] = {}
 
 
 def _tokenizer(path: str):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: transformers only when a file is validated
 
     if path not in _TOKENIZERS:
         _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+import uvicorn
+import yaml
 from pydantic import Field, model_validator
 
 import ftops.training
 from ftops.api_keys import ApiKeyMiddleware, load_keys
+from ftops.base import list_bases
 from ftops.config import StrictConfig, read_yaml, validate
 from ftops.env import FTOPS_ADMIN_KEY, FTOPS_API_KEY
 from ftops.errors import UsageError
 from ftops.http import send_json
+from ftops.jobs.api import JobsApiSettings, build_app
+from ftops.jobs.k8s_executor import KubernetesExecutor, KubernetesSettings
+from ftops.jobs.runner import LocalExecutor, RunnerSettings
+from ftops.jobs.store import JobStore
 from ftops.registry.policy import POLICIES_DIR
-
-if TYPE_CHECKING:
-    from ftops.jobs.runner import RunnerSettings
 
 #: the training config every API job starts from (shipped with the training stage)
 DEFAULT_TRAIN_CONFIG = Path(ftops.training.__file__).resolve().parent / "templates" / "api_job.yaml"
@@ -104,10 +108,6 @@ def load_jobs_config_file(path: Path) -> JobsConfig:
 
 def runner_settings(config: JobsConfig) -> RunnerSettings:
     """What both executors (and a job's pod) run each job with."""
-    import yaml
-
-    from ftops.jobs.runner import RunnerSettings
-
     for path in (config.train_config, config.policy):
         if not Path(path).is_file():
             raise UsageError(f"jobs: {path}: no such file")
@@ -129,10 +129,6 @@ def build(raw: dict) -> JobsService | None:
 
 def build_service(config: JobsConfig) -> JobsService | None:
     """The fine-tuning API's store, app and executor from checked settings; None when it is disabled."""
-    from ftops.base import list_bases
-    from ftops.jobs.api import JobsApiSettings, build_app
-    from ftops.jobs.store import JobStore
-
     if not config.enabled:
         return None
     runner = runner_settings(config)
@@ -143,15 +139,11 @@ def build_service(config: JobsConfig) -> JobsService | None:
         lambda: [b.name for b in list_bases()],
     )
     if config.executor == "kubernetes":
-        from ftops.jobs.k8s_executor import KubernetesExecutor, KubernetesSettings
-
         k8s = config.kubernetes
         executor = KubernetesExecutor(
             store, runner, KubernetesSettings(k8s.job_template, k8s.namespace, k8s.max_running)
         )
     else:
-        from ftops.jobs.runner import LocalExecutor
-
         executor = LocalExecutor(store, runner)
         return JobsService(app=app, start=executor.start, stop=executor.stop, busy=executor.busy)
     return JobsService(app=app, start=executor.start, stop=executor.stop)
@@ -164,8 +156,6 @@ HEALTH_PATHS = frozenset({"/livez", "/readyz"})
 def serve_alone(config: JobsConfig, host: str, port: int, keys_file: Path | None = None) -> None:
     """The fine-tuning API without inference, e.g. as its own Deployment behind the same host as ``ftops serve``
     (an Ingress routes ``/v1/files`` and ``/v1/fine_tuning`` here): the app and its executor, behind API keys."""
-    import uvicorn
-
     keys = load_keys(keys_file)
     if not keys:
         raise UsageError(f"no API key: set {FTOPS_API_KEY.name} (and {FTOPS_ADMIN_KEY.name}), or pass --keys-file")

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from ftops import settings
 from ftops.env import FTOPS_FILES_DIR, FTOPS_JOBS_URL
+from ftops.errors import FtopsError
 
 metadata = sa.MetaData()
 files_table = sa.Table(
@@ -167,8 +168,6 @@ class JobStore:
 
     def file_bytes(self, row: dict) -> bytes:
         """The stored bytes, checked against the sha256 recorded at upload."""
-        from ftops.errors import FtopsError
-
         data = (self.files_dir / row["id"]).read_bytes()
         if hashlib.sha256(data).hexdigest() != row["sha256"]:
             raise FtopsError(f"file {row['id']}: stored bytes do not match the sha256 recorded at upload")

@@ -21,6 +21,11 @@ Metrics, for the candidate and (``base.`` prefix) for the base:
 
 And relative to the base: ``improvement`` (accuracy - base accuracy), ``field_improvement``, and ``retention``
 (regression score / base's regression score; 1.0 when the base scores 0).
+
+This module is the evaluation of a run: reading its adapter and held-out split from MLflow, answering with both sides,
+logging what was measured. The rest lives by concern: the options in :mod:`ftops.registry.eval_config`, the engines
+in :mod:`ftops.registry.engines`, the scoring in :mod:`ftops.registry.scoring`, the LLM judge in
+:mod:`ftops.registry.judge`.
 """
 
 from __future__ import annotations
@@ -32,16 +37,24 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
 
-from pydantic import Field
-
-from ftops.adapter import check_base
-from ftops.config import StrictConfig
+from ftops.adapter import ARTIFACT_PATH, TAG_EVAL_SETTINGS, check_base, download_adapter
+from ftops.base import load_base
 from ftops.errors import FtopsError
+from ftops.expectations import regression as regression_suite
 from ftops.manifest import sha256_file
+from ftops.registry.engines import Engine, Generation, make_engine
+from ftops.registry.eval_config import EvalConfig
+from ftops.registry.judge import judge_scores
+from ftops.registry.scoring import (
+    exact_match,
+    load_schema,
+    mean,
+    parse_json_object,
+    regression_metrics,
+    side_metrics,
+)
 from ftops.settings import mlflow_client
-from ftops.vllm_settings import KV_CACHE_GIB, MAX_MODEL_LEN
 
 PREFIX = "eval."
 TEST_SPLIT_ARTIFACT = "data/test.jsonl"
@@ -75,285 +88,6 @@ METRICS = frozenset(
     ]
 )
 
-DEFAULT_RUBRIC = (
-    "You grade an assistant's answer against a reference answer. Score 0-10: 10 means it says the same as the "
-    "reference (wording may differ), 5 means partly right, 0 means wrong, empty or off-topic. "
-    "Reply with the integer score only."
-)
-
-
-class EvalConfig(StrictConfig):
-    """How to evaluate one run. ``ftops eval`` and ``ftops gate`` build their options from these fields."""
-
-    engine: Literal["vllm", "transformers"] = "vllm"
-    """vllm: batched through vLLM's offline engine (in serving's dtype), the one that serves; transformers: generate
-    (fp32), the fallback."""
-    max_new_tokens: int = Field(128, ge=1)
-    """Greedy decoding stops at EOS or after this many tokens per answer."""
-    max_examples: int | None = Field(None, ge=1)
-    """Evaluate only the first N held-out examples (none: all)."""
-    regression: bool = True
-    """Also score candidate and base on the general-skill regression suite (ftops.expectations.regression), giving
-    retention."""
-    regression_limit: int | None = Field(None, ge=1)
-    """Score only the first N regression items (none: all)."""
-    format_schema: str | None = None
-    """JSON schema for format compliance: a .json file, or 'ticket' for the demo task's
-    ``ftops.expectations.demo_data.TICKET_SCHEMA`` (none: derived from the reference answers)."""
-    max_model_len: int = Field(MAX_MODEL_LEN, ge=16)
-    """vLLM context length (small on CPU: it sizes the KV cache)."""
-    kv_cache_gib: int = Field(KV_CACHE_GIB, ge=1)
-    """vLLM on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE, unless set); ignored on a GPU host."""
-    batch_size: int = Field(16, ge=1)
-    """transformers engine: prompts per generate call."""
-    judge_base_url: str | None = None
-    """LLM-as-judge: an OpenAI-compatible base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:3000/v1
-    (ftops serve); off when none."""
-    judge_model: str = "gpt-4o-mini"
-    """The judge's model name at that endpoint."""
-    judge_api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the judge's API key (``none`` is sent if unset, as local servers accept)."""
-    judge_rubric: str = DEFAULT_RUBRIC
-    """The judge's system prompt; it must ask for one integer 0-10."""
-
-
-@dataclass
-class Generation:
-    """One answer."""
-
-    text: str
-    tokens: int
-    latency_s: float
-    """Wall time of the batch divided by its size: seconds per answer at the batch's throughput."""
-
-
-class Engine(Protocol):
-    """What evaluation needs from an inference engine: greedy chat answers, with or without a LoRA adapter."""
-
-    def chat(self, conversations: list[list[dict]], adapter: Path | None, max_new_tokens: int) -> list[Generation]: ...
-
-
-class VllmEngine:
-    """vLLM's offline engine on a base model with LoRA enabled; one per process (start-up is ~30 s on CPU)."""
-
-    def __init__(
-        self,
-        base_path: str,
-        max_lora_rank: int = 64,
-        max_model_len: int = 2048,
-        kv_cache_gib: int = 1,
-        dtype: str | None = None,
-    ):
-        import os
-
-        from ftops.vllm_settings import engine_dtype, vllm_cpu_env
-
-        os.environ.update(vllm_cpu_env(kv_cache_gib))  # read by vLLM's CPU worker only
-        from vllm import LLM
-
-        self.base_path = base_path
-        self.llm = LLM(
-            model=base_path,
-            enable_lora=True,
-            max_lora_rank=max_lora_rank,
-            max_loras=2,
-            max_model_len=max_model_len,
-            dtype=dtype or engine_dtype(),  # serving's default too: the gate judges what is served
-            seed=0,
-        )
-        self._lora_ids: dict[str, int] = {}
-
-    def chat(self, conversations: list[list[dict]], adapter: Path | None, max_new_tokens: int) -> list[Generation]:
-        from vllm import SamplingParams
-        from vllm.lora.request import LoRARequest
-
-        lora = None
-        if adapter is not None:
-            key = str(adapter)
-            lora_id = self._lora_ids.setdefault(key, len(self._lora_ids) + 1)
-            lora = LoRARequest(f"candidate-{lora_id}", lora_id, key)
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
-        start = time.perf_counter()
-        outputs = self.llm.chat(conversations, params, lora_request=lora, use_tqdm=False)
-        per = (time.perf_counter() - start) / max(len(conversations), 1)
-        return [Generation(o.outputs[0].text, len(o.outputs[0].token_ids), per) for o in outputs]
-
-    def close(self) -> None:
-        """Stop the engine's worker processes now (rather than whenever garbage collection gets to them)."""
-        import gc
-
-        llm = self.__dict__.pop("llm", None)
-        if llm is not None:
-            core = getattr(llm.llm_engine, "engine_core", None)
-            if core is not None:
-                core.shutdown()
-            del llm
-            gc.collect()
-
-
-class TransformersEngine:
-    """transformers ``generate`` on the base (fp32, CPU), with a PEFT adapter attached for the candidate."""
-
-    def __init__(self, base_path: str, batch_size: int = 16):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(base_path)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-        self.model.eval()
-        self.batch_size = batch_size
-
-    def chat(self, conversations: list[list[dict]], adapter: Path | None, max_new_tokens: int) -> list[Generation]:
-        from peft import PeftModel
-
-        if adapter is None:
-            return self._generate(self.model, conversations, max_new_tokens)
-        model = PeftModel.from_pretrained(self.model, str(adapter))
-        try:
-            return self._generate(model, conversations, max_new_tokens)
-        finally:
-            self.model = model.unload()  # remove the LoRA layers: the base is the base again
-
-    def _generate(self, model, conversations: list[list[dict]], max_new_tokens: int) -> list[Generation]:
-        import torch
-
-        out: list[Generation] = []
-        for i in range(0, len(conversations), self.batch_size):
-            batch = conversations[i : i + self.batch_size]
-            texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in batch]
-            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            start = time.perf_counter()
-            with torch.no_grad():
-                ids = model.generate(
-                    **enc,
-                    do_sample=False,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                )
-            per = (time.perf_counter() - start) / len(batch)
-            for row in ids[:, enc["input_ids"].shape[1] :]:
-                tokens = [t for t in row.tolist() if t != self.tokenizer.pad_token_id]
-                out.append(Generation(self.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), per))
-        return out
-
-
-def make_engine(config: EvalConfig, base_path: str, max_lora_rank: int) -> Engine:
-    """The engine ``config.engine`` names, for one base model."""
-    if config.engine == "vllm":
-        rank = next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= max_lora_rank)  # vLLM accepts these
-        return VllmEngine(base_path, rank, config.max_model_len, config.kv_cache_gib)
-    return TransformersEngine(base_path, config.batch_size)
-
-
-# ----------------------------------------------------------------------------------------------------------- scoring
-
-
-def parse_json_object(text: str) -> dict | None:
-    """The answer as a JSON object, tolerating a surrounding Markdown code fence; None if it is not one."""
-    s = text.strip()
-    fence = re.match(r"^```(?:json)?\s*(.*?)\s*```$", s, re.DOTALL)
-    if fence:
-        s = fence.group(1)
-    try:
-        value = json.loads(s)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _normalize(text: str) -> str:
-    return " ".join(text.split())
-
-
-def exact_match(prediction: str, reference: str, json_task: bool) -> bool:
-    if json_task:
-        pred = parse_json_object(prediction)
-        return pred is not None and pred == parse_json_object(reference)
-    return _normalize(prediction) == _normalize(reference)
-
-
-def field_accuracy(prediction: str, reference: str) -> float:
-    """Share of the reference object's fields that the predicted object has with an equal value."""
-    ref = parse_json_object(reference) or {}
-    pred = parse_json_object(prediction)
-    if not ref:
-        return 1.0 if pred == ref else 0.0
-    if pred is None:
-        return 0.0
-    return sum(1 for k, v in ref.items() if k in pred and pred[k] == v) / len(ref)
-
-
-def derive_schema(references: list[dict]) -> dict:
-    """A JSON schema from the reference objects: an object requiring the keys every reference has."""
-    required = set(references[0]) if references else set()
-    for ref in references[1:]:
-        required &= set(ref)
-    return {"type": "object", "required": sorted(required)}
-
-
-def load_schema(spec: str | None, references: list[dict]) -> dict:
-    if spec is None:
-        return derive_schema(references)
-    if spec == "ticket":
-        from ftops.expectations.demo_data import TICKET_SCHEMA
-
-        return TICKET_SCHEMA
-    path = Path(spec)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise FtopsError(f"{spec}: cannot read the JSON schema ({e}); give a .json schema file or 'ticket'") from e
-
-
-def format_ok(prediction: str, schema: dict) -> bool:
-    import jsonschema
-
-    pred = parse_json_object(prediction)
-    if pred is None:
-        return False
-    return jsonschema.Draft202012Validator(schema).is_valid(pred)
-
-
-def judge_scores(
-    config: EvalConfig, prompts: list[list[dict]], references: list[str], answers: list[str]
-) -> list[float]:
-    """Score each answer 0-10 with an LLM judge at ``config.judge_base_url`` through the ``openai`` client."""
-    import os
-
-    import openai
-
-    client = openai.OpenAI(
-        base_url=config.judge_base_url,
-        api_key=os.environ.get(config.judge_api_key_env) or "none",
-        max_retries=2,
-        timeout=60,
-    )
-    scores = []
-    for prompt, ref, answer in zip(prompts, references, answers):
-        question = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
-        user = f"Question:\n{question}\n\nReference answer:\n{ref}\n\nAssistant's answer:\n{answer}\n\nScore (0-10):"
-        try:
-            reply = client.chat.completions.create(
-                model=config.judge_model,
-                temperature=0,
-                max_tokens=8,
-                messages=[
-                    {"role": "system", "content": config.judge_rubric},
-                    {"role": "user", "content": user},
-                ],
-            )
-        except openai.OpenAIError as e:
-            raise FtopsError(f"LLM judge at {config.judge_base_url}: {type(e).__name__}: {e}") from e
-        match = re.search(r"\d+(?:\.\d+)?", reply.choices[0].message.content or "")
-        scores.append(min(max(float(match.group()), 0.0), 10.0) if match else 0.0)
-    return scores
-
-
-# --------------------------------------------------------------------------------------------------------- the job
-
 
 @dataclass
 class EvalResult:
@@ -372,7 +106,7 @@ class EvalResult:
 
 def get_run(run_id: str):
     """The MLflow run, or a clear error for an unknown id."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow loads when a run is read
 
     client = mlflow_client()
     if not re.fullmatch(r"[0-9a-fA-F]{32}|[A-Za-z0-9_-]{1,64}", run_id or ""):
@@ -390,8 +124,6 @@ def get_run(run_id: str):
 
 def fetch_adapter(run_id: str, dst: Path) -> tuple[Path, dict]:
     """Download and verify the run's ``adapter/`` artifact; a clear error when the run has none."""
-    from ftops.adapter import ARTIFACT_PATH, download_adapter
-
     names = {Path(f.path).name for f in mlflow_client().list_artifacts(run_id, ARTIFACT_PATH)}
     if "manifest.json" not in names:
         raise FtopsError(
@@ -403,7 +135,7 @@ def fetch_adapter(run_id: str, dst: Path) -> tuple[Path, dict]:
 
 def download_test_split(run_id: str, dst: Path) -> Path:
     """Download the run's held-out split ``data/test.jsonl`` into ``dst``; a clear error when the run has none."""
-    import mlflow
+    import mlflow  # heavy: mlflow loads when a run is read
 
     try:
         return Path(
@@ -456,9 +188,7 @@ def eval_settings(config: EvalConfig, test_split: Path, base_sha256: str, adapte
         schema = {"spec": config.format_schema, "sha256": _sha256_json(load_schema(config.format_schema, []))}
     regression = None
     if config.regression:
-        from ftops.expectations import regression as suite
-
-        items = list(suite.load_suite())[: config.regression_limit]
+        items = list(regression_suite.load_suite())[: config.regression_limit]
         regression = {"items": len(items), "sha256": _sha256_json(items)}
     judge = None
     if config.judge_base_url:
@@ -484,38 +214,16 @@ def settings_sha256(settings: dict) -> str:
     return _sha256_json(settings)
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
-
-
-def side_metrics(prefix: str, gens: list[Generation], refs: list[str], json_task: bool, schema: dict | None) -> dict:
-    """The task metrics of one side's answers ``gens`` against the references ``refs``, names prefixed with ``prefix``
-    (``""`` for the candidate, ``"base."`` for the base): what the gate judges. ``ftops advise`` scores its options
-    with it too."""
-    m = {
-        f"{prefix}accuracy": _mean([float(exact_match(g.text, r, json_task)) for g, r in zip(gens, refs)]),
-        f"{prefix}answer_tokens": _mean([g.tokens for g in gens]),
-        f"{prefix}latency_s": _mean([g.latency_s for g in gens]),
-        f"{prefix}tokens_per_s": sum(g.tokens for g in gens) / max(sum(g.latency_s for g in gens), 1e-9),
-    }
-    if json_task:
-        m[f"{prefix}field_accuracy"] = _mean([field_accuracy(g.text, r) for g, r in zip(gens, refs)])
-        m[f"{prefix}format_compliance"] = _mean([float(format_ok(g.text, schema)) for g in gens])
-    return m
-
-
 def regression_answers(
     engine: Engine, adapter: Path | None, config: EvalConfig
 ) -> tuple[list[dict], list[Generation], list[bool]]:
     """The regression suite's items (the first ``config.regression_limit``), the answers of base + ``adapter`` (None:
     the base alone) and whether each passed its check."""
-    from ftops.expectations import regression
-
-    items = list(regression.load_suite())[: config.regression_limit]
+    items = list(regression_suite.load_suite())[: config.regression_limit]
     if not items:
         return [], [], []
     gens = engine.chat([item["messages"] for item in items], adapter, config.max_new_tokens)
-    return items, gens, [bool(regression.score(item, g.text)) for item, g in zip(items, gens)]
+    return items, gens, [bool(regression_suite.score(item, g.text)) for item, g in zip(items, gens)]
 
 
 def _regression(engine: Engine, adapter: Path, config: EvalConfig) -> tuple[dict, list[dict]]:
@@ -523,7 +231,6 @@ def _regression(engine: Engine, adapter: Path, config: EvalConfig) -> tuple[dict
     if not items:
         return {}, []
     _, base, base_ok = regression_answers(engine, None, config)
-    score, base_score = _mean([float(x) for x in cand_ok]), _mean([float(x) for x in base_ok])
     rows = [
         {
             "split": "regression",
@@ -537,13 +244,7 @@ def _regression(engine: Engine, adapter: Path, config: EvalConfig) -> tuple[dict
         }
         for item, c, b, co, bo in zip(items, cand, base, cand_ok, base_ok)
     ]
-    retention = score / base_score if base_score > 0 else 1.0  # the base knew nothing: nothing to lose
-    return {
-        "regression_score": score,
-        "base.regression_score": base_score,
-        "retention": retention,
-        "regression_items": float(len(items)),
-    }, rows
+    return regression_metrics(cand_ok, base_ok) | {"regression_items": float(len(items))}, rows
 
 
 def _run(
@@ -577,9 +278,9 @@ def _run(
         cj = judge_scores(config, prompts, refs, [g.text for g in cand])
         bj = judge_scores(config, prompts, refs, [g.text for g in base_gens])
         metrics |= {
-            "judge_score": _mean(cj),
-            "base.judge_score": _mean(bj),
-            "judge_improvement": _mean(cj) - _mean(bj),
+            "judge_score": mean(cj),
+            "base.judge_score": mean(bj),
+            "judge_improvement": mean(cj) - mean(bj),
         }
         for row, c, b in zip(examples, cj, bj):
             row |= {"candidate_judge": c, "base_judge": b}
@@ -594,11 +295,8 @@ def evaluate(run_id: str, config: EvalConfig | None = None, engine: Engine | Non
     """Evaluate run ``run_id``'s adapter and its base; log metrics, the per-example table and the config on the run.
 
     ``engine`` reuses a running engine (it must serve the run's base); by default one is started per call."""
-    import mlflow
+    import mlflow  # heavy: mlflow loads when a run is evaluated
     from mlflow.entities import Metric
-
-    from ftops.adapter import TAG_EVAL_SETTINGS
-    from ftops.base import load_base
 
     config = config or EvalConfig()
     get_run(run_id)

@@ -23,11 +23,14 @@ from pathlib import Path
 from typing import Literal
 
 from ftops import adapter as fa
+from ftops.base import load_base
 from ftops.errors import FtopsError
 from ftops.expectations.validate import fold_text
 from ftops.manifest import safetensors_shapes
 from ftops.names import check_name
 from ftops.registry import eval as ev
+from ftops.registry.engines import Engine
+from ftops.registry.eval_config import EvalConfig
 from ftops.registry.lock import registry_lock
 from ftops.registry.policy import DEFAULT_POLICY, Policy, RuleResult, check_policy, load_policy
 from ftops.settings import mlflow_client
@@ -186,7 +189,7 @@ def check_held_out(run_id: str, dst: Path) -> Path:
 
     Returns the downloaded held-out split. Raises :class:`FtopsError` listing the first duplicates; or when the run
     logged no training split, since then nothing shows that the held-out split was held out."""
-    import mlflow
+    import mlflow  # heavy: mlflow loads when a run is read
 
     local = {}
     logged = {f.path for f in mlflow_client().list_artifacts(run_id, "data")}
@@ -253,8 +256,6 @@ def verify_lineage(run, adapter_dir: Path, manifest: dict) -> dict[str, str]:
     """Check the adapter against its base and the run's tags; return the version's lineage tags.
 
     Raises :class:`FtopsError` naming the first mismatch."""
-    from ftops.base import load_base
-
     run_id = run.info.run_id
     tags = run.data.tags
     base_rec = manifest["base"]
@@ -312,8 +313,8 @@ def gate(
     run_id: str,
     policy_path: str | Path | None = None,
     name: str | None = None,
-    eval_config: ev.EvalConfig | None = None,
-    engine: ev.Engine | None = None,
+    eval_config: EvalConfig | None = None,
+    engine: Engine | None = None,
     reevaluate: bool = False,
 ) -> GateReport:
     """Judge run ``run_id`` against the policy; on pass register a version at ``staging``. Returns the report
@@ -321,7 +322,7 @@ def gate(
     run = ev.get_run(run_id)
     policy: Policy = load_policy(policy_path, ev.METRICS)
     name = check_name(name or default_model_name(run), "registered model name")
-    config = eval_config or ev.EvalConfig()
+    config = eval_config or EvalConfig()
     client = mlflow_client()
     with tempfile.TemporaryDirectory(prefix="ftops-gate-") as tmp:
         adapter_dir, manifest = ev.fetch_adapter(run_id, Path(tmp) / "adapter")
@@ -372,7 +373,7 @@ def gate(
 
 
 def ensure_registered_model(client, name: str) -> None:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow loads when the registry is written
 
     try:
         client.get_registered_model(name)

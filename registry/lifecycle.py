@@ -26,6 +26,7 @@ from ftops.adapter import alias_version
 from ftops.env import FTOPS_ACTOR
 from ftops.errors import FtopsError
 from ftops.names import check_name
+from ftops.registry.eval import METRICS
 from ftops.registry.gate import (
     PRODUCTION,
     STAGING,
@@ -41,7 +42,7 @@ TAG_HISTORY = "ftops.production.history"
 
 
 def _registered_model(client, name: str):
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow loads when the registry is read
 
     check_name(name, "registered model name")
     try:
@@ -125,8 +126,6 @@ def promote(name: str, to: str = PRODUCTION, version: str | None = None, policy_
     """Move ``production`` to ``version`` (default: the version at ``staging``) after re-checking it against the
     current production version: it passed the gate, adapts the same base, and meets the policy's
     ``max_drop_vs_production`` rules (the stored rules it passed, or ``policy_path``)."""
-    from ftops.registry.eval import METRICS
-
     if to != PRODUCTION:
         raise FtopsError(f"--to {to!r}: only 'production' is promoted to; `ftops gate` sets '{STAGING}'")
     client = settings.mlflow_client()
@@ -230,7 +229,7 @@ def rollback(name: str, reason: str | None = None) -> Move:
 
 
 def _version(client, name: str, version: str):
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow loads when the registry is read
 
     try:
         return client.get_model_version(name, str(version))

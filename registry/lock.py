@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+from filelock import FileLock, Timeout
+
 from ftops import settings
 from ftops.env import FTOPS_ACTOR, FTOPS_REGISTRY_LOCK_URL
 from ftops.errors import FtopsError
@@ -69,8 +71,6 @@ def registry_lock() -> Iterator[None]:
 
 @contextmanager
 def _file_lock() -> Iterator[None]:
-    from filelock import FileLock, Timeout
-
     home = settings.home()
     home.mkdir(parents=True, exist_ok=True)
     path = home / "registry.lock"
@@ -94,7 +94,7 @@ def _file_lock() -> Iterator[None]:
 
 @contextmanager
 def _advisory_lock(url: str) -> Iterator[None]:
-    import sqlalchemy as sa
+    import sqlalchemy as sa  # heavy (about 1 s): only a PostgreSQL lock needs it
     from sqlalchemy.pool import NullPool
 
     try:
@@ -141,7 +141,7 @@ def _holder() -> str:
 
 @contextmanager
 def _registry_model_lock() -> Iterator[None]:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow loads when the registry is read
 
     client = settings.mlflow_client()
     token = uuid.uuid4().hex
@@ -185,7 +185,7 @@ def _registry_model_lock() -> Iterator[None]:
 
 
 def _lock_tags(client) -> dict:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow loads when the registry is read
 
     try:
         return dict(client.get_registered_model(LOCK_MODEL).tags)

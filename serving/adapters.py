@@ -7,6 +7,7 @@ Failures come in two kinds: :class:`TransientError` (MLflow, the network or the 
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,9 +144,7 @@ def fetch_adapter(name: str, version: str, base: BaseModel) -> ResolvedAdapter:
     Raises :class:`RefusedError` if it must not be served (see :func:`refusal`; its manifest does not match its
     files, names other base weights, or its digest is not the one the gate tagged) and :class:`TransientError` if
     the registry or the artifact store could not be read."""
-    import shutil
-
-    import mlflow
+    import mlflow  # heavy: imported when an adapter is fetched, not when the service module loads
 
     tags = version_tags(name, version)
     if (reason := refusal(name, version, tags, base)) is not None:

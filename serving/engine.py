@@ -8,8 +8,12 @@ from __future__ import annotations
 import os
 from contextlib import AsyncExitStack
 
+import psutil
+
 from ftops.base import BaseModel
+from ftops.errors import FtopsError
 from ftops.serving.config import EngineConfig
+from ftops.vllm_settings import vllm_cpu_env
 
 
 def engine_argv(base: BaseModel, engine: EngineConfig) -> list[str]:
@@ -43,8 +47,6 @@ def engine_argv(base: BaseModel, engine: EngineConfig) -> list[str]:
 
 def cpu_env(engine: EngineConfig) -> dict[str, str]:
     """The environment vLLM's CPU engine reads at start-up for ``engine`` (the caller's own settings win)."""
-    from ftops.vllm_settings import vllm_cpu_env
-
     return vllm_cpu_env(engine.kv_cache_gib, engine.cpu_reserved_cores)
 
 
@@ -53,6 +55,7 @@ async def start_engine(base: BaseModel, engine: EngineConfig, stack: AsyncExitSt
     whose ``app.state.openai_serving_models`` loads LoRA adapters."""
     os.environ.update(cpu_env(engine))
     os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "False"  # vLLM's own load/unload routes stay off
+    # vLLM (heavy, and it reads the environment above when imported): only where the engine starts
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
     from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
     from vllm.entrypoints.launchers.app import build_app
@@ -70,7 +73,7 @@ async def start_engine(base: BaseModel, engine: EngineConfig, stack: AsyncExitSt
 async def unload_lora(app, name: str) -> bool:
     """Remove LoRA ``name`` from the engine's served names: no request can name it any more (those running finish;
     vLLM evicts its weights from the LoRA cache in time). False when the engine did not know it."""
-    from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+    from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest  # vLLM (heavy): once it runs
 
     result = await app.state.openai_serving_models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
     return isinstance(result, str)
@@ -78,9 +81,7 @@ async def unload_lora(app, name: str) -> bool:
 
 async def load_lora(app, name: str, path: str) -> None:
     """Load the adapter folder ``path`` as LoRA ``name`` (``NAME:VERSION``) into the running engine."""
-    from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
-
-    from ftops.errors import FtopsError
+    from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest  # vLLM (heavy): once it runs
 
     result = await app.state.openai_serving_models.load_lora_adapter(
         LoadLoRAAdapterRequest(lora_name=name, lora_path=path)
@@ -100,8 +101,6 @@ class EnginePause:
     request needs the engine (``engine.pause_while_training``)."""
 
     def __init__(self, client) -> None:
-        import psutil
-
         manager = getattr(getattr(getattr(client, "engine_core", None), "resources", None), "engine_manager", None)
         self._roots = []  # psutil.Process objects: a signal never reaches another process that reused a pid
         for process in getattr(manager, "processes", []):
@@ -129,8 +128,6 @@ class EnginePause:
 
     def _signal(self, action: str) -> None:
         """``suspend`` (SIGSTOP) or ``resume`` (SIGCONT) each engine core process and every process under it."""
-        import psutil
-
         for root in self._roots:
             try:
                 tree = [root, *root.children(recursive=True)]

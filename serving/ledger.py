@@ -22,190 +22,52 @@ Ledgers made by an older ftops, whose ``replica`` column held the hardware profi
 ``hardware`` column is added and takes the old value, and ``replica`` becomes :data:`UNRECORDED_REPLICA` (which
 server wrote such a row is not known). Rows that an older ftops still writes during a rolling upgrade are read the
 same way.
+
+This module is the ledger's API; its parts: ``ledger_schema`` (the table, the engine, the upgrades: Alembic revisions
+under ``ledger_migrations/``), ``ledger_rows`` (a row's fields, checks and reading back), ``ledger_spool``,
+``ledger_replica`` (:func:`replica_id`) and ``ledger_metrics`` (the Prometheus counters).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import socket
 import threading
-import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal, Self
+from typing import Self
 
 import sqlalchemy as sa
-from filelock import FileLock
-from prometheus_client import Counter
 
-from ftops import settings
-from ftops.costs.model import BusyClock, HardwareTable, PriceTable, check_replica_env, load_hardware, load_prices
-from ftops.env import FTOPS_REPLICA
+from ftops.costs.tables import HardwareTable, PriceTable, check_replica_env, load_hardware, load_prices
+from ftops.costs.usage import UNRECORDED_REPLICA, BusyClock
 from ftops.errors import FtopsError
 from ftops.redact import redact
+from ftops.serving.ledger_metrics import REPLAYED_ROWS, count
+from ftops.serving.ledger_replica import replica_id
+from ftops.serving.ledger_rows import STATUSES, Status, build_row, check, read_row, utc
+from ftops.serving.ledger_schema import (
+    ADDED_COLUMNS,
+    create_engine,
+    create_or_upgrade,
+    default_url,
+    first_line,
+    requests_table,
+)
+from ftops.serving.ledger_spool import Spool, spool_path, to_spool
+
+__all__ = [
+    "STATUSES",
+    "UNRECORDED_REPLICA",
+    "Ledger",
+    "Spool",
+    "Status",
+    "default_url",
+    "replica_id",
+    "spool_path",
+    "spool_row",
+]
 
 log = logging.getLogger("ftops.serving")
-
-Status = Literal["ok", "cancelled", "failed", "refused"]
-STATUSES: tuple[str, ...] = ("ok", "cancelled", "failed", "refused")
-ERROR_CHARS = 500  # the stored reason is cut to this length
-REPLICA_CHARS = 100  # the longest replica id the column holds
-REPLICA_ENV = FTOPS_REPLICA.name
-POD_NAME_ENV = "POD_NAME"  # Kubernetes' downward API (k8s/base/serving.yaml sets it)
-#: ``replica`` of the rows written before ledgers recorded replicas (which server wrote them is not known)
-UNRECORDED_REPLICA = "(unrecorded)"
-MIGRATION_LOCK_KEY = 0x66746F7073  # PostgreSQL advisory lock ("ftops") that serializes the upgrade of the table
-
-metadata = sa.MetaData()
-requests_table = sa.Table(
-    "ftops_requests",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("ts", sa.DateTime, nullable=False, index=True),  # UTC, naive in the database: when the request ended
-    sa.Column("request_id", sa.String(200), nullable=False, index=True),
-    sa.Column("api_key_id", sa.String(200), nullable=True),
-    sa.Column("model", sa.String(200), nullable=False),
-    sa.Column("adapter", sa.String(200), nullable=True),
-    sa.Column("registry_version", sa.String(100), nullable=True),
-    sa.Column("prompt_tokens", sa.Integer, nullable=False),
-    sa.Column("completion_tokens", sa.Integer, nullable=False),
-    sa.Column("latency_s", sa.Float, nullable=False),
-    sa.Column("ttft_s", sa.Float, nullable=True),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("replica", sa.String(REPLICA_CHARS), nullable=False),  # the server process: see replica_id()
-    sa.Column("self_hosted_usd", sa.Float, nullable=False),
-    sa.Column("hosted_usd", sa.JSON, nullable=False),  # {price table key: usd}
-    sa.Column("http_status", sa.Integer, nullable=True),  # what the client got (added 2026-12; NULL on older rows)
-    sa.Column("error", sa.String(ERROR_CHARS), nullable=True),  # why it failed or was refused (redacted)
-    # the hardware.yaml instance the replica runs on (added 2026-12; before, ``replica`` held it). Nullable so that an
-    # older ftops can still insert during a rolling upgrade; such rows are read as unrecorded (see _out)
-    sa.Column("hardware", sa.String(100), nullable=True),
-    # one random id per row (added 2026-12): what the spool write-back deduplicates on. A client may send one
-    # X-Request-Id with several requests (retries, a fixed header), and each is a row of its own
-    sa.Column("row_id", sa.String(32), nullable=True, index=True),
-)
-#: added to a ledger table created before them, when it is opened
-ADDED_COLUMNS = ("http_status", "error", "hardware", "row_id")
-
-# Prometheus counters in the default registry (created once per process; the service's /metrics exposes them).
-TOKENS = Counter(
-    "ftops_tokens",
-    "Tokens served, by model, adapter and kind (prompt|completion)",
-    ["model", "adapter", "kind"],
-)
-REQUESTS = Counter(
-    "ftops_requests",
-    "Requests recorded in the ledger, by model, adapter and status",
-    ["model", "adapter", "status"],
-)
-SELF_HOSTED_USD = Counter(
-    "ftops_self_hosted_cost_usd", "Self-hosted cost stamped on ledger rows (USD)", ["model", "adapter"]
-)
-HOSTED_USD = Counter(
-    "ftops_hosted_equivalent_cost_usd",
-    "What the same tokens would have cost on a hosted API (USD), per price table entry",
-    ["model", "adapter", "hosted_model"],
-)
-SPOOLED_ROWS = Counter(
-    "ftops_ledger_spooled_rows",
-    "Ledger rows written to the local spool because the ledger database could not be written",
-)
-FAILED_ROWS = Counter(
-    "ftops_ledger_failed_rows",
-    "Ledger rows lost: neither the ledger database nor the local spool could take them",
-)
-REPLAYED_ROWS = Counter(
-    "ftops_ledger_replayed_rows",
-    "Spooled ledger rows written to the database once it answered again (rows already there are skipped)",
-)
-
-
-def replica_id(explicit: str | None = None) -> str:
-    """Which server process writes the rows: ``explicit``, else ``$FTOPS_REPLICA``, else ``$POD_NAME`` (the pod's
-    name, one server per pod), else ``HOST:PID`` (two servers on one machine sharing a ledger stay apart; a restart
-    is a new replica, whose busy time never overlaps the old one's). At most 100 characters."""
-    env = (FTOPS_REPLICA.get() or "").strip()
-    for value, source in ((explicit, "replica"), (env or None, REPLICA_ENV)):
-        if value is None:
-            continue
-        value = value.strip()
-        if not value or len(value) > REPLICA_CHARS or value == UNRECORDED_REPLICA:
-            raise FtopsError(
-                f"{source} {value!r}: a replica id is 1 to {REPLICA_CHARS} characters and not {UNRECORDED_REPLICA!r}; "
-                f"name this server (its host or pod), e.g. {REPLICA_ENV}=$(hostname), or leave {REPLICA_ENV} unset"
-            )
-        return value
-    if pod := os.environ.get(POD_NAME_ENV, "").strip():
-        return pod[:REPLICA_CHARS]
-    pid = f":{os.getpid()}"
-    return socket.gethostname()[: REPLICA_CHARS - len(pid)] + pid
-
-
-def default_url() -> str:
-    """``sqlite:///$FTOPS_HOME/ledger.db``."""
-    return f"sqlite:///{settings.home() / 'ledger.db'}"
-
-
-def spool_path(url: str | None) -> Path:
-    """The spool of the ledger at ``url`` (None: the default): ``$FTOPS_HOME/ledger-spool-<hash of the URL>.jsonl``,
-    one per database, so rows are written only to the database they were meant for."""
-    digest = hashlib.sha256((url or default_url()).encode()).hexdigest()[:12]
-    return settings.home() / f"ledger-spool-{digest}.jsonl"
-
-
-class Spool:
-    """Append-only local file of ledger rows the database could not take: one JSON line per row, fsync'd before
-    :meth:`append` returns. :meth:`drain` hands every row to a writer and empties the file only once it succeeded.
-    A file lock makes appends and drains of several processes sharing ``$FTOPS_HOME`` take turns."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = FileLock(str(path) + ".lock")
-
-    def pending(self) -> bool:
-        try:
-            return self.path.stat().st_size > 0
-        except FileNotFoundError:
-            return False
-
-    def append(self, row: dict) -> None:
-        line = json.dumps({**row, "ts": row["ts"].isoformat()}, separators=(",", ":")) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            new = not self.path.exists()
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
-            if new:  # the file's directory entry must survive a crash too
-                _fsync_dir(self.path.parent)
-
-    def drain(self, write: Callable[[list[dict]], int]) -> int:
-        """Give every spooled row to ``write`` (which returns how many it wrote), then empty the spool; on an
-        exception the spool is left as it was. A torn last line (a crash mid-append) is skipped with a warning."""
-        with self._lock:
-            if not self.pending():
-                return 0
-            rows = []
-            for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    row["ts"] = datetime.fromisoformat(row["ts"])
-                except (ValueError, KeyError, TypeError) as e:
-                    log.warning("ledger spool %s:%d: unreadable line skipped (%s)", self.path, n, e)
-                    continue
-                rows.append(row)
-            written = write(rows)
-            with open(self.path, "w", encoding="utf-8") as f:
-                f.flush()
-                os.fsync(f.fileno())
-            return written
 
 
 def spool_row(url: str | None, **fields) -> dict:
@@ -213,26 +75,20 @@ def spool_row(url: str | None, **fields) -> dict:
     the row goes straight to the spool of ``url``, for the next ``Ledger`` opened on it. Same arguments as
     :meth:`Ledger.record`; the costs are stamped as zero (such requests never reached the engine)."""
     fields = {"at": None, "http_status": None, "error": None, **fields}
-    _check(**fields)
-    row = _row(**fields, replica=replica_id(), hardware=load_hardware().default, self_hosted_usd=0.0, hosted_usd={})
-    _spool(Spool(spool_path(url)), row, url or default_url(), "no ledger is open")
-    _count(row)
-    return _out(row)
-
-
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")  # a committed row survives a crash of the process or the machine
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
+    check(**fields)
+    row = build_row(
+        **fields, replica=replica_id(), hardware=load_hardware().default, self_hosted_usd=0.0, hosted_usd={}
+    )
+    to_spool(Spool(spool_path(url)), row, url or default_url(), "no ledger is open")
+    count(row)
+    return read_row(row)
 
 
 class Ledger:
     """Durable, thread-safe request ledger.
 
     ``url``: SQLAlchemy URL; ``None`` means ``sqlite:///$FTOPS_HOME/ledger.db``. ``prices``/``hardware``: the tables
-    (default: the YAML files next to this module, see :func:`ftops.costs.model.load_prices`). ``hardware_profile``:
+    (default: the YAML files of ``costs/``, see :func:`ftops.costs.tables.load_prices`). ``hardware_profile``:
     the ``hardware.yaml`` instance this server runs on (default: the table's ``default``, which
     ``$FTOPS_HARDWARE_PROFILE`` sets). ``replica``: this server's id on the rows it writes (default:
     :func:`replica_id`). ``create=False``: refuse a SQLite file that does not exist yet (for readers such as the
@@ -271,20 +127,15 @@ class Ledger:
                     )
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
         try:
-            connect_args = {"connect_timeout": 10} if self.url.startswith(("postgresql", "postgres:")) else {}
-            self._engine = sa.create_engine(
-                _with_installed_driver(self.url), pool_pre_ping=True, connect_args=connect_args
-            )
-            if self._engine.dialect.name == "sqlite":
-                sa.event.listen(self._engine, "connect", _sqlite_pragmas)
-            _create_or_upgrade(self._engine, move_rows=create)
+            self._engine = create_engine(self.url)
+            create_or_upgrade(self._engine, move_rows=create)
         except ModuleNotFoundError as e:
             raise FtopsError(
                 f"ledger {shown!r}: the database driver {e.name!r} is not installed "
                 f"(for PostgreSQL: pip install 'psycopg[binary]' or psycopg2-binary)"
             ) from e
         except sa.exc.SQLAlchemyError as e:
-            raise FtopsError(f"ledger {shown!r}: cannot open the database ({_first_line(e)})") from e
+            raise FtopsError(f"ledger {shown!r}: cannot open the database ({first_line(e)})") from e
         self._lock = threading.Lock()
         self._clock = BusyClock()  # busy time and tokens seen by this process: the running throughput estimate
         self._down = False  # the last write failed: spool directly until the retry thread has written the spool back
@@ -336,34 +187,14 @@ class Ledger:
             http_status=http_status,
             error=error,
         )
-        _check(**fields)
-        ended = _utc(at) if at is not None else datetime.now(UTC)
-        tokens = prompt_tokens + completion_tokens
+        check(**fields)
+        fields["at"] = utc(at) if at is not None else datetime.now(UTC)
         hosted = self.prices.hosted_cost(prompt_tokens, completion_tokens)
         with self._lock:
-            busy_s, seen_tokens = self._clock.add(ended - timedelta(seconds=latency_s), ended, tokens)
-            # tokens x (usd per hour / 3600 / measured throughput), throughput = tokens / busy time seen so far
-            self_hosted = tokens * self.instance.usd_per_hour / 3600 * (busy_s / seen_tokens) if seen_tokens else 0.0
-            row = _row(
-                **{**fields, "at": ended},
-                replica=self.replica,
-                hardware=self.hardware_profile,
-                self_hosted_usd=self_hosted,
-                hosted_usd=hosted,
-            )
-            if self._down:  # the retry thread writes the spool back; meanwhile a request does not wait on the database
-                _spool(self.spool, row, self.url, "the database is down")
-            else:
-                try:
-                    if self.spool.pending():  # older rows first (spooled by another process, or before this Ledger)
-                        self._flush_spool_or_log()
-                    with self._engine.begin() as conn:  # committed when the block exits
-                        row["id"] = conn.execute(requests_table.insert().values(**row)).inserted_primary_key[0]
-                except sa.exc.SQLAlchemyError as e:
-                    self._went_down(e)
-                    _spool(self.spool, row, self.url, _first_line(e))
-        _count(row)
-        return _out(row)
+            row = self._stamped(fields, hosted)
+            self._write(row)
+        count(row)
+        return read_row(row)
 
     def flush(self) -> int:
         """Write the spooled rows to the database now (those already there are skipped); how many were written.
@@ -373,7 +204,7 @@ class Ledger:
                 written = self._flush_spool()
             except sa.exc.SQLAlchemyError as e:
                 self._went_down(e)
-                raise FtopsError(f"ledger {redact(self.url)!r}: still cannot write ({_first_line(e)})") from e
+                raise FtopsError(f"ledger {redact(self.url)!r}: still cannot write ({first_line(e)})") from e
             self._down = False
             return written
 
@@ -382,9 +213,9 @@ class Ledger:
         older ftops wrote have ``replica`` :data:`UNRECORDED_REPLICA` and its hardware profile in ``hardware``."""
         query = sa.select(requests_table).order_by(requests_table.c.ts, requests_table.c.id)
         if since is not None:
-            query = query.where(requests_table.c.ts >= _utc(since).replace(tzinfo=None))
+            query = query.where(requests_table.c.ts >= utc(since).replace(tzinfo=None))
         with self._engine.connect() as conn:
-            return [_out(dict(r._mapping)) for r in conn.execute(query)]
+            return [read_row(dict(r._mapping)) for r in conn.execute(query)]
 
     def close(self) -> None:
         """Release the database connections. Every recorded row is committed or spooled (fsync'd)."""
@@ -398,6 +229,36 @@ class Ledger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # ------------------------------------------------------------------------------------------ one row
+    def _stamped(self, fields: dict, hosted_usd: dict[str, float]) -> dict:
+        """The row of ``fields`` (``at`` set: when it ended), stamped with this replica, its hardware and the
+        self-hosted cost at the throughput this process has measured so far. Caller holds ``self._lock``."""
+        ended = fields["at"]
+        tokens = fields["prompt_tokens"] + fields["completion_tokens"]
+        start = ended - timedelta(seconds=fields["latency_s"])
+        return build_row(
+            **fields,
+            replica=self.replica,
+            hardware=self.hardware_profile,
+            self_hosted_usd=self._clock.charge(start, ended, tokens, self.instance.usd_per_hour),
+            hosted_usd=hosted_usd,
+        )
+
+    def _write(self, row: dict) -> None:
+        """Commit ``row`` (its ``id`` set), the spooled rows before it; spool it when the database cannot take it.
+        Caller holds ``self._lock``."""
+        if self._down:  # the retry thread writes the spool back; meanwhile a request does not wait on the database
+            to_spool(self.spool, row, self.url, "the database is down")
+            return
+        try:
+            if self.spool.pending():  # older rows first (spooled by another process, or before this Ledger)
+                self._flush_spool_or_log()
+            with self._engine.begin() as conn:  # committed when the block exits
+                row["id"] = conn.execute(requests_table.insert().values(**row)).inserted_primary_key[0]
+        except sa.exc.SQLAlchemyError as e:
+            self._went_down(e)
+            to_spool(self.spool, row, self.url, first_line(e))
 
     # ------------------------------------------------------------------------------------------ the spool
     def _flush_spool(self) -> int:
@@ -435,7 +296,7 @@ class Ledger:
                     # a row an older ftops spooled lacks the added columns: NULL, as that ftops would have written it
                     added = dict.fromkeys(ADDED_COLUMNS)
                     row = {k: v for k, v in r.items() if k != "id" and k in requests_table.c}
-                    new.append(added | row | {"ts": _utc(r["ts"]).replace(tzinfo=None)})
+                    new.append(added | row | {"ts": utc(r["ts"]).replace(tzinfo=None)})
             if new:
                 conn.execute(requests_table.insert(), new)
         return len(new)
@@ -446,7 +307,7 @@ class Ledger:
             log.error(
                 "ledger %s: cannot write (%s); rows go to %s until it answers again",
                 redact(self.url),
-                _first_line(e),
+                first_line(e),
                 self.spool.path,
             )
         self._down = True
@@ -461,170 +322,8 @@ class Ledger:
                 try:
                     self._flush_spool_or_log()
                 except sa.exc.SQLAlchemyError as e:
-                    log.warning("ledger %s: still cannot write (%s)", redact(self.url), _first_line(e))
+                    log.warning("ledger %s: still cannot write (%s)", redact(self.url), first_line(e))
                     wait = min(wait * 2, self.retry_s)
                     continue
                 self._down = False
                 return
-
-
-def _create_or_upgrade(engine: sa.Engine, move_rows: bool = True) -> None:
-    """Create the table, or bring one made by an older ftops up to date, in one transaction that concurrent openers
-    take in turn (a PostgreSQL advisory lock; a file lock beside a SQLite file). ``move_rows=False`` (a reader, which
-    may hold read-only credentials): leave old rows as they are; :meth:`Ledger.rows` reads them the same way."""
-    if engine.dialect.name == "postgresql":
-        with engine.begin() as conn:  # released when the transaction ends (PostgreSQL DDL is transactional)
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-            _upgrade(conn, move_rows)
-        return
-    db = engine.url.database if engine.dialect.name == "sqlite" else None
-    folder = Path(db).resolve().parent if db and db != ":memory:" else None
-    lock = FileLock(f"{db}.upgrade.lock") if folder is not None and os.access(folder, os.W_OK) else None
-    if lock is None:  # another database, or a read-only folder (which this opener could not upgrade anyway)
-        with engine.begin() as conn:
-            _upgrade(conn, move_rows)
-        return
-    with lock, engine.begin() as conn:
-        _upgrade(conn, move_rows)
-
-
-def _upgrade(conn: sa.Connection, move_rows: bool) -> None:
-    """Create the table; add the columns and indexes a table made by an older ftops lacks; with ``move_rows``, move
-    the hardware profile that such a table's rows kept in ``replica`` to ``hardware``. Idempotent: a second run
-    changes nothing."""
-    metadata.create_all(conn)
-    inspector = sa.inspect(conn)
-    have = {c["name"] for c in inspector.get_columns(requests_table.name)}
-    indexes = {i["name"] for i in inspector.get_indexes(requests_table.name)}
-    for name in ADDED_COLUMNS:
-        if name not in have:
-            kind = requests_table.c[name].type.compile(dialect=conn.dialect)
-            conn.execute(sa.text(f"ALTER TABLE {requests_table.name} ADD COLUMN {name} {kind}"))
-    for index in requests_table.indexes:
-        if index.name not in indexes:
-            index.create(conn, checkfirst=True)
-    t = requests_table.c
-    if move_rows and conn.execute(sa.select(t.id).where(t.hardware.is_(None)).limit(1)).first() is not None:
-        # every right-hand side reads the row as it was (hardware is assigned first for MySQL, which does not)
-        conn.execute(
-            requests_table.update()
-            .where(t.hardware.is_(None))
-            .ordered_values((t.hardware, t.replica), (t.replica, UNRECORDED_REPLICA))
-        )
-
-
-def _check(*, status, prompt_tokens, completion_tokens, latency_s, ttft_s, http_status, **_) -> None:
-    if status not in STATUSES:
-        raise FtopsError(f"ledger.record: status {status!r} is not one of {', '.join(STATUSES)}")
-    for name, value in (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise FtopsError(f"ledger.record: {name} must be a non-negative integer, got {value!r}")
-    if latency_s is None or latency_s < 0 or (ttft_s is not None and ttft_s < 0):
-        raise FtopsError(f"ledger.record: latency_s/ttft_s must be >= 0, got {latency_s!r}/{ttft_s!r}")
-    if http_status is not None and (isinstance(http_status, bool) or not isinstance(http_status, int)):
-        raise FtopsError(f"ledger.record: http_status must be an integer or None, got {http_status!r}")
-
-
-def _row(
-    *,
-    request_id,
-    api_key_id,
-    model,
-    adapter,
-    registry_version,
-    prompt_tokens,
-    completion_tokens,
-    latency_s,
-    ttft_s,
-    status,
-    at,
-    http_status,
-    error,
-    replica,
-    hardware,
-    self_hosted_usd,
-    hosted_usd,
-) -> dict:
-    ended = _utc(at) if at is not None else datetime.now(UTC)
-    return {
-        "ts": ended.replace(tzinfo=None),
-        "request_id": str(request_id),
-        "api_key_id": None if api_key_id is None else str(api_key_id),
-        "model": str(model),
-        "adapter": None if adapter is None else str(adapter),
-        "registry_version": None if registry_version is None else str(registry_version),
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "latency_s": float(latency_s),
-        "ttft_s": None if ttft_s is None else float(ttft_s),
-        "status": status,
-        "replica": replica,
-        "hardware": hardware,
-        "self_hosted_usd": self_hosted_usd,
-        "hosted_usd": hosted_usd,
-        "http_status": http_status,
-        "error": None if error is None else redact(error)[:ERROR_CHARS],
-        "row_id": uuid.uuid4().hex,
-    }
-
-
-def _spool(spool: Spool, row: dict, url: str, why: str) -> None:
-    try:
-        spool.append(row)
-    except OSError as e:
-        FAILED_ROWS.inc()
-        log.error("ledger: row %s LOST: %s; the spool %s cannot be written (%s)", row["request_id"], why, spool.path, e)
-        raise FtopsError(
-            f"ledger {redact(url)!r}: row {row['request_id']} lost: {redact(why)}, and the spool {spool.path} "
-            f"cannot be written ({e}); free disk space or fix the permissions of FTOPS_HOME"
-        ) from e
-    SPOOLED_ROWS.inc()
-    row["id"] = None
-
-
-def _count(row: dict) -> None:
-    labels = {"model": row["model"], "adapter": row["adapter"] or ""}
-    TOKENS.labels(kind="prompt", **labels).inc(row["prompt_tokens"])
-    TOKENS.labels(kind="completion", **labels).inc(row["completion_tokens"])
-    REQUESTS.labels(status=row["status"], **labels).inc()
-    SELF_HOSTED_USD.labels(**labels).inc(row["self_hosted_usd"])
-    for key, usd in row["hosted_usd"].items():
-        HOSTED_USD.labels(hosted_model=key, **labels).inc(usd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _first_line(e: Exception) -> str:
-    return redact(f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-
-
-def _with_installed_driver(url: str) -> str:
-    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only that one is installed."""
-    import importlib.util
-
-    if (
-        url.startswith(("postgresql://", "postgres://"))
-        and importlib.util.find_spec("psycopg") is None
-        and importlib.util.find_spec("psycopg2") is not None
-    ):
-        return "postgresql+psycopg2://" + url.split("://", 1)[1]
-    return url
-
-
-def _utc(t: datetime) -> datetime:
-    """Naive datetimes are taken as UTC."""
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
-
-
-def _out(row: dict) -> dict:
-    out = dict(row)
-    out["ts"] = _utc(out["ts"])
-    if out.get("hardware") is None:  # written by an older ftops after the upgrade: its replica column held the hardware
-        out["hardware"], out["replica"] = out["replica"], UNRECORDED_REPLICA
-    return out

@@ -39,6 +39,7 @@ class Error(BaseModel):
 
 def inference_part() -> dict:
     """The OpenAPI document of the gateway's own routes, from vLLM's pydantic models."""
+    # vLLM's protocol models (heavy) and its FastAPI: only when the document is first asked for
     from fastapi import APIRouter, Body, FastAPI
     from fastapi.openapi.utils import get_openapi
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest, ChatCompletionResponse

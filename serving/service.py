@@ -45,20 +45,31 @@ import threading
 import time
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import bentoml
 
+from ftops import settings
+from ftops.adapter import alias_version
 from ftops.api_keys import ApiKeyMiddleware, load_keys
+from ftops.base import load_base
+from ftops.errors import FtopsError, TransientError
 from ftops.names import parse_model_ref
+from ftops.redact import RedactFilter, redact
+from ftops.serving.adapters import RefusedError, UnknownVersion, discover, fetch_adapter, refusal, version_tags
 from ftops.serving.config import load_config
-from ftops.serving.gateway import Gateway, HealthRoutes, Mount, Routing, refuse_unkeyed
+from ftops.serving.engine import EnginePause, load_lora, start_engine, unload_lora
+from ftops.serving.gateway import Gateway, HealthRoutes, Mount
+from ftops.serving.ledger import Ledger
+from ftops.serving.routing import Routing
 
 log = logging.getLogger("ftops.serving")
 PAUSE_AFTER_IDLE_S = 2.0
 """``engine.pause_while_training``: how long the engine must have had nothing to do before it is paused."""
 
-_gateway = Gateway(service=None)
-_keys: dict[str, str] = {}
+_gateway = Gateway()
+"""The app BentoML mounts at ``/``: its decorator takes it when the class is defined, before any service exists. It
+holds no request state until the service built in this process binds itself to it (``FtopsLLM.gateway``)."""
 
 
 @dataclass
@@ -100,17 +111,13 @@ class FtopsLLM:
     """Base model + registry-resolved LoRA adapters on one vLLM engine."""
 
     def __init__(self) -> None:
-        from ftops import settings
-        from ftops.base import load_base
-
-        log.disabled = False  # BentoML's logging config disables loggers that exist before it runs
-        log.setLevel(logging.INFO)  # swaps and refusals belong in the server log
+        _configure_log()
         self.config = load_config()
         settings.configure_mlflow()
         self.base = load_base(self.config.base)
-        _keys.clear()
-        _keys.update(load_keys(self.config.api_keys_file))  # the admin key may call everything, /v1/usage only it
-        if not _keys:
+        self.keys = load_keys(self.config.api_keys_file)  # the admin key may call everything, /v1/usage only it
+        """``{key id: key}``: what the API key middleware checks each request against (:func:`_service_keys`)."""
+        if not self.keys:
             log.warning("no API key configured (FTOPS_API_KEY or api_keys_file): every /v1 request will get 401")
         self.routing = Routing(base=self.base.name)
         self.models: dict[str, ModelState] = {}  # every followed model: the config's, then the discovered ones
@@ -135,14 +142,15 @@ class FtopsLLM:
         self._tasks: list[asyncio.Task] = []
         self._load_lock = asyncio.Lock()
         self._metrics_server = None
-        _gateway.service = self
+        self.gateway = _gateway  # the ASGI front (ftops.serving.gateway): this service's requests, mounts and drain
+        self.gateway.service = self
 
     @bentoml.on_startup
     async def _begin(self) -> None:
         self._drain_on_sigterm()
         if self.config.metrics_port is not None:
             self._metrics_server = serve_metrics(self.config.metrics_host, self.config.metrics_port)
-        for mount in _gateway.mounts:
+        for mount in self.gateway.mounts:
             if mount.start is not None:
                 await asyncio.get_running_loop().run_in_executor(None, mount.start)
         self._tasks.append(asyncio.create_task(self._start()))
@@ -150,7 +158,7 @@ class FtopsLLM:
     @bentoml.on_shutdown
     async def _end(self) -> None:
         self._resume_engine("shutting down")
-        for mount in _gateway.mounts:
+        for mount in self.gateway.mounts:
             if mount.stop is not None:
                 await asyncio.get_running_loop().run_in_executor(None, mount.stop)
         for task in self._tasks:
@@ -181,7 +189,7 @@ class FtopsLLM:
         self._resume_engine("SIGTERM")  # a stopped engine core would neither finish its requests nor exit
         log.info(
             "SIGTERM: draining %d request(s) in flight (at most %d s); new requests get 503 and /readyz 503",
-            _gateway.active,
+            self.gateway.active,
             self.config.drain_timeout_s,
         )
         self._tasks.append(asyncio.create_task(self._drain(shutdown, uvicorn_exit)))
@@ -190,11 +198,11 @@ class FtopsLLM:
         """Wait for the requests in flight (their ledger rows included), up to ``drain_timeout_s``, then hand over to
         uvicorn's shutdown with what is left of the timeout as its grace."""
         deadline = self.draining + self.config.drain_timeout_s
-        while _gateway.active and time.monotonic() < deadline:
+        while self.gateway.active and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         took = time.monotonic() - self.draining
-        if _gateway.active:
-            log.warning("drain timeout: %d request(s) in flight after %.0f s are cancelled", _gateway.active, took)
+        if self.gateway.active:
+            log.warning("drain timeout: %d request(s) in flight after %.0f s are cancelled", self.gateway.active, took)
         else:
             log.info("drained in %.1f s: every request in flight ended and was recorded; shutting down", took)
         server = getattr(uvicorn_exit, "__self__", None)  # uvicorn.Server: its grace is what is left of ours
@@ -254,7 +262,7 @@ class FtopsLLM:
         if self.engine_pause is not None:
             body["engine"] = {"paused": self.engine_pause.paused, "pauses": self.engine_pause.pauses}
         if self.draining is not None:
-            body["drain"] = {"in_flight": _gateway.active, "since_s": round(time.monotonic() - self.draining, 1)}
+            body["drain"] = {"in_flight": self.gateway.active, "since_s": round(time.monotonic() - self.draining, 1)}
         return status == "ready", body
 
     def transient_failure(self, model: str) -> str | None:
@@ -274,9 +282,6 @@ class FtopsLLM:
 
     async def _start(self) -> None:
         """Start the ledger, the engine and the adapters; a failed start is retried with backoff."""
-        from ftops.errors import FtopsError
-        from ftops.redact import redact
-
         while True:
             try:
                 await self._start_once()
@@ -308,13 +313,8 @@ class FtopsLLM:
 
     async def _start_once(self) -> None:
         """One start attempt; what already started (ledger, engine) is kept for the next."""
-        from ftops.errors import FtopsError
-        from ftops.serving.engine import start_engine
-
         loop = asyncio.get_running_loop()
         if self.ledger is None:
-            from ftops.serving.ledger import Ledger
-
             self._start_step = "opening the ledger"
             self.ledger = await loop.run_in_executor(None, lambda: Ledger(url=self.config.ledger_url))
         if self.engine_app is None:
@@ -344,9 +344,7 @@ class FtopsLLM:
 
     # ----------------------------------------------------------------------------- pausing the engine for training
     def _prepare_pause(self) -> None:
-        from ftops.serving.engine import EnginePause
-
-        if not self.config.engine.pause_while_training or not any(m.busy for m in _gateway.mounts):
+        if not self.config.engine.pause_while_training or not any(m.busy for m in self.gateway.mounts):
             return
         pause = EnginePause(self.engine_client)
         if pause.available:
@@ -380,7 +378,7 @@ class FtopsLLM:
         and adapter loads do, so that none can start between the check and the pause."""
         while self.engine_pause is not None:
             pause = self.engine_pause
-            busy = any(m.busy() for m in _gateway.mounts if m.busy is not None)
+            busy = any(m.busy() for m in self.gateway.mounts if m.busy is not None)
             idle = self._engine_users == 0 and time.monotonic() - self._engine_used >= PAUSE_AFTER_IDLE_S
             if busy and idle and not pause.paused:
                 pause.pause()
@@ -397,8 +395,6 @@ class FtopsLLM:
 
     async def _discover(self) -> None:
         """Follow every registered model newly found at the ``discover`` alias on this base (config ``discover``)."""
-        from ftops.serving.adapters import discover
-
         alias = self.config.discover_alias()
         if alias is None:
             return
@@ -409,8 +405,6 @@ class FtopsLLM:
                 self._adopt(name, alias)
 
     async def _watch(self) -> None:
-        from ftops.serving.adapters import TransientError
-
         while True:
             await asyncio.sleep(self.config.poll_interval_s)
             try:
@@ -432,10 +426,6 @@ class FtopsLLM:
     async def _follow(self, name: str, alias: str, force: bool = False) -> None:
         """Load the version ``alias`` points at, then route ``model: name`` to it. Transient failures are retried
         with backoff (``force``: now), permanent ones refuse the version; both are logged and shown in /readyz."""
-        from ftops.adapter import alias_version
-        from ftops.errors import FtopsError
-        from ftops.serving.adapters import TransientError
-
         model = self.models[name]
         now = time.monotonic()
         if model.failures and model.failed_version is None and now < model.retry_at and not force:
@@ -502,8 +492,6 @@ class FtopsLLM:
             model.state, model.reason = "refused", reason
 
     async def _unload(self, served: str) -> None:
-        from ftops.serving.engine import unload_lora
-
         try:
             with self.engine_awake():
                 removed = await unload_lora(self.engine_app, served)
@@ -514,8 +502,6 @@ class FtopsLLM:
 
     async def _recheck_loaded(self) -> None:
         """A loaded version revoked (or deleted) in the registry since it was loaded is no longer served."""
-        from ftops.serving.adapters import RefusedError, TransientError, refusal, version_tags
-
         loop = asyncio.get_running_loop()
         for served, info in list(self.routing.loaded.items()):
             try:
@@ -530,9 +516,6 @@ class FtopsLLM:
                 self._refuse(served, reason)
 
     async def _ensure_loaded(self, name: str, version: str, alias: str | None) -> None:
-        from ftops.serving.adapters import fetch_adapter
-        from ftops.serving.engine import load_lora
-
         served = f"{name}:{version}"
         async with self._load_lock:
             if served in self.routing.loaded:
@@ -550,9 +533,6 @@ class FtopsLLM:
     async def load_pinned(self, model: str) -> tuple[str, str, str] | None:
         """``NAME:VERSION`` of a served registered model, checked and loaded from the registry on first use; None
         if unknown, refused or not loadable now (:meth:`why_not_served` says why)."""
-        from ftops.errors import FtopsError
-        from ftops.serving.adapters import TransientError, UnknownVersion
-
         name, _, version = model.partition(":")
         # any registered model may be pinned (a fine-tuning job's NAME:VERSION answers at once): what loads is only
         # what fetch_adapter verifies (gate pass, not revoked, the gate's digest, this base)
@@ -577,8 +557,7 @@ def serve_metrics(host: str, port: int):
     """Answer ``GET /metrics`` on ``host:port`` in a thread, without an API key: what BentoML's ``/metrics`` gives on
     the API port (its multiprocess registry: ftops's counters and histograms, vLLM's engine series). Every other path
     is 404, every other method 405. Returns the server (``shutdown()`` stops it)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
+    # bentoml's internals (heavy): loaded only where a metrics port is served
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     client = BentoMLContainer.metrics_client.get()
@@ -616,5 +595,22 @@ def mount(app: Mount) -> None:
     _gateway.mounts.append(app)
 
 
-FtopsLLM.add_asgi_middleware(ApiKeyMiddleware, keys=lambda: _keys, on_refused=refuse_unkeyed)
+def _configure_log() -> None:
+    """The ``ftops.serving`` logger of the running service: on at INFO, every record redacted (its message and
+    traceback) on the way out; once per process however often a service is built."""
+    log.disabled = False  # BentoML's logging config disables loggers that exist before it runs
+    log.setLevel(logging.INFO)  # swaps and refusals belong in the server log
+    if not any(isinstance(f, RedactFilter) for f in log.filters):
+        log.addFilter(RedactFilter())  # the gateway's and the ledger's records go through this logger too
+
+
+def _service_keys() -> dict[str, str]:
+    """The API keys of the service built in this process (none before it is: every request gets 401)."""
+    service = _gateway.service
+    return service.keys if service is not None else {}
+
+
+# BentoML builds the middleware per worker from these arguments, given when the class is defined: each reaches the
+# service instance (through the gateway it binds to) only when a request comes.
+FtopsLLM.add_asgi_middleware(ApiKeyMiddleware, keys=_service_keys, on_refused=_gateway.refuse_unkeyed)
 FtopsLLM.add_asgi_middleware(HealthRoutes, service=lambda: _gateway.service)

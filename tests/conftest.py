@@ -58,8 +58,9 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_base(smollm2, models_dir, tmp_path_factory):
+    from tiny import build_tiny_llama  # tests/tiny.py; imports torch, so only for the tests that need the base
+
     from ftops.base import import_base
-    from ftops.tiny import build_tiny_llama
 
     src = build_tiny_llama(Path(smollm2.path), tmp_path_factory.mktemp("tiny-src") / "tiny-llama")
     base, _ = import_base(src, "tiny-llama", models_dir)
@@ -180,7 +181,7 @@ def learned_rows(tiny_base, tmp_path_factory) -> list[dict]:
     """Held-out rows whose reference answers are what the ``LEARNED_ADAPTER`` adapter answers greedily (and the base
     does not): a candidate that really beats its base on them, without a training run. ``log_adapter_run(tiny_base,
     learned_rows, **LEARNED_ADAPTER)`` logs that same adapter (it is deterministic in its seed)."""
-    from ftops.registry.eval import TransformersEngine
+    from ftops.registry.engines import TransformersEngine
 
     adapter = build_adapter(tiny_base, tmp_path_factory.mktemp("learned") / "adapter", **LEARNED_ADAPTER)
     prompts = [
@@ -635,14 +636,14 @@ def base_service(request, tiny_base, models_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def gate_engine(request, tiny_base):
     """ONE in-process vLLM CPU engine for the modules that use it (tests/test_golden.py, tests/test_cpu_lora.py):
-    ftops's gate engine (``ftops.registry.eval.VllmEngine``: bf16, LoRA on with 2 slots, seed 0) on the tiny base,
+    ftops's gate engine (``ftops.registry.engines.VllmEngine``: bf16, LoRA on with 2 slots, seed 0) on the tiny base,
     ``max_model_len`` 256. Started with VLLM_ALLOW_INSECURE_SERIALIZATION, so that a test may inspect its workers with
     ``collective_rpc``. Each test gives its adapters LoRA ids of its own (vLLM caches an adapter by id) and, where
     numbers are pinned, prompts of its own (vLLM reuses the KV cache of a prompt it has seen)."""
 
     @contextlib.contextmanager
     def start():
-        from ftops.registry.eval import VllmEngine
+        from ftops.registry.engines import VllmEngine
 
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # read by this process and the engine's, at start-up

@@ -668,7 +668,8 @@ def test_a_replica_killed_mid_load_loses_no_row_of_a_completed_request(cluster, 
 
 
 def test_the_cost_report_over_both_replicas_charges_each_its_own_busy_time(cluster, replicas, served_v2):
-    from ftops.costs.model import busy_seconds, load_hardware
+    from ftops.costs.tables import load_hardware
+    from ftops.costs.usage import busy_seconds
 
     rows = [r for r in _ledger_rows(cluster) if r["replica"] in REPLICAS]
     out = subprocess.run(
@@ -710,7 +711,7 @@ def _t(row: dict) -> float:
 
 
 def _union(intervals: list[tuple[float, float]]) -> float:
-    """The length of a union of intervals, computed here apart from costs/model.py's."""
+    """The length of a union of intervals, computed here apart from costs/usage.py's."""
     total, end = 0.0, float("-inf")
     for a, b in sorted(intervals):
         if b > end:

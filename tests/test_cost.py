@@ -22,8 +22,9 @@ import pytest
 import yaml
 
 from ftops.cli import main
-from ftops.costs import model as costs
-from ftops.costs.model import BusyClock, busy_seconds, load_hardware, load_prices, usage_report
+from ftops.costs import tables as costs
+from ftops.costs.tables import load_hardware, load_prices
+from ftops.costs.usage import BusyClock, busy_seconds, usage_report
 from ftops.errors import FtopsError
 from ftops.serving.ledger import Ledger, replica_id
 

@@ -96,7 +96,7 @@ def test_load_every_request_in_the_ledger_with_the_usage_the_client_got(load_ser
     from openai import OpenAI
     from prometheus_client.parser import text_string_to_metric_families
 
-    from ftops.costs.model import usage_report
+    from ftops.costs.usage import usage_report
     from ftops.serving.ledger import Ledger
 
     client = OpenAI(base_url=load_service["url"] + "/v1", api_key=API_KEY, max_retries=0, timeout=120)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ftops.costs.model import usage_report
+from ftops.costs.usage import usage_report
 from ftops.serving.ledger import Ledger
 
 PG_BIN = next(

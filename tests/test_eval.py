@@ -15,6 +15,10 @@ import pytest
 from conftest import LEARNED_ADAPTER, build_adapter, log_adapter_run
 
 from ftops.registry import eval as ev
+from ftops.registry.engines import VllmEngine
+from ftops.registry.eval_config import DEFAULT_RUBRIC, EvalConfig
+from ftops.registry.judge import judge_scores
+from ftops.registry.scoring import derive_schema, exact_match, field_accuracy, format_ok
 
 TICKET = {
     "order_id": "A-10234",
@@ -27,25 +31,25 @@ TICKET = {
 
 def test_exact_match_and_field_accuracy():
     ref = json.dumps(TICKET)
-    assert ev.exact_match("  Paris\n", "Paris", json_task=False)
-    assert not ev.exact_match("Paris.", "Paris", json_task=False)
-    assert ev.exact_match("```json\n" + json.dumps(dict(reversed(TICKET.items()))) + "\n```", ref, json_task=True)
-    assert not ev.exact_match(json.dumps({**TICKET, "action": None}), ref, json_task=True)
-    assert ev.field_accuracy(json.dumps({**TICKET, "action": None, "issue": "late"}), ref) == pytest.approx(3 / 5)
-    assert ev.field_accuracy("not json", ref) == 0.0
-    assert ev.field_accuracy("[1, 2]", ref) == 0.0
+    assert exact_match("  Paris\n", "Paris", json_task=False)
+    assert not exact_match("Paris.", "Paris", json_task=False)
+    assert exact_match("```json\n" + json.dumps(dict(reversed(TICKET.items()))) + "\n```", ref, json_task=True)
+    assert not exact_match(json.dumps({**TICKET, "action": None}), ref, json_task=True)
+    assert field_accuracy(json.dumps({**TICKET, "action": None, "issue": "late"}), ref) == pytest.approx(3 / 5)
+    assert field_accuracy("not json", ref) == 0.0
+    assert field_accuracy("[1, 2]", ref) == 0.0
 
 
 def test_format_compliance_with_the_ticket_schema_and_a_derived_one():
     from ftops.expectations.demo_data import TICKET_SCHEMA
 
-    assert ev.format_ok(json.dumps(TICKET), TICKET_SCHEMA)
-    assert not ev.format_ok(json.dumps({**TICKET, "order_id": "10234"}), TICKET_SCHEMA)  # pattern
-    assert not ev.format_ok(json.dumps({**TICKET, "extra": 1}), TICKET_SCHEMA)  # additionalProperties
-    assert not ev.format_ok("{'order_id': 1}", TICKET_SCHEMA)  # not JSON
-    derived = ev.derive_schema([{"a": 1, "b": 2}, {"a": 3}])
+    assert format_ok(json.dumps(TICKET), TICKET_SCHEMA)
+    assert not format_ok(json.dumps({**TICKET, "order_id": "10234"}), TICKET_SCHEMA)  # pattern
+    assert not format_ok(json.dumps({**TICKET, "extra": 1}), TICKET_SCHEMA)  # additionalProperties
+    assert not format_ok("{'order_id': 1}", TICKET_SCHEMA)  # not JSON
+    derived = derive_schema([{"a": 1, "b": 2}, {"a": 3}])
     assert derived == {"type": "object", "required": ["a"]}
-    assert ev.format_ok('{"a": null}', derived) and not ev.format_ok('{"b": 1}', derived)
+    assert format_ok('{"a": null}', derived) and not format_ok('{"b": 1}', derived)
 
 
 def test_policy_rules_report_values():
@@ -76,7 +80,7 @@ def test_policy_rules_report_values():
 @pytest.fixture(scope="module")
 def vllm_engine(tiny_base):
     """One vLLM engine for the module (start-up is ~30 s on this CPU)."""
-    engine = ev.VllmEngine(tiny_base.path, max_lora_rank=8, max_model_len=1024)
+    engine = VllmEngine(tiny_base.path, max_lora_rank=8, max_model_len=1024)
     yield engine
     engine.close()
     assert not hasattr(engine, "llm")
@@ -96,7 +100,7 @@ def test_vllm_evaluation_logs_metrics_and_table(tiny_base, fast_ftops_home, vllm
         for i in range(3)
     ]
     lr0 = log_adapter_run(tiny_base, rows, b_init=0.0)
-    config = ev.EvalConfig(engine="vllm", max_new_tokens=12, regression_limit=3, format_schema="ticket")
+    config = EvalConfig(engine="vllm", max_new_tokens=12, regression_limit=3, format_schema="ticket")
     result = ev.evaluate(lr0, config, engine=vllm_engine)
     m = result.metrics
     assert m["examples"] == 3 and m["regression_items"] == 3
@@ -116,7 +120,7 @@ def test_vllm_evaluation_logs_metrics_and_table(tiny_base, fast_ftops_home, vllm
 
     # a LoRA that moved: vLLM really applies it (its answers differ from the base's)
     moved = log_adapter_run(tiny_base, learned_rows, **LEARNED_ADAPTER)
-    result = ev.evaluate(moved, ev.EvalConfig(engine="vllm", max_new_tokens=8, regression=False), engine=vllm_engine)
+    result = ev.evaluate(moved, EvalConfig(engine="vllm", max_new_tokens=8, regression=False), engine=vllm_engine)
     assert any(row["candidate"] != row["base"] for row in result.examples)
 
 
@@ -127,14 +131,14 @@ def test_unknown_run_and_run_without_split(tiny_base, fast_ftops_home, tmp_path)
     from ftops.errors import FtopsError
 
     with pytest.raises(FtopsError, match="no MLflow run"):
-        ev.evaluate("0" * 32, ev.EvalConfig(engine="transformers"))
+        ev.evaluate("0" * 32, EvalConfig(engine="transformers"))
     with pytest.raises(FtopsError, match="malformed"):
-        ev.evaluate("../../etc", ev.EvalConfig(engine="transformers"))
+        ev.evaluate("../../etc", EvalConfig(engine="transformers"))
     adapter = build_adapter(tiny_base, tmp_path / "adapter")
     with mlflow.start_run(experiment_id=settings.experiment_id()) as run:
         mlflow.log_artifacts(str(adapter), "adapter")
     with pytest.raises(FtopsError, match="no held-out split data/test.jsonl"):
-        ev.evaluate(run.info.run_id, ev.EvalConfig(engine="transformers"))
+        ev.evaluate(run.info.run_id, EvalConfig(engine="transformers"))
 
 
 class _StandInOpenAI(BaseHTTPRequestHandler):
@@ -169,19 +173,19 @@ def test_llm_judge_through_the_openai_client(monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("JUDGE_KEY", "sk-test")
-        config = ev.EvalConfig(
+        config = EvalConfig(
             judge_base_url=f"http://127.0.0.1:{server.server_port}/v1",
             judge_model="judge",
             judge_api_key_env="JUDGE_KEY",
         )
         prompts = [[{"role": "user", "content": "What is the capital of France?"}]]
-        assert ev.judge_scores(config, prompts, ["Paris"], ["It is Paris."]) == [7.0]
+        assert judge_scores(config, prompts, ["Paris"], ["It is Paris."]) == [7.0]
     finally:
         server.shutdown()
     (request,) = _StandInOpenAI.requests
     assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer sk-test"
     messages = request["body"]["messages"]
-    assert messages[0]["content"] == ev.DEFAULT_RUBRIC
+    assert messages[0]["content"] == DEFAULT_RUBRIC
     assert "What is the capital of France?" in messages[1]["content"] and "It is Paris." in messages[1]["content"]
     assert request["body"]["model"] == "judge" and request["body"]["temperature"] == 0
 

@@ -39,9 +39,10 @@ def test_metrics_of_other_settings_are_not_reused_and_the_hash_is_tagged(
     tiny_base, fast_ftops_home, learned_rows, policy, capsys, tmp_path
 ):
     from ftops.registry import eval as ev
+    from ftops.registry.eval_config import EvalConfig
 
     run_id = log_adapter_run(tiny_base, learned_rows, **LEARNED_ADAPTER)
-    small = ev.EvalConfig(engine="transformers", max_new_tokens=8, regression_limit=4, max_examples=2)
+    small = EvalConfig(engine="transformers", max_new_tokens=8, regression_limit=4, max_examples=2)
     partial = ev.evaluate(run_id, small)
     assert partial.metrics["examples"] == 2
 

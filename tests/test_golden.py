@@ -7,7 +7,7 @@ library upgrade, a patch that stops applying, a changed default) passes them; th
 
 When a pin fails: find out why the numbers moved before touching them. If the cause is a legitimate change (a
 pinned library upgraded in pyproject.toml, a deliberate change to the trainer, the LM head or the LoRA ops, or to
-the tiny model in ``ftops/tiny.py``), re-record: print the new values (the assertion message shows them), confirm
+the tiny model in ``tests/tiny.py``), re-record: print the new values (the assertion message shows them), confirm
 they are identical over 3 fresh runs (``.venv/bin/python -m pytest -q tests/test_golden.py`` each time), check they
 are sane (losses finite and falling, the adapter still answering unlike the base), paste them here and say in the
 commit which change moved them. Do not loosen the tolerances: on one machine these numbers are bit-stable.
@@ -184,7 +184,7 @@ def cpu_kind() -> str:
 
 @pytest.fixture(scope="module")
 def engine(gate_engine, tiny_base, tmp_path_factory):
-    """conftest.py's ``gate_engine`` (ftops's gate engine, ``ftops.registry.eval.VllmEngine``: bf16, LoRA on, seed 0,
+    """conftest.py's ``gate_engine`` (ftops's gate engine, ``ftops.registry.engines.VllmEngine``: bf16, LoRA on, seed 0,
     shared with tests/test_cpu_lora.py) on the tiny base, plus one adapter. vLLM runs the model in worker processes
     it starts itself; the test inspects them with ``collective_rpc``, whose function vLLM only pickles with
     VLLM_ALLOW_INSECURE_SERIALIZATION."""

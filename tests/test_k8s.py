@@ -573,7 +573,7 @@ def test_jobs_api_settings_and_template_in_the_configmap_are_what_the_code_loads
     assert {e["name"] for e in train["env"]} >= set(JOB_ENV)
     files_claim = _kind(rendered, "PersistentVolumeClaim", "ftops-files")
     assert files_claim["spec"]["accessModes"] == ["ReadWriteMany"] and files_claim["spec"]["storageClassName"]
-    from ftops.costs.model import load_hardware
+    from ftops.costs.tables import load_hardware
 
     assert config.hardware in load_hardware().instances, "ftops cost report prices the jobs at this profile"
 

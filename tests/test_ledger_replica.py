@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from ftops.cli import main
-from ftops.costs.model import usage_report
+from ftops.costs.usage import usage_report
 from ftops.errors import FtopsError
 from ftops.serving.ledger import UNRECORDED_REPLICA, Ledger, replica_id, spool_path, spool_row
 
@@ -235,7 +235,7 @@ def test_a_profile_the_table_no_longer_lists_is_priced_at_the_reports_and_said_s
     table = dict(HARDWARE, instances={**HARDWARE["instances"], "my-box": {**HARDWARE["instances"][DEFAULT]}})
     table["instances"]["my-box"]["usd_per_hour"] = 9.0
     (tmp_path / "hw.yaml").write_text(yaml.safe_dump(table))
-    from ftops.costs.model import load_hardware
+    from ftops.costs.tables import load_hardware
 
     with Ledger(replica="pod-old", hardware=load_hardware(tmp_path / "hw.yaml"), hardware_profile="my-box") as old:
         record(old, POD_B)
@@ -276,7 +276,7 @@ def test_cost_report_lists_every_replica_as_text_and_json(ftops_home, capsys):
 
 
 def test_text_report_sums_the_replicas_beyond_the_listed_ones(ftops_home, capsys):
-    from ftops.cli import cost as cost_cli
+    from ftops.costs import report as cost_cli
 
     for i in range(cost_cli.REPLICA_LINES + 3):
         with Ledger(replica=f"pod-{i:02d}") as ledger:

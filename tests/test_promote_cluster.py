@@ -56,7 +56,7 @@ def _client():
 
 def _versions(tiny_base, learned_rows, tmp_path, n: int) -> None:
     """Versions 1..n of MODEL: one real gate run, then copies of its version (same run, source and tags)."""
-    from ftops.registry.eval import EvalConfig
+    from ftops.registry.eval_config import EvalConfig
     from ftops.registry.gate import gate
 
     policy = tmp_path / "lenient.yaml"

@@ -22,7 +22,7 @@ LENIENT = (
 @pytest.fixture
 def gate_run(tiny_base, fast_ftops_home, tmp_path):
     """``gate_run(run_id)`` gates a run into model ``tickets`` with the lenient policy; returns the version."""
-    from ftops.registry.eval import EvalConfig
+    from ftops.registry.eval_config import EvalConfig
     from ftops.registry.gate import gate
 
     policy = tmp_path / "lenient.yaml"

@@ -190,7 +190,8 @@ def test_key_check_is_exact():
 
 
 def test_stream_rewrite_keeps_usage_for_the_ledger_and_hides_it_from_the_client():
-    from ftops.serving.gateway import Outcome, _rewrite_event
+    from ftops.serving.recording import Outcome
+    from ftops.serving.streaming import rewrite_event as _rewrite_event
 
     outcome = Outcome()
     chunk = {

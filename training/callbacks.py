@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.integrations import MLflowCallback
 
@@ -79,8 +80,6 @@ class ProgressBar(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.enabled and state.is_world_process_zero:
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(
                 total=state.max_steps,
                 initial=state.global_step,
@@ -114,7 +113,7 @@ class ProgressBar(TrainerCallback):
 
 def loss_curve(log_history: list[dict]):
     """A matplotlib figure of train loss (and validation loss where evaluated) against the optimizer step."""
-    import matplotlib
+    import matplotlib  # heavy, and only the end of a job draws: imported here, its Agg backend set before pyplot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -31,7 +31,7 @@ _PROBE = [
 def training_chat_template(tokenizer, base_name: str) -> str:
     """The template to train with: the base's own if it has generation markers, else TRL's patched one, else a twin
     shipped here. Raises :class:`FtopsError` if none renders like the base's template."""
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers  # heavy: on use only
 
     original = tokenizer.chat_template
     if not original:

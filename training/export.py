@@ -17,6 +17,7 @@ from ftops.manifest import write_manifest
 def export_merged(run_id: str, out: Path) -> Path:
     """Merge run ``run_id``'s adapter into its base in bf16 and write the model to ``out`` (which must not exist or
     be empty). Checks the adapter's manifest and that the imported base is the one it was trained on."""
+    # heavy: imported on use, so that importing this module (the CLI does) stays fast
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

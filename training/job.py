@@ -1,22 +1,28 @@
-"""The training job: ``train(config) -> run_id``. Reads top to bottom:
+"""The training job: ``train(config) -> run_id``. Its steps (``_train``, each a function below it):
 
-1. checks that need no run (base imported, data valid, target modules exist, resumable run) stop with one clear line;
-2. opens one MLflow run (or re-opens the run being resumed) and logs config params, lineage tags, the three splits
-   as artifacts and dataset inputs with digests, and their Great Expectations validation report;
-3. trains with TRL's ``SFTTrainer`` (QLoRA, LoRA or full), checkpointing under ``$FTOPS_HOME/checkpoints/<run_id>/``,
-   with per-step loss, learning rate, tokens/s, validation loss and token accuracy, and system metrics; the LM head
-   scores only labelled positions (``training/lm_head.py``);
-4. logs the adapter (``ftops.adapter.save_adapter``: safetensors + JSON + tokenizer + chat template + manifest) and
-   the loss-curve PNG. Any error after the run is opened marks it FAILED.
+1. ``_setup``: checks that need no run (base imported, data valid, target modules exist, resumable run) stop with one
+   clear line; then the tokenizer's training chat template and the model;
+2. ``_start_run``, ``_log_inputs``, ``_log_trainer``: opens one MLflow run (or re-opens the run being resumed) and
+   logs config params, lineage tags, the three splits as artifacts and dataset inputs with digests, and their Great
+   Expectations validation report;
+3. ``_fit``: trains with TRL's ``SFTTrainer`` (QLoRA, LoRA or full; ``_build_trainer``), checkpointing under
+   ``$FTOPS_HOME/checkpoints/<run_id>/``, with per-step loss, learning rate, tokens/s, validation loss and token
+   accuracy, and system metrics; the LM head scores only labelled positions (``training/lm_head.py``);
+4. ``_log_outputs``: logs the adapter (``ftops.adapter.save_adapter``: safetensors + JSON + tokenizer + chat template
+   + manifest) and the loss-curve PNG. Any error after the run is opened marks it FAILED.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import hashlib
 import json
+import os
+import platform
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,10 +33,17 @@ from ftops import adapter as A
 from ftops import settings
 from ftops.base import BaseModel, load_base
 from ftops.errors import FtopsError
+from ftops.expectations.validate import save_gx_report, validate_file
 from ftops.manifest import sha256_file, write_manifest
 from ftops.precision import resolve, torch_dtype
+from ftops.training.chat_template import training_chat_template
 from ftops.training.config import TrainConfig
 from ftops.training.lm_head import labelled_positions_only
+from ftops.training.packing import use_packed_rows
+
+# torch, transformers, peft, trl, accelerate, datasets, pandas, mlflow and ftops.training.callbacks (transformers) are
+# imported in the functions that use them: the CLI and the jobs runner import this module and must start fast, and
+# HF_HUB_OFFLINE must be set (``_train``) before transformers is first imported.
 
 SPLITS = ("train", "validation", "test")
 
@@ -73,8 +86,6 @@ def validate_split(name: str, path: Path, tokenizer, context_length: int | None)
     job, a benchmark running several jobs): the report is kept by the file's sha256."""
     if not path.is_file():
         raise FtopsError(f"data.{name}: {path}: no such file; run `ftops data split DATA.jsonl --out DIR` first")
-    from ftops.expectations.validate import validate_file
-
     key = (sha256_file(path), getattr(tokenizer, "name_or_path", ""), context_length)
     report = _VALIDATED.get(key)
     if report is None:
@@ -176,9 +187,6 @@ def host_memory_kept(enabled: bool = True) -> Iterator[bool]:
 
 def _glibc():
     """The process's own C library when it is glibc on Linux (``mallopt`` is glibc's), else None."""
-    import ctypes
-    import platform
-
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     return ctypes.CDLL(None)
@@ -230,8 +238,6 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     """The newest ``checkpoint-N`` under ``folder`` that was written to the end. The Trainer writes a checkpoint's
     ``trainer_state.json`` last, so a job killed while saving leaves a folder without it (or with it cut short):
     such a folder is skipped, with a note, and the one before it is used."""
-    import sys
-
     if not folder.is_dir():
         return None
     steps = sorted(
@@ -261,8 +267,6 @@ def _log_data(splits: dict[str, Split], work: Path) -> None:
     GX validation reports under ``data/validation_report/<split>/``."""
     import mlflow
     import pandas as pd
-
-    from ftops.expectations.validate import save_gx_report
 
     data_dir = work / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -347,14 +351,82 @@ def train(config: TrainConfig, callbacks: list | tuple = ()) -> str:
 
 
 def _train(config: TrainConfig, callbacks: list | tuple) -> str:
-    import os
-
+    """The job's steps: set up (checks, data, model), open the run and log its inputs, train, log the outputs."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import mlflow
+
+    setup = _setup(config)
+    # Under `accelerate launch`/`torchrun` every process trains; only the main one talks to MLflow, and the others
+    # learn the run id (for the shared checkpoint folder) from it.
+    process = _process()
+    main = process.is_main_process
+    run_id = _start_run(config, setup.experiment) if main else None
+    try:
+        run_id = _broadcast(run_id, process)
+        with tempfile.TemporaryDirectory(prefix="ftops-train-") as tmp:
+            work = Path(tmp)
+            if main and not config.resume:
+                _log_inputs(config, setup, run_id, work)
+            trainer, tps = _build_trainer(
+                config,
+                setup.model,
+                setup.tokenizer,
+                setup.splits,
+                checkpoints_dir(run_id),
+                resolved_run_name(config),
+                callbacks,
+            )
+            if main:
+                _log_trainer(config, trainer)
+            _fit(trainer, setup.resume_from)
+            if main:
+                _log_outputs(config, setup, trainer, tps, work)
+        if main:
+            mlflow.end_run("FINISHED")
+    except BaseException:
+        if main:
+            mlflow.end_run("FAILED")
+        raise
+    return run_id
+
+
+@dataclass
+class _Setup:
+    """What :func:`_setup` prepared for the run: all checked, nothing logged yet."""
+
+    base: BaseModel
+    tokenizer: Any
+    splits: dict[str, Split]
+    model: Any
+    experiment: str
+    resume_from: Path | None  # the checkpoint to resume from (``resume=``)
+    chat_template: str | None  # the base's own, put back on the tokenizer before it is saved with the weights
+
+
+def _setup(config: TrainConfig) -> _Setup:
+    """Step 1, checks that need no run: base imported, data valid, target modules exist, resumable run; each stops
+    with one clear line. Then the training chat template and the model."""
     from transformers import AutoTokenizer
 
-    # 1. Checks that need no run.
     base = load_base(config.base)
+    names = _check_files(config, base)
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    splits = {
+        name: validate_split(name, Path(getattr(config.data, name)), tokenizer, base.context_length) for name in names
+    }
+    settings.configure_mlflow()
+    experiment = settings.experiment_id()
+    resume_from = _check_resume(config, base, splits) if config.resume else None
+    original_template = tokenizer.chat_template
+    if config.assistant_only_loss:
+        tokenizer.chat_template = training_chat_template(tokenizer, base.name)
+    model = load_model(config, base)
+    return _Setup(base, tokenizer, splits, model, experiment, resume_from, original_template)
+
+
+def _check_files(config: TrainConfig, base: BaseModel) -> list[str]:
+    """The base's files, an empty ``output``, the LoRA targets and the data files; returns the splits to train on
+    (the three of ``SPLITS``, plus ``replay`` when configured)."""
     if not Path(base.path, "config.json").is_file():
         raise FtopsError(f"base {base.name!r}: {base.path} is missing; re-run `ftops base import`")
     if config.output is not None and Path(config.output).exists() and any(Path(config.output).iterdir()):
@@ -366,95 +438,85 @@ def _train(config: TrainConfig, callbacks: list | tuple) -> str:
         if not Path(getattr(config.data, name)).is_file():
             hint = "ftops data replay --out FILE" if name == "replay" else "ftops data split DATA.jsonl --out DIR"
             raise FtopsError(f"data.{name}: {getattr(config.data, name)}: no such file; run `{hint}` first")
-    tokenizer = AutoTokenizer.from_pretrained(base.path)
-    splits = {
-        name: validate_split(name, Path(getattr(config.data, name)), tokenizer, base.context_length) for name in names
-    }
-    settings.configure_mlflow()
-    experiment = settings.experiment_id()
-    resume_from = _check_resume(config, base, splits) if config.resume else None
-    original_template = tokenizer.chat_template
-    if config.assistant_only_loss:
-        from ftops.training.chat_template import training_chat_template
+    return names
 
-        tokenizer.chat_template = training_chat_template(tokenizer, base.name)
-    model = load_model(config, base)
 
-    # 2. The run. Under `accelerate launch`/`torchrun` every process trains; only the main one talks to MLflow,
-    # and the others learn the run id (for the shared checkpoint folder) from it.
-    process = _process()
-    main = process.is_main_process
+def _start_run(config: TrainConfig, experiment: str) -> str:
+    """Step 2 (main process): open the MLflow run, or re-open the one being resumed; returns its id."""
+    import mlflow
+
+    if config.resume:
+        return mlflow.start_run(run_id=config.resume, log_system_metrics=True).info.run_id
     run_name = resolved_run_name(config)
-    run_id = None
-    if main:
-        if config.resume:
-            run_id = mlflow.start_run(run_id=config.resume, log_system_metrics=True).info.run_id
-        else:
-            run_id = mlflow.start_run(experiment_id=experiment, run_name=run_name, log_system_metrics=True).info.run_id
-    try:
-        run_id = _broadcast(run_id, process)
-        with tempfile.TemporaryDirectory(prefix="ftops-train-") as tmp:
-            work = Path(tmp)
-            if main and not config.resume:
-                mlflow.log_params(run_params(config, base))
-                mlflow.set_tags(
-                    {
-                        A.TAG_RUN_ID: run_id,
-                        A.TAG_BASE_NAME: base.name,
-                        A.TAG_BASE_SHA256: base.sha256,
-                        A.TAG_QUANTIZATION: config.quantization,
-                        "ftops.method": config.method,
-                        **config.tags,
-                    }
-                )
-                if config.method != "full":
-                    mlflow.set_tags(
-                        {
-                            A.TAG_LORA_R: str(config.lora.r),
-                            A.TAG_LORA_TARGETS: ",".join(sorted(config.lora.target_modules)),
-                        }
-                    )
-                _log_data(splits, work)
-            trainer, tps = _build_trainer(
-                config, model, tokenizer, splits, checkpoints_dir(run_id), run_name, callbacks
-            )
-            if main:
-                trainable, total = _trainable(trainer.model)
-                mlflow.set_tags(
-                    {
-                        A.TAG_TRAINABLE_PARAMS: str(trainable),
-                        A.TAG_TRAINABLE_SHARE: f"{trainable / total:.6f}",
-                    }
-                )
-                if not config.resume:
-                    mlflow.log_dict(trainer.args.to_dict(), "training_args.json")
-            # everything loaded so far (MLflow, Great Expectations, datasets) stays alive for the whole run; frozen,
-            # the cyclic garbage collector stops walking it again and again during the steps (bench_train.py: ftops/
-            # plain bf16 LoRA 0.91 without, 0.96 with, both within this machine's noise; BENCHMARKS.md)
-            gc.collect()
-            gc.freeze()
-            try:
-                with labelled_positions_only():  # the LM head skips prompt and padding positions (training/lm_head.py)
-                    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-            finally:
-                gc.unfreeze()
-            if main:
-                from ftops.training.callbacks import loss_curve
+    return mlflow.start_run(experiment_id=experiment, run_name=run_name, log_system_metrics=True).info.run_id
 
-                if tps.mean_tokens_per_second:
-                    mlflow.log_metric(
-                        "train_tokens_per_second", tps.mean_tokens_per_second, step=trainer.state.global_step
-                    )
-                mlflow.log_figure(loss_curve(trainer.state.log_history), "loss_curve.png")
-                tokenizer.chat_template = original_template
-                _log_weights(config, trainer.model, tokenizer, base, work)
-        if main:
-            mlflow.end_run("FINISHED")
-    except BaseException:
-        if main:
-            mlflow.end_run("FAILED")
-        raise
-    return run_id
+
+def _log_inputs(config: TrainConfig, setup: _Setup, run_id: str, work: Path) -> None:
+    """Step 2 (main process, new run): config params, lineage tags, and the splits (:func:`_log_data`)."""
+    import mlflow
+
+    mlflow.log_params(run_params(config, setup.base))
+    mlflow.set_tags(
+        {
+            A.TAG_RUN_ID: run_id,
+            A.TAG_BASE_NAME: setup.base.name,
+            A.TAG_BASE_SHA256: setup.base.sha256,
+            A.TAG_QUANTIZATION: config.quantization,
+            "ftops.method": config.method,
+            **config.tags,
+        }
+    )
+    if config.method != "full":
+        mlflow.set_tags(
+            {
+                A.TAG_LORA_R: str(config.lora.r),
+                A.TAG_LORA_TARGETS: ",".join(sorted(config.lora.target_modules)),
+            }
+        )
+    _log_data(setup.splits, work)
+
+
+def _log_trainer(config: TrainConfig, trainer) -> None:
+    """Step 2 (main process): the trainable parameters as tags and, for a new run, ``training_args.json``."""
+    import mlflow
+
+    trainable, total = _trainable(trainer.model)
+    mlflow.set_tags(
+        {
+            A.TAG_TRAINABLE_PARAMS: str(trainable),
+            A.TAG_TRAINABLE_SHARE: f"{trainable / total:.6f}",
+        }
+    )
+    if not config.resume:
+        mlflow.log_dict(trainer.args.to_dict(), "training_args.json")
+
+
+def _fit(trainer, resume_from: Path | None) -> None:
+    """Step 3: the optimizer steps, from the checkpoint ``resume_from`` if given."""
+    # everything loaded so far (MLflow, Great Expectations, datasets) stays alive for the whole run; frozen, the
+    # cyclic garbage collector stops walking it again and again during the steps (bench_train.py: ftops/plain bf16
+    # LoRA 0.91 without, 0.96 with, both within this machine's noise; BENCHMARKS.md)
+    gc.collect()
+    gc.freeze()
+    try:
+        with labelled_positions_only():  # the LM head skips prompt and padding positions (training/lm_head.py)
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        gc.unfreeze()
+
+
+def _log_outputs(config: TrainConfig, setup: _Setup, trainer, tps, work: Path) -> None:
+    """Step 4 (main process): mean tokens/s, the loss-curve PNG, and the weights (:func:`_log_weights`) saved with
+    the base's own chat template."""
+    import mlflow
+
+    from ftops.training.callbacks import loss_curve
+
+    if tps.mean_tokens_per_second:
+        mlflow.log_metric("train_tokens_per_second", tps.mean_tokens_per_second, step=trainer.state.global_step)
+    mlflow.log_figure(loss_curve(trainer.state.log_history), "loss_curve.png")
+    setup.tokenizer.chat_template = setup.chat_template
+    _log_weights(config, trainer.model, setup.tokenizer, setup.base, work)
 
 
 def _process():
@@ -494,8 +556,6 @@ def _build_trainer(config, model, tokenizer, splits, output_dir: Path, run_name:
     )
     trainer.remove_callback(PrinterCallback)  # disable_tqdm swaps the bar for raw dict prints; ProgressBar instead
     if config.packing and "flash" not in str(getattr(model.config, "_attn_implementation", "")):
-        from ftops.training.packing import use_packed_rows
-
         use_packed_rows(trainer)  # without varlen kernels, one flattened row per batch costs quadratic attention
     return trainer, tps
 

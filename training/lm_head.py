@@ -27,7 +27,7 @@ def labelled_positions_only() -> Iterator[None]:
     TRL makes the choice with ``trl.trainer.utils._use_triton(device)`` at each forward; it is swapped for one that
     answers yes on devices without Triton too (the head's tile loop then runs as torch ops, exactly as it does for the
     full positions). Raises if the pinned TRL no longer has that hook, so a TRL upgrade cannot drop it silently."""
-    from trl.trainer import utils as trl_utils
+    from trl.trainer import utils as trl_utils  # heavy: on use only (training/job.py imports this module)
 
     original = getattr(trl_utils, "_use_triton", None)
     if original is None or "_use_triton(hidden_states.device)" not in inspect.getsource(trl_utils.add_fused_lm_head):

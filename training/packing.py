@@ -21,7 +21,7 @@ class PackedRowsCollator:
     """Collate TRL-packed rows (``input_ids``, ``labels``, ``seq_lengths``) into a padded batch of separate rows."""
 
     def __init__(self, pad_token_id: int):
-        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling  # heavy: on use only
 
         self.inner = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, return_position_ids=True)
 

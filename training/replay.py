@@ -15,6 +15,8 @@ from pathlib import Path
 
 from ftops.base import BaseModel
 from ftops.errors import FtopsError
+from ftops.expectations.regression import load_suite
+from ftops.expectations.replay import replay_prompts
 
 
 @dataclass
@@ -30,6 +32,7 @@ def answer(
 ) -> list[str | None]:
     """The base's greedy answer to each prompt (a user turn, the base's chat template and default system prompt);
     ``None`` where the answer did not end within ``max_new_tokens``."""
+    # heavy: imported on use, so that importing this module (the CLI does) stays fast
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,9 +72,6 @@ def answer(
 
 def prompts_for(n: int = 200, seed: int = 0) -> list[str]:
     """The ``n`` prompts :func:`write_replay` answers (never a regression suite prompt)."""
-    from ftops.expectations.regression import load_suite
-    from ftops.expectations.replay import replay_prompts
-
     exclude = {m["content"] for item in load_suite() for m in item["messages"] if m["role"] == "user"}
     return replay_prompts(n, seed=seed, exclude=exclude)
 

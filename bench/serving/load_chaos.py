@@ -390,9 +390,11 @@ def main() -> None:
     models.mkdir()
     os.environ.update(FTOPS_HOME=str(home), FTOPS_MODELS=str(models), HF_HUB_OFFLINE="1")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    sys.path.insert(0, str(REPO / "tests"))  # the tiny base's builder is a test helper: tests/tiny.py
+    from tiny import build_tiny_llama
+
     from ftops.base import SMOLLM2_NAME, import_base, load_base
     from ftops.serving.ledger import Ledger, spool_path
-    from ftops.tiny import build_tiny_llama
 
     # 1. the tiny base, beside SmolLM2 (its tokenizer)
     smollm2 = load_base(SMOLLM2_NAME, REPO / ".ftops" / "models")

@@ -2,18 +2,21 @@
 
 It has SmolLM2's vocabulary and chat template, so every code path (chat formatting, label masking, LoRA on
 q/k/v/o, vLLM's LoRA loader) runs as on the real base; its answers are gibberish, as they should be.
+
+A test helper, not part of the installed package: ``conftest.py`` imports it as a sibling module, and
+``bench/serving/load_chaos.py`` with this folder on ``sys.path``. Both import it after setting ``HF_HUB_OFFLINE``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
 
 def build_tiny_llama(tokenizer_dir: Path, out: Path, hidden_size: int = 128, layers: int = 2, seed: int = 0) -> Path:
     """Write a random ``LlamaForCausalLM`` (bf16 safetensors) plus the tokenizer of ``tokenizer_dir`` into ``out``."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
