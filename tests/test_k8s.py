@@ -502,6 +502,17 @@ def test_gpu_resolve_check_wants_a_cuda_torch_matching_the_image_base():
     assert "CPU build" in module.check(_gpu_report("2.13.0+cpu", f"{base}.3"), dockerfile)[0][0]
 
 
+def test_the_gpu_image_copies_every_folder_the_package_is_built_from():
+    """``pip install .`` in the image builds ``ftops.*`` from the folders pyproject.toml maps: a folder the
+    Dockerfile does not copy is a package missing from the image (its command fails with ModuleNotFoundError)."""
+    import tomllib
+
+    pyproject = tomllib.loads((K8S.parent / "pyproject.toml").read_text())
+    folders = set(pyproject["tool"]["setuptools"]["package-dir"].values())
+    copied = set(re.findall(r"^COPY (\S+) \1$", (K8S / "Dockerfile.gpu").read_text(), re.M))
+    assert len(folders) >= 9 and folders - copied == set()
+
+
 def test_serving_init_container_adds_the_ledger_url_from_the_secret(tmp_path):
     from ftops.serving.config import load_config
 
