@@ -36,12 +36,18 @@ def test_the_wheel_has_one_top_level_name_ftops(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert top == {"ftops"}
+    assert not any(n.startswith("ftops/tiny") for n in names)  # test-only helpers stay in tests/
     for module in (
         "ftops/cli/__init__.py",
         "ftops/expectations/validate.py",
         "ftops/training/job.py",
         "ftops/registry/gate.py",
         "ftops/serving/service.py",
+        "ftops/costs/usage.py",
+        "ftops/jobs/api.py",
+        "ftops/advise/measure.py",
+        "ftops/cli/service.py",
+        "ftops/serving/ledger_migrations/versions/0001_ledger_2026_12.py",
     ):
         assert module in names
     for data in (
@@ -67,7 +73,8 @@ def test_the_installed_service_imports_outside_the_checkout(wheel, tmp_path):
     probe = (
         "import importlib.util, ftops.serving.service as s, ftops.registry.policy as p;"
         "print(s.__file__); print(p.DEFAULT_POLICY.is_file());"
-        "print([n for n in ('training', 'serving', 'registry', 'expectations') if importlib.util.find_spec(n)])"
+        "print([n for n in ('training', 'serving', 'registry', 'expectations', 'costs', 'jobs', 'advise', 'cli')"
+        " if importlib.util.find_spec(n)])"
     )
     work = tmp_path / "elsewhere"
     work.mkdir()
