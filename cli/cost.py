@@ -51,7 +51,11 @@ examples:
     )
     rep.add_argument("--json", action="store_true", help="print the report as JSON")
     rep.add_argument("--plot", metavar="PATH", help="write a PNG chart here and log it to MLflow (run 'cost-report')")
-    rep.add_argument("--ledger", metavar="URL", help="ledger database URL (default sqlite:///$FTOPS_HOME/ledger.db)")
+    rep.add_argument(
+        "--ledger",
+        metavar="URL",
+        help="ledger database URL (default $FTOPS_LEDGER_URL, else sqlite:///$FTOPS_HOME/ledger.db)",
+    )
     rep.add_argument("--prices", metavar="YAML", help="hosted price table (default costs/prices.yaml, $FTOPS_PRICES)")
     rep.add_argument(
         "--hardware",

@@ -41,6 +41,10 @@ FTOPS_ADMIN_KEY = EnvVar("FTOPS_ADMIN_KEY", "The admin key (id 'admin'): every r
 FTOPS_SERVE_CONFIG = EnvVar("FTOPS_SERVE_CONFIG", "The serving config (YAML) a BentoML worker loads.")
 FTOPS_REPLICA = EnvVar("FTOPS_REPLICA", "This server's replica id in the ledger (its host or pod); default hostname.")
 
+FTOPS_LEDGER_URL = EnvVar(
+    "FTOPS_LEDGER_URL", "The cost ledger's database (SQLAlchemy URL) when no ledger_url or --ledger names one."
+)
+
 # ------------------------------------------------------------------------------------------------ costs
 FTOPS_PRICES = EnvVar("FTOPS_PRICES", "The hosted price table (YAML); default costs/prices.yaml.")
 FTOPS_HARDWARE = EnvVar("FTOPS_HARDWARE", "The hardware price table (YAML); default costs/hardware.yaml.")

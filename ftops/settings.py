@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ftops.env import FTOPS_HOME, FTOPS_MODELS
+from ftops.env import FTOPS_HOME, FTOPS_MODELS, EnvVar
 
 EXPERIMENT_NAME = "ftops"
 
@@ -24,6 +24,13 @@ def models_dir() -> Path:
     """Imported base models: ``$FTOPS_MODELS`` or ``<home>/models``."""
     env = FTOPS_MODELS.get()
     return Path(env).resolve() if env else home() / "models"
+
+
+def database_url(variable: EnvVar, filename: str) -> str:
+    """The database a store of ftops's uses when its config or command names none (the ledger, the jobs store):
+    ``$variable`` (``FTOPS_LEDGER_URL``, ``FTOPS_JOBS_URL``), else SQLite at ``<home>/filename``. One order for every
+    database: the config field or flag, then the variable, then the embedded file."""
+    return variable.get() or f"sqlite:///{home() / filename}"
 
 
 def tracking_uri() -> str:

@@ -89,7 +89,7 @@ def new_id(prefix: str) -> str:
 
 
 def default_url() -> str:
-    return FTOPS_JOBS_URL.get() or f"sqlite:///{settings.home() / 'jobs.db'}"
+    return settings.database_url(FTOPS_JOBS_URL, "jobs.db")
 
 
 def default_files_dir() -> Path:

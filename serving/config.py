@@ -111,9 +111,10 @@ class ServeConfig(BaseModel):
     require_adapters: bool = False
     """Refuse to start when an alias does not exist yet (otherwise the service starts and picks it up once set)."""
     api_keys_file: str | None = None
-    """YAML mapping ``key id -> key``; ``$FTOPS_API_KEY`` adds the key id ``default``."""
+    """YAML mapping ``key id -> key``; ``$FTOPS_API_KEY`` is the key id ``default`` and ``$FTOPS_ADMIN_KEY`` ``admin``
+    (:func:`ftops.api_keys.load_keys`)."""
     ledger_url: str | None = None
-    """Cost ledger database URL; None: SQLite under ``$FTOPS_HOME``."""
+    """Cost ledger database URL; None: ``$FTOPS_LEDGER_URL``, else SQLite under ``$FTOPS_HOME``."""
     metrics_port: int | None = Field(None, ge=1, le=65535)
     """Also answer ``GET /metrics`` (ftops's request, token and ledger series, vLLM's engine series) on this port,
     without an API key, for Prometheus; nothing else is served there. None: only the API port's ``/metrics``, which

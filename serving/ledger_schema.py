@@ -40,6 +40,7 @@ from filelock import FileLock
 
 from ftops import settings
 from ftops.costs.usage import UNRECORDED_REPLICA
+from ftops.env import FTOPS_LEDGER_URL
 from ftops.redact import redact
 
 log = logging.getLogger("ftops.serving")
@@ -87,8 +88,8 @@ ADDED_COLUMNS = ("http_status", "error", "hardware", "row_id")
 
 
 def default_url() -> str:
-    """``sqlite:///$FTOPS_HOME/ledger.db``."""
-    return f"sqlite:///{settings.home() / 'ledger.db'}"
+    """``$FTOPS_LEDGER_URL``, else ``sqlite:///$FTOPS_HOME/ledger.db``."""
+    return settings.database_url(FTOPS_LEDGER_URL, "ledger.db")
 
 
 def create_engine(url: str) -> sa.Engine:

@@ -31,3 +31,31 @@ def test_user_tracking_uri_wins(tmp_path, monkeypatch):
     assert os.environ["MLFLOW_TRACKING_URI"] == server
     assert not settings.is_embedded()
     assert not (tmp_path / "home").exists()
+
+
+def test_every_database_is_its_setting_then_its_variable_then_a_file_under_ftops_home(tmp_path, monkeypatch):
+    """The ledger and the jobs store find their database the same way: the config field or flag, else
+    ``FTOPS_LEDGER_URL`` / ``FTOPS_JOBS_URL``, else SQLite under ``FTOPS_HOME``; one variable never moves the other."""
+    from ftops.jobs.store import default_url as jobs_url
+    from ftops.serving.ledger import Ledger
+
+    monkeypatch.setenv("FTOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FTOPS_LEDGER_URL", raising=False)
+    monkeypatch.delenv("FTOPS_JOBS_URL", raising=False)
+    assert jobs_url() == f"sqlite:///{tmp_path / 'home' / 'jobs.db'}"
+    elsewhere = f"sqlite:///{tmp_path / 'team' / 'ledger.db'}"
+    (tmp_path / "team").mkdir()
+    monkeypatch.setenv("FTOPS_LEDGER_URL", elsewhere)
+    ledger = Ledger()
+    try:
+        assert ledger.url == elsewhere and (tmp_path / "team" / "ledger.db").is_file()
+    finally:
+        ledger.close()
+    assert not (tmp_path / "home" / "ledger.db").exists()
+    assert jobs_url() == f"sqlite:///{tmp_path / 'home' / 'jobs.db'}"
+    explicit = f"sqlite:///{tmp_path / 'explicit.db'}"
+    ledger = Ledger(explicit)
+    try:
+        assert ledger.url == explicit
+    finally:
+        ledger.close()
